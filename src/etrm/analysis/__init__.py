@@ -1,0 +1,1 @@
+"""Looking at data, runs and models: drawings, figures and reports."""

@@ -1,0 +1,265 @@
+"""Few-shot episodes, built into batches on the fly.
+
+An episode is one task's demonstrations (the context, at most `max_demos`, with a mask) plus
+one query input and its target, all under one augmentation of the task. Training episodes are
+the training tasks' test pairs and, with `leave_one_out`, each demo in turn as the query with
+the other demos as context. Nothing is materialised: a batch is encoded from the tasks when it
+is asked for, deterministically from (seed, epoch, index).
+
+A batch is a dict of numpy arrays (uint8 tokens; `to_torch` makes model inputs of them):
+
+- `inputs`, `labels`: (B, canvas_side**2) query input and target tokens
+- `demo_inputs`, `demo_outputs`: (B, D, canvas_side**2), D = the largest demo count in the batch
+- `demo_mask`: (B, D) True for real demos
+- `puzzle_identifiers`: (B,) the (task, augmentation) id, used by the TRM baseline
+- `task_index`, `query_index`, `augmentation_index`: (B,) where each episode came from
+- `valid`: (B,) False for the filler rows that complete the last evaluation batch
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from etrm.data.augment import NUM_DIHEDRAL, Augmentation, augmentation_list, dihedral
+from etrm.data.encoding import COLOUR_OFFSET, IGNORE_LABEL, PAD, place_grid
+from etrm.data.sources import NUM_COLOURS, Task
+
+Batch = dict[str, np.ndarray]
+TOKEN_KEYS = ("inputs", "labels", "demo_inputs", "demo_outputs")
+
+
+def training_episodes(tasks: Sequence[Task], leave_one_out: bool) -> np.ndarray:
+    """(task_index, query) rows: query >= 0 is a test pair, query < 0 is demo -(query + 1) held out.
+
+    Test pairs without a known output cannot be trained on and are not listed; a demo is held
+    out only when at least one other demo remains as context.
+    """
+    rows = []
+    for task_index, task in enumerate(tasks):
+        rows += [(task_index, i) for i, (_, output) in enumerate(task.tests) if output is not None]
+        if leave_one_out and len(task.demos) >= 2:
+            rows += [(task_index, -(d + 1)) for d in range(len(task.demos))]
+    return np.asarray(rows, dtype=np.int64).reshape(-1, 2)
+
+
+def _query_and_context(task: Task, query: int, max_demos: int) -> tuple[tuple, list]:
+    if query >= 0:
+        return task.tests[query], task.demos[:max_demos]
+    held_out = -(query + 1)
+    context = [pair for d, pair in enumerate(task.demos) if d != held_out]
+    return task.demos[held_out], context[:max_demos]
+
+
+def _place_pair(canvas_in: np.ndarray, canvas_out: np.ndarray, pair: tuple, augmentation: Augmentation,
+                lut: np.ndarray, offset_fraction: np.ndarray | None) -> None:
+    # Input and output of one example share one offset, drawn inside the free space of both.
+    grid_in = dihedral(pair[0], augmentation.dihedral)
+    grid_out = None if pair[1] is None else dihedral(pair[1], augmentation.dihedral)
+    row = col = 0
+    if offset_fraction is not None:
+        side = canvas_in.shape[0]
+        height = max(grid_in.shape[0], 0 if grid_out is None else grid_out.shape[0])
+        width = max(grid_in.shape[1], 0 if grid_out is None else grid_out.shape[1])
+        row = int(offset_fraction[0] * (side - height + 1))
+        col = int(offset_fraction[1] * (side - width + 1))
+    place_grid(canvas_in, lut[grid_in], row, col)
+    if grid_out is not None:
+        place_grid(canvas_out, lut[grid_out], row, col)
+
+
+def encode_episodes(
+    tasks: Sequence[Task],
+    episodes: np.ndarray,
+    augmentations: Sequence[Augmentation],
+    canvas_side: int,
+    max_demos: int,
+    offset_fractions: np.ndarray | None = None,
+    puzzle_identifiers: np.ndarray | None = None,
+    augmentation_index: np.ndarray | None = None,
+) -> Batch:
+    """Encode episodes (rows of `training_episodes` form) under one augmentation each.
+
+    `offset_fractions` (B, max_demos + 1, 2) in [0, 1) translate each example inside the canvas
+    (context demos first, the query last); None places every grid at the top-left corner.
+    """
+    size = len(episodes)
+    prepared = [_query_and_context(tasks[t], int(q), max_demos) for t, q in episodes]
+    num_demos = max((len(context) for _, context in prepared), default=0)
+    area = canvas_side * canvas_side
+    inputs = np.zeros((size, canvas_side, canvas_side), dtype=np.uint8)
+    labels = np.zeros_like(inputs)
+    demo_inputs = np.zeros((size, num_demos, canvas_side, canvas_side), dtype=np.uint8)
+    demo_outputs = np.zeros_like(demo_inputs)
+    demo_mask = np.zeros((size, num_demos), dtype=bool)
+    for b, ((query_pair, context), augmentation) in enumerate(zip(prepared, augmentations, strict=True)):
+        lut = augmentation.colour_lut + COLOUR_OFFSET
+        offsets = offset_fractions[b] if offset_fractions is not None else [None] * (max_demos + 1)
+        for d, pair in enumerate(context):
+            _place_pair(demo_inputs[b, d], demo_outputs[b, d], pair, augmentation, lut, offsets[d])
+        demo_mask[b, : len(context)] = True
+        _place_pair(inputs[b], labels[b], query_pair, augmentation, lut, offsets[-1])
+    zeros = np.zeros(size, dtype=np.int64)
+    return {
+        "inputs": inputs.reshape(size, area),
+        "labels": labels.reshape(size, area),
+        "demo_inputs": demo_inputs.reshape(size, num_demos, area),
+        "demo_outputs": demo_outputs.reshape(size, num_demos, area),
+        "demo_mask": demo_mask,
+        "puzzle_identifiers": zeros if puzzle_identifiers is None else puzzle_identifiers.astype(np.int64),
+        "task_index": episodes[:, 0].astype(np.int64),
+        "query_index": episodes[:, 1].astype(np.int64),
+        "augmentation_index": zeros if augmentation_index is None else augmentation_index.astype(np.int64),
+        "valid": np.ones(size, dtype=bool),
+    }
+
+
+def to_torch(batch: Batch, device: torch.device | str = "cpu", pin_memory: bool = False) -> dict[str, torch.Tensor]:
+    """Model inputs from a numpy batch: int64 tokens, labels with PAD -> IGNORE_LABEL.
+
+    Tokens travel as uint8 (an eighth of the bytes) and widen on the device.
+    """
+    tensors = {}
+    for key, value in batch.items():
+        tensor = torch.from_numpy(value)
+        if pin_memory:
+            tensor = tensor.pin_memory()
+        tensor = tensor.to(device, non_blocking=pin_memory)
+        if key in TOKEN_KEYS:
+            tensor = tensor.long()
+        if key == "labels":
+            tensor = tensor.masked_fill(tensor == PAD, IGNORE_LABEL)
+        tensors[key] = tensor
+    return tensors
+
+
+class AugmentedTasks:
+    """A fixed augmentation list per task, with one id per (task, augmentation).
+
+    Used for evaluation (the list to vote over) and by the TRM baseline, whose learned puzzle
+    embedding needs one row per (task, augmentation).
+    """
+
+    def __init__(self, tasks: Sequence[Task], num_augmentations: int, seed: int = 0):
+        self.tasks = list(tasks)
+        self.lists = [augmentation_list(task, num_augmentations, seed) for task in self.tasks]
+        counts = np.array([len(lst) for lst in self.lists], dtype=np.int64)
+        self.first_id = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+        self.num_ids = int(counts.sum())
+
+    def puzzle_id(self, task_index: int, augmentation_index: int) -> int:
+        return int(self.first_id[task_index] + augmentation_index)
+
+
+class TrainSampler:
+    """A deterministic, endless, rank-sharded stream of augmented training episodes.
+
+    Global position p (counted in episodes) is episode `order(epoch)[p % n]` of epoch p // n,
+    so a batch depends only on (seed, step, global batch size): resuming needs the step alone.
+    Batch `step` covers positions [step * global, (step + 1) * global); rank r takes its own
+    contiguous slice, so ranks never share an episode. Each epoch draws, from (seed, epoch),
+    one augmentation and one set of translation offsets per episode.
+    """
+
+    def __init__(self, tasks: Sequence[Task], *, canvas_side: int, max_demos: int, leave_one_out: bool,
+                 seed: int, augment: bool = True, translate: bool = True,
+                 enumerated: AugmentedTasks | None = None, rank: int = 0, world_size: int = 1):
+        self.tasks = list(tasks)
+        self.episodes = training_episodes(self.tasks, leave_one_out)
+        if len(self.episodes) == 0:
+            raise ValueError("no training episodes: the training tasks have no test pair with a known output")
+        self.canvas_side, self.max_demos, self.seed = canvas_side, max_demos, seed
+        self.augment, self.translate, self.enumerated = augment, translate, enumerated
+        self.rank, self.world_size = rank, world_size
+        self._epoch_cache: dict[int, dict[str, np.ndarray]] = {}
+
+    @property
+    def num_episodes(self) -> int:
+        return len(self.episodes)
+
+    def steps_per_epoch(self, global_batch_size: int) -> int:
+        """Optimiser steps for one pass over every real episode (multi-test tasks counted in full)."""
+        return math.ceil(self.num_episodes / global_batch_size)
+
+    def _epoch_draws(self, epoch: int) -> dict[str, np.ndarray]:
+        if epoch not in self._epoch_cache:
+            n = self.num_episodes
+            rng = np.random.default_rng([self.seed, epoch])
+            self._epoch_cache = {epoch: {
+                "order": rng.permutation(n),
+                "dihedral": rng.integers(NUM_DIHEDRAL, size=n),
+                "colours": np.argsort(rng.random((n, NUM_COLOURS - 1)), axis=1) + 1,
+                "choice": rng.random(n),
+                "offsets": rng.random((n, self.max_demos + 1, 2)),
+            }, **{e: d for e, d in self._epoch_cache.items() if e == epoch - 1}}
+        return self._epoch_cache[epoch]
+
+    def batch(self, step: int, global_batch_size: int) -> Batch:
+        """This rank's share of optimiser step `step`'s batch."""
+        if global_batch_size % self.world_size:
+            raise ValueError(f"global batch {global_batch_size} is not divisible by {self.world_size} ranks")
+        local = global_batch_size // self.world_size
+        positions = step * global_batch_size + self.rank * local + np.arange(local)
+        epochs, slots = np.divmod(positions, self.num_episodes)
+        chosen, augmentations, offsets, puzzle_ids, aug_ids = [], [], [], [], []
+        for epoch, slot in zip(epochs.tolist(), slots.tolist(), strict=True):
+            draws = self._epoch_draws(epoch)
+            episode = int(draws["order"][slot])
+            chosen.append(episode)
+            task_index = int(self.episodes[episode, 0])
+            if self.enumerated is not None:
+                options = self.enumerated.lists[task_index]
+                aug_index = int(draws["choice"][episode] * len(options)) if self.augment else 0
+                augmentations.append(options[aug_index])
+                aug_ids.append(aug_index)
+                puzzle_ids.append(self.enumerated.puzzle_id(task_index, aug_index))
+            elif self.augment:
+                colours = (0, *draws["colours"][episode].tolist())
+                augmentations.append(Augmentation(int(draws["dihedral"][episode]), colours))
+            else:
+                augmentations.append(Augmentation())
+            offsets.append(draws["offsets"][episode])
+        return encode_episodes(
+            self.tasks, self.episodes[chosen], augmentations, self.canvas_side, self.max_demos,
+            offset_fractions=np.stack(offsets) if self.translate else None,
+            puzzle_identifiers=np.asarray(puzzle_ids) if puzzle_ids else None,
+            augmentation_index=np.asarray(aug_ids) if aug_ids else None,
+        )
+
+
+class EvalEnumeration:
+    """Every (task, test input, augmentation) of the held-out tasks, each exactly once over ranks.
+
+    The items are split into contiguous shards, one per rank; each rank's last batch is filled
+    with copies of its first item marked `valid=False`, so nothing is lost at batch or rank
+    boundaries and no item is counted twice.
+    """
+
+    def __init__(self, augmented: AugmentedTasks, *, canvas_side: int, max_demos: int):
+        self.augmented, self.canvas_side, self.max_demos = augmented, canvas_side, max_demos
+        rows = [(t, q, a) for t, task in enumerate(augmented.tasks)
+                for q in range(len(task.tests)) for a in range(len(augmented.lists[t]))]
+        self.items = np.asarray(rows, dtype=np.int64).reshape(-1, 3)
+
+    def shard(self, rank: int = 0, world_size: int = 1) -> np.ndarray:
+        """This rank's (task_index, test_index, augmentation_index) rows."""
+        return np.array_split(self.items, world_size)[rank]
+
+    def batches(self, batch_size: int, rank: int = 0, world_size: int = 1) -> Iterator[Batch]:
+        """This rank's items in batches of exactly `batch_size` rows (the last one padded)."""
+        items = self.shard(rank, world_size)
+        for start in range(0, len(items), batch_size):
+            chunk = items[start:start + batch_size]
+            real = len(chunk)
+            if real < batch_size:
+                chunk = np.concatenate([chunk, np.repeat(chunk[:1], batch_size - real, axis=0)])
+            augmentations = [self.augmented.lists[t][a] for t, _, a in chunk]
+            puzzle_ids = np.asarray([self.augmented.puzzle_id(t, a) for t, _, a in chunk])
+            batch = encode_episodes(self.augmented.tasks, chunk[:, :2], augmentations, self.canvas_side,
+                                    self.max_demos, puzzle_identifiers=puzzle_ids,
+                                    augmentation_index=chunk[:, 2])
+            batch["valid"][real:] = False
+            yield batch

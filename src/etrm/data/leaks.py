@@ -1,0 +1,99 @@
+"""Leak check: held-out tasks whose examples also occur in the training pool.
+
+Two examples match when one (input, output) pair equals the other after some dihedral
+transform and colour permutation (0 fixed) applied to both grids alike. Matching whole pairs,
+not single grids, matters: small grids such as 3x3 patterns recur across unrelated tasks.
+
+Each pair gets a canonical key: for each of the 8 transforms, recolour the non-zero colours
+in order of first appearance (input then output, row-major), and keep the smallest result.
+Equivalent pairs get equal keys, so the check is one set lookup per pair.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from etrm.data.augment import NUM_DIHEDRAL, dihedral
+from etrm.data.sources import NUM_COLOURS, Task
+from etrm.errors import DataError
+
+LEAK_POLICIES = ("drop", "warn", "error")
+
+
+def _relabelled(grid_in: np.ndarray, grid_out: np.ndarray) -> bytes:
+    flat = np.concatenate([grid_in.ravel(), grid_out.ravel()])
+    values, first_seen = np.unique(flat, return_index=True)
+    lut = np.zeros(NUM_COLOURS, dtype=np.uint8)
+    in_order = values[np.argsort(first_seen)]
+    in_order = in_order[in_order != 0]
+    lut[in_order] = np.arange(1, len(in_order) + 1, dtype=np.uint8)
+    return bytes((*grid_in.shape, *grid_out.shape)) + lut[flat].tobytes()
+
+
+def canonical_pair_key(grid_in: np.ndarray, grid_out: np.ndarray) -> bytes:
+    """A key shared by exactly the pairs equal up to a dihedral transform and colour permutation."""
+    return min(_relabelled(dihedral(grid_in, t), dihedral(grid_out, t)) for t in range(NUM_DIHEDRAL))
+
+
+def task_pair_keys(task: Task) -> set[bytes]:
+    """Canonical keys of every demo pair and every test pair with a known output."""
+    pairs = list(task.demos) + [(i, o) for i, o in task.tests if o is not None]
+    return {canonical_pair_key(grid_in, grid_out) for grid_in, grid_out in pairs}
+
+
+@dataclass
+class LeakReport:
+    """Held-out task id -> the training task ids sharing at least one pair with it."""
+
+    matches: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def overlapping_tasks(self) -> int:
+        return len(self.matches)
+
+    @property
+    def training_ids(self) -> set[str]:
+        return {train_id for ids in self.matches.values() for train_id in ids}
+
+    def pairs(self) -> list[tuple[str, str]]:
+        return [(held_out, train) for held_out, ids in sorted(self.matches.items()) for train in ids]
+
+    def to_json(self) -> dict:
+        return {
+            "overlapping_tasks": self.overlapping_tasks,
+            "training_tasks_involved": len(self.training_ids),
+            "pairs": [{"held_out": h, "training": t} for h, t in self.pairs()],
+        }
+
+
+def find_leaks(train_tasks: Sequence[Task], held_out_tasks: Sequence[Task]) -> LeakReport:
+    """Every held-out task that shares a pair (up to transform and recolouring) with a training task."""
+    owners: dict[bytes, set[str]] = {}
+    for task in train_tasks:
+        for key in task_pair_keys(task):
+            owners.setdefault(key, set()).add(task.id)
+    report = LeakReport()
+    for task in held_out_tasks:
+        hits = set().union(*(owners.get(key, set()) for key in task_pair_keys(task)))
+        if hits:
+            report.matches[task.id] = sorted(hits)
+    return report
+
+
+def remove_leaks(train_tasks: Sequence[Task], held_out_tasks: Sequence[Task],
+                 policy: str = "drop") -> tuple[list[Task], LeakReport]:
+    """Apply a leak policy: drop the overlapping training tasks, only warn, or refuse to run."""
+    if policy not in LEAK_POLICIES:
+        raise DataError(f"leak policy '{policy}' is not one of {', '.join(LEAK_POLICIES)}")
+    report = find_leaks(train_tasks, held_out_tasks)
+    if report.overlapping_tasks and policy == "error":
+        first_held, first_train = report.pairs()[0]
+        raise DataError(f"{report.overlapping_tasks} held-out tasks overlap the training pool "
+                        f"(e.g. {first_held} ~ {first_train}); set leak_policy=drop to remove them")
+    if policy == "drop":
+        leaked = report.training_ids
+        return [task for task in train_tasks if task.id not in leaked], report
+    return list(train_tasks), report

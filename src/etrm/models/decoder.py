@@ -1,0 +1,244 @@
+"""The recursive decoder of TRM and its adaptive-computation (ACT) wrapper.
+
+Design choices:
+
+- One small network ``f(h, injection) = layers(h + injection)`` (post-norm blocks, non-causal
+  attention, RoPE over every position) refines two latents of shape (B, context_len + seq_len,
+  hidden): ``z_H``, the answer state (the paper's y), and ``z_L``, the reasoning state (z).
+- One ACT step runs ``h_cycles`` cycles; each updates z_L ``l_cycles`` times from (z_H + input)
+  and then z_H once from z_L. All cycles but the last run without gradients; the latents leave
+  the step detached, so backpropagation never crosses steps (deep supervision).
+- The input is ``sqrt(hidden) * concat(context, token embeddings)``. The context (B,
+  context_len, hidden) comes from a `ContextSource`, the one part in which TRM (a learned
+  embedding per puzzle) and ETRM (an encoder over the demonstration pairs) differ. It is
+  recomputed from the current batch at every step, so the context source is trained on every
+  sample at every step.
+- Logits come from z_H without the context positions; halting logits from z_H at position 0.
+- Halting bookkeeping lives in `ACTModel`, apart from the recursion: a slot whose sample halted
+  takes the next batch's sample and restarts from the fixed initial latents; a running slot
+  keeps its own sample (inputs, labels, demos). Training halts when q_halt > 0 (with random
+  exploration of a minimum step count); evaluation always runs ``halt_max_steps`` steps.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from etrm.models.layers import (
+    CosSin,
+    Linear,
+    PostNormBlock,
+    RotaryEmbedding,
+    TokenEmbedding,
+    trunc_normal_init_,
+)
+
+
+@dataclass
+class DecoderConfig:
+    hidden_size: int = 512
+    num_heads: int = 8
+    expansion: float = 4.0
+    num_layers: int = 2
+    h_cycles: int = 3
+    l_cycles: int = 4
+    seq_len: int = 900  # token positions (the flattened canvas)
+    context_len: int = 16  # context positions placed before the tokens
+    vocab_size: int = 12
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-5
+    halt_max_steps: int = 16
+    halt_exploration_prob: float = 0.1
+
+
+class Latents(NamedTuple):
+    """The recursion state, each (B, context_len + seq_len, hidden)."""
+
+    z_H: Tensor  # answer state (the paper's y)
+    z_L: Tensor  # reasoning state (the paper's z)
+
+
+class ContextSource(nn.Module):
+    """Protocol: a module mapping a batch (dict of tensors) to the decoder's context
+    (B, context_len, hidden). TRM uses a per-puzzle embedding; ETRM an encoder over the demos."""
+
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        raise NotImplementedError
+
+
+class RecursiveDecoder(nn.Module):
+    """The TRM network: token embedding, the shared layers, and the answer / halting heads."""
+
+    def __init__(self, config: DecoderConfig):
+        super().__init__()
+        self.config = config
+        hidden = config.hidden_size
+        self.embed_scale = math.sqrt(hidden)
+        self.embed_tokens = TokenEmbedding(config.vocab_size, hidden, init_std=1.0 / self.embed_scale)
+        self.rotary = RotaryEmbedding(
+            hidden // config.num_heads, config.context_len + config.seq_len, config.rope_theta
+        )
+        self.layers = nn.ModuleList(
+            PostNormBlock(hidden, config.num_heads, config.expansion, config.rms_norm_eps)
+            for _ in range(config.num_layers)
+        )
+        self.lm_head = Linear(hidden, config.vocab_size)
+        self.q_head = Linear(hidden, 2, bias=True, init_std=0.0)  # outputs [halt, continue]
+        with torch.no_grad():
+            self.q_head.bias.fill_(-5.0)  # start by (almost) never halting
+        self.register_buffer("H_init", trunc_normal_init_(torch.empty(hidden), std=1.0))
+        self.register_buffer("L_init", trunc_normal_init_(torch.empty(hidden), std=1.0))
+
+    def embed_input(self, tokens: Tensor, context: Tensor) -> Tensor:
+        """sqrt(hidden) * concat(context (B, C, hidden), embed(tokens (B, S))) -> (B, C + S, hidden)."""
+        embedded = self.embed_tokens(tokens)
+        return self.embed_scale * torch.cat((context.to(embedded.dtype), embedded), dim=1)
+
+    def net(self, h: Tensor, injection: Tensor, cos_sin: CosSin) -> Tensor:
+        """The one network f(h, injection) = layers(h + injection), shared by both latents."""
+        h = h + injection
+        for layer in self.layers:
+            h = layer(h, cos_sin)
+        return h
+
+    def forward(
+        self, latents: Latents, tokens: Tensor, context: Tensor
+    ) -> tuple[Latents, Tensor, Tensor, Tensor]:
+        """One ACT step of latent recursion.
+
+        Returns (detached new latents, logits (B, S, vocab), q_halt (B,), q_continue (B,)).
+        """
+        x = self.embed_input(tokens, context)
+        cos_sin = self.rotary(x.shape[1])
+        z_H, z_L = latents
+
+        def cycle(z_H: Tensor, z_L: Tensor) -> tuple[Tensor, Tensor]:
+            for _ in range(self.config.l_cycles):
+                z_L = self.net(z_L, z_H + x, cos_sin)
+            return self.net(z_H, z_L, cos_sin), z_L
+
+        with torch.no_grad():
+            for _ in range(self.config.h_cycles - 1):
+                z_H, z_L = cycle(z_H, z_L)
+        z_H, z_L = cycle(z_H, z_L)  # the only cycle with gradients
+
+        logits = self.lm_head(z_H)[:, self.config.context_len :]
+        q = self.q_head(z_H[:, 0]).float()
+        return Latents(z_H.detach(), z_L.detach()), logits, q[..., 0], q[..., 1]
+
+    def initial_latents(self, batch_size: int, device: torch.device | None = None) -> Latents:
+        """Zero latents; every slot of a fresh carry is halted, so they are reset before use."""
+        shape = (batch_size, self.config.context_len + self.config.seq_len, self.config.hidden_size)
+        return Latents(torch.zeros(shape, device=device), torch.zeros(shape, device=device))
+
+    def reset_latents(self, latents: Latents, reset: Tensor) -> Latents:
+        """Put the fixed initial vectors in the slots where `reset` (B,) is True."""
+        reset = reset.view(-1, 1, 1)
+        return Latents(
+            torch.where(reset, self.H_init, latents.z_H), torch.where(reset, self.L_init, latents.z_L)
+        )
+
+
+@dataclass
+class ACTCarry:
+    """What persists between ACT steps: per slot, its latents, step count, halted flag and sample."""
+
+    latents: Latents
+    steps: Tensor  # (B,) int32
+    halted: Tensor  # (B,) bool
+    current_data: dict[str, Tensor]
+
+
+def pad_dim1_to_match(a: Tensor, b: Tensor, key: str) -> tuple[Tensor, Tensor]:
+    """Zero-pad (False for bool) the narrower of `a`, `b` along dim 1, e.g. (B, D, L) demo tensors
+    whose number of demos D varies between batches. Any other shape difference is an error."""
+    if a.shape == b.shape:
+        return a, b
+    if a.ndim < 2 or a.ndim != b.ndim or a.shape[:1] + a.shape[2:] != b.shape[:1] + b.shape[2:]:
+        raise ValueError(
+            f"batch key {key!r}: shapes {tuple(a.shape)} and {tuple(b.shape)} differ beyond dim 1"
+        )
+    width = max(a.shape[1], b.shape[1])
+
+    def padded(t: Tensor) -> Tensor:
+        if t.shape[1] == width:
+            return t
+        out = t.new_zeros((t.shape[0], width, *t.shape[2:]))
+        out[:, : t.shape[1]] = t
+        return out
+
+    return padded(a), padded(b)
+
+
+def merge_new_samples(
+    current: dict[str, Tensor], batch: dict[str, Tensor], take_new: Tensor
+) -> dict[str, Tensor]:
+    """Per slot, the new batch's sample where `take_new` (B,) is True, else the carried one."""
+    if current.keys() != batch.keys():
+        raise ValueError(f"batch keys {sorted(batch)} differ from the carried keys {sorted(current)}")
+    merged = {}
+    for key, new in batch.items():
+        old, new = pad_dim1_to_match(current[key], new, key)
+        merged[key] = torch.where(take_new.view(-1, *([1] * (new.ndim - 1))), new, old)
+    return merged
+
+
+class ACTModel(nn.Module):
+    """A context source + the recursive decoder + halting bookkeeping. One forward = one ACT step."""
+
+    def __init__(self, context_source: ContextSource, decoder: RecursiveDecoder):
+        super().__init__()
+        self.context_source = context_source
+        self.decoder = decoder
+
+    @property
+    def config(self) -> DecoderConfig:
+        return self.decoder.config
+
+    def initial_carry(self, batch: dict[str, Tensor]) -> ACTCarry:
+        """A carry whose slots are all halted, so the first forward loads `batch` into every slot."""
+        batch_size = batch["inputs"].shape[0]
+        device = batch["inputs"].device
+        return ACTCarry(
+            latents=self.decoder.initial_latents(batch_size, device),
+            steps=torch.zeros(batch_size, dtype=torch.int32, device=device),
+            halted=torch.ones(batch_size, dtype=torch.bool, device=device),
+            current_data={key: torch.zeros_like(value) for key, value in batch.items()},
+        )
+
+    def forward(self, carry: ACTCarry, batch: dict[str, Tensor]) -> tuple[ACTCarry, dict[str, Tensor]]:
+        """Refill halted slots from `batch`, run one recursion step, decide which slots halt.
+
+        Returns the new carry and outputs {logits, q_halt_logits, q_continue_logits}. Losses must
+        use `new_carry.current_data["labels"]` (the labels of the samples actually run).
+        """
+        latents = self.decoder.reset_latents(carry.latents, carry.halted)
+        steps = torch.where(carry.halted, 0, carry.steps)
+        data = merge_new_samples(carry.current_data, batch, take_new=carry.halted)
+
+        context = self.context_source(data)
+        latents, logits, q_halt, q_continue = self.decoder(latents, data["inputs"], context)
+
+        steps = steps + 1
+        halted = self.halting(steps, q_halt)
+        outputs = {"logits": logits, "q_halt_logits": q_halt, "q_continue_logits": q_continue}
+        return ACTCarry(latents, steps, halted, data), outputs
+
+    @torch.no_grad()
+    def halting(self, steps: Tensor, q_halt: Tensor) -> Tensor:
+        """Which slots halt after having run `steps` steps. Evaluation: only at halt_max_steps.
+        Training: also when q_halt > 0, but with probability halt_exploration_prob a slot first
+        draws a minimum step count uniformly from [2, halt_max_steps]."""
+        max_steps = self.config.halt_max_steps
+        halted = steps >= max_steps
+        if self.training and max_steps > 1:
+            halted = halted | (q_halt > 0)
+            explore = torch.rand_like(q_halt) < self.config.halt_exploration_prob
+            min_halt_steps = explore * torch.randint_like(steps, low=2, high=max_steps + 1)
+            halted = halted & (steps >= min_halt_steps)
+        return halted

@@ -1,0 +1,154 @@
+"""Build a TRM (`RecursiveDecoder` + `PuzzleEmbedding`) from an official TRM checkpoint.
+
+Official keys look like ``_orig_mod.model.inner.L_level.layers.0.self_attn.qkv_proj.weight``;
+both prefixes are stripped and the names mapped to this project's modules. The architecture is
+given with TRM's own config names (``hidden_size``, ``L_layers``, ``H_cycles``, ...).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from etrm.errors import ConfigError, EtrmError
+from etrm.models.decoder import ACTModel, DecoderConfig, RecursiveDecoder
+from etrm.models.puzzle_embedding import PuzzleEmbedding
+
+
+class CheckpointError(EtrmError):
+    """A checkpoint's keys or shapes do not match the model; the message names the key."""
+
+
+# TRM config name -> DecoderConfig field.
+DECODER_ARCH_KEYS = {
+    "hidden_size": "hidden_size",
+    "num_heads": "num_heads",
+    "expansion": "expansion",
+    "L_layers": "num_layers",
+    "H_cycles": "h_cycles",
+    "L_cycles": "l_cycles",
+    "seq_len": "seq_len",
+    "puzzle_emb_len": "context_len",
+    "vocab_size": "vocab_size",
+    "rope_theta": "rope_theta",
+    "rms_norm_eps": "rms_norm_eps",
+    "halt_max_steps": "halt_max_steps",
+    "halt_exploration_prob": "halt_exploration_prob",
+}
+OTHER_ARCH_KEYS = {"grid_side", "puzzle_emb_ndim", "num_puzzle_identifiers"}
+
+PUZZLE_TABLE_KEY = "puzzle_emb.weights"
+TOP_LEVEL_NAMES = {
+    "H_init": "decoder.H_init",
+    "L_init": "decoder.L_init",
+    "embed_tokens.embedding_weight": "decoder.embed_tokens.weight",
+    "lm_head.weight": "decoder.lm_head.weight",
+    "q_head.weight": "decoder.q_head.weight",
+    "q_head.bias": "decoder.q_head.bias",
+    PUZZLE_TABLE_KEY: "context_source.table.weight",
+}
+LAYER_PARTS = {
+    "self_attn.qkv_proj": "attention.qkv",
+    "self_attn.o_proj": "attention.out",
+    "mlp.gate_up_proj": "mlp.gate_up",
+    "mlp.down_proj": "mlp.down",
+}
+LAYER_NAME = re.compile(r"L_level\.layers\.(\d+)\.(" + "|".join(map(re.escape, LAYER_PARTS)) + r")\.weight")
+
+
+def strip_prefixes(name: str) -> str:
+    for prefix in ("_orig_mod.", "model.inner."):
+        name = name.removeprefix(prefix)
+    return name
+
+
+def project_name(trm_key: str) -> str:
+    """This project's state-dict name for a (prefix-stripped) TRM name."""
+    if trm_key in TOP_LEVEL_NAMES:
+        return TOP_LEVEL_NAMES[trm_key]
+    match = LAYER_NAME.fullmatch(trm_key)
+    if match is None:
+        raise CheckpointError(f"unexpected checkpoint key {trm_key!r}")
+    return f"decoder.layers.{match[1]}.{LAYER_PARTS[match[2]]}.weight"
+
+
+def trm_name(our_name: str) -> str:
+    """The TRM name (without prefixes) of one of this project's state-dict names."""
+    for trm, ours in TOP_LEVEL_NAMES.items():
+        if ours == our_name:
+            return trm
+    for trm_part, our_part in LAYER_PARTS.items():
+        match = re.fullmatch(rf"decoder\.layers\.(\d+)\.{re.escape(our_part)}\.weight", our_name)
+        if match:
+            return f"L_level.layers.{match[1]}.{trm_part}.weight"
+    return our_name
+
+
+def decoder_config_from_arch(arch: dict[str, Any], puzzle_emb_ndim: int) -> DecoderConfig:
+    """Map TRM config names to a DecoderConfig; unknown names raise ConfigError."""
+    unknown = sorted(set(arch) - set(DECODER_ARCH_KEYS) - OTHER_ARCH_KEYS)
+    if unknown:
+        known = sorted(set(DECODER_ARCH_KEYS) | OTHER_ARCH_KEYS)
+        raise ConfigError(f"unknown TRM architecture key(s) {unknown}; known keys: {known}")
+    fields = {DECODER_ARCH_KEYS[key]: value for key, value in arch.items() if key in DECODER_ARCH_KEYS}
+    config = DecoderConfig(**fields)
+    if "expansion" in fields:
+        config.expansion = float(config.expansion)
+    if arch.get("puzzle_emb_len") == 0:  # TRM's 0 means "as many positions as the embedding needs"
+        config.context_len = math.ceil(puzzle_emb_ndim / config.hidden_size)
+    if "grid_side" in arch and arch["grid_side"] ** 2 != config.seq_len:
+        raise ConfigError(f"grid_side {arch['grid_side']} does not match seq_len {config.seq_len}")
+    return config
+
+
+def load_trm_checkpoint(path_or_state_dict: str | Path | dict[str, Tensor], **arch: Any) -> ACTModel:
+    """Build an `ACTModel` (PuzzleEmbedding + RecursiveDecoder) holding a TRM checkpoint's weights.
+
+    `path_or_state_dict`: a state dict, or a file loaded with ``torch.load(weights_only=True)``
+    holding a state dict or a dict with the state dict under "state_dict". `arch`: TRM config
+    keys (hidden_size, num_heads, expansion, L_layers, H_cycles, L_cycles, seq_len, grid_side,
+    puzzle_emb_len, puzzle_emb_ndim, num_puzzle_identifiers, vocab_size, rope_theta,
+    rms_norm_eps, halt_max_steps, halt_exploration_prob); missing ones take DecoderConfig
+    defaults, and the puzzle table's size defaults to the checkpoint's.
+    """
+    state = path_or_state_dict
+    if isinstance(state, str | Path):
+        state = torch.load(state, map_location="cpu", weights_only=True)
+    if isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    trm_state = {strip_prefixes(name): tensor for name, tensor in state.items()}
+    if PUZZLE_TABLE_KEY not in trm_state:
+        raise CheckpointError(f"missing checkpoint key {PUZZLE_TABLE_KEY!r}")
+
+    num_ids, emb_ndim = trm_state[PUZZLE_TABLE_KEY].shape
+    num_ids = arch.get("num_puzzle_identifiers", num_ids)
+    emb_ndim = arch.get("puzzle_emb_ndim", emb_ndim)
+    config = decoder_config_from_arch(arch, emb_ndim)
+    model = ACTModel(
+        PuzzleEmbedding(num_ids, emb_ndim, config.context_len, config.hidden_size), RecursiveDecoder(config)
+    )
+
+    expected = model.state_dict()
+    loaded = {}
+    for key, tensor in trm_state.items():
+        name = project_name(key)
+        if name not in expected:
+            raise CheckpointError(f"unexpected checkpoint key {key!r} (the model has no {name!r})")
+        if tensor.shape != expected[name].shape:
+            raise CheckpointError(
+                f"checkpoint key {key!r} has shape {tuple(tensor.shape)}, "
+                f"the model expects {tuple(expected[name].shape)}"
+            )
+        loaded[name] = tensor
+    missing = sorted(set(expected) - set(loaded))
+    if missing:
+        raise CheckpointError(
+            f"missing checkpoint key {trm_name(missing[0])!r} ({len(missing)} missing in all)"
+        )
+    model.load_state_dict(loaded)
+    return model
