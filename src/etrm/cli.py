@@ -64,6 +64,26 @@ def _data_check_split(args: argparse.Namespace) -> int:
     return 1 if report.overlapping_tasks else 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from etrm.train.config import config_from_yaml, load_config, run_directory
+    from etrm.train.loop import train
+
+    config = load_config(args.overrides)
+    saved = run_directory(config) / "config.yaml"
+    if config.resume and saved.is_file():
+        # A resumed run keeps its saved configuration; command-line overrides still apply on top.
+        config = config_from_yaml(saved, [*args.overrides, "resume=true"])
+    train(config)
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from etrm.eval.evaluate import evaluate_run
+
+    evaluate_run(args.target, args.overrides)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="etrm", description="ETRM: few-shot ARC with recursive models.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -86,6 +106,15 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--test", required=True, help="held-out sources (comma-separated)")
     check.add_argument("--json", action="store_true", help="print one JSON object")
     check.set_defaults(handler=_data_check_split)
+    train = commands.add_parser(
+        "train", help="train TRM or ETRM (Hydra overrides: preset=overfit lr=3e-4 encoder.num_layers=4 ...)")
+    train.add_argument("overrides", nargs="*", help="key=value overrides of the run config")
+    train.set_defaults(handler=_train)
+
+    evaluate = commands.add_parser("eval", help="evaluate a run directory or checkpoint by the ARC Prize rules")
+    evaluate.add_argument("target", help="run directory or checkpoint file")
+    evaluate.add_argument("overrides", nargs="*", help="e.g. eval.num_augmentations=16 halt_max_steps=8")
+    evaluate.set_defaults(handler=_eval)
     return parser
 
 

@@ -18,6 +18,7 @@ A batch is a dict of numpy arrays (uint8 tokens; `to_torch` makes model inputs o
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterator, Sequence
 
@@ -143,15 +144,26 @@ class AugmentedTasks:
     embedding needs one row per (task, augmentation).
     """
 
-    def __init__(self, tasks: Sequence[Task], num_augmentations: int, seed: int = 0):
+    def __init__(self, tasks: Sequence[Task], num_augmentations: int, seed: int = 0,
+                 fixed_puzzle_id: int | None = None):
         self.tasks = list(tasks)
         self.lists = [augmentation_list(task, num_augmentations, seed) for task in self.tasks]
         counts = np.array([len(lst) for lst in self.lists], dtype=np.int64)
         self.first_id = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
         self.num_ids = int(counts.sum())
+        # Tasks a TRM never trained on all share one blank (never trained, zero) embedding row.
+        self.fixed_puzzle_id = fixed_puzzle_id
 
     def puzzle_id(self, task_index: int, augmentation_index: int) -> int:
+        if self.fixed_puzzle_id is not None:
+            return self.fixed_puzzle_id
         return int(self.first_id[task_index] + augmentation_index)
+
+    def head(self, count: int) -> AugmentedTasks:
+        """The same tasks and ids with only the first `count` augmentations of each list."""
+        view = copy.copy(self)
+        view.lists = [lst[:count] for lst in self.lists]
+        return view
 
 
 class TrainSampler:

@@ -81,6 +81,9 @@ def parse_grid(value: Any, where: str) -> Grid:
         raise DataError(f"{where}: cells must be integers") from None
     if grid.ndim != 2 or grid.dtype.kind not in "iu":
         raise DataError(f"{where}: cells must be integers")
+    # numpy silently turns JSON true/false among integers into 1/0: refuse them explicitly.
+    if any(type(cell) is bool for row in value for cell in row):
+        raise DataError(f"{where}: cells must be integers (found true/false)")
     if grid.min() < 0 or grid.max() >= NUM_COLOURS:
         bad = int(grid[(grid < 0) | (grid >= NUM_COLOURS)][0])
         raise DataError(f"{where}: colour {bad} outside 0..{NUM_COLOURS - 1}")
@@ -97,12 +100,14 @@ def _pairs(items: Any, where: str, what: str) -> list[dict]:
 
 
 def parse_task(task_id: str, raw: Any, where: str, solutions: list | None = None,
-               outputs_required: bool = True) -> Task:
+               outputs_required: bool = True, solutions_where: str | None = None) -> Task:
     """Build a `Task` from the ARC JSON form `{train: [...], test: [...]}`.
 
-    `solutions`, when given, supplies the test outputs (Kaggle layout) in test order.
+    `solutions`, when given, supplies the test outputs (Kaggle layout) in test order;
+    `solutions_where` names the file they came from in error messages.
     """
     where = f"{where}: task {task_id}"
+    output_where = where if solutions_where is None else f"{solutions_where}: task {task_id}"
     if not isinstance(raw, dict) or "train" not in raw or "test" not in raw:
         raise DataError(f"{where}: expected an object with 'train' and 'test'")
     demo_items = _pairs(raw["train"], where, "demo")
@@ -125,7 +130,7 @@ def parse_task(task_id: str, raw: Any, where: str, solutions: list | None = None
         if output is None and outputs_required:
             raise DataError(f"{where}: test {index} has no output")
         tests.append((parse_grid(item["input"], f"{where}: test {index} input"),
-                      None if output is None else parse_grid(output, f"{where}: test {index} output")))
+                      None if output is None else parse_grid(output, f"{output_where}: test {index} output")))
     return Task(task_id, demos, tests, origin=where.rsplit(": task ", 1)[0])
 
 
@@ -172,7 +177,8 @@ def _load_kaggle(prefix: str) -> list[Task]:
         task_solutions = solutions[task_id]
         if not isinstance(task_solutions, list):
             raise DataError(f"{solutions_path}: task {task_id}: solutions must be a list of grids")
-        tasks.append(parse_task(task_id, challenges[task_id], str(challenges_path), solutions=task_solutions))
+        tasks.append(parse_task(task_id, challenges[task_id], str(challenges_path), solutions=task_solutions,
+                                solutions_where=str(solutions_path)))
     return tasks
 
 

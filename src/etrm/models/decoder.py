@@ -230,6 +230,27 @@ class ACTModel(nn.Module):
         return ACTCarry(latents, steps, halted, data), outputs
 
     @torch.no_grad()
+    def run_fixed_steps(self, batch: dict[str, Tensor], num_steps: int | None = None) -> dict[str, Tensor]:
+        """Evaluation: run every sample for `num_steps` (default halt_max_steps) steps from fresh
+        latents. The context is computed once per sample, not at every step.
+
+        Returns the last step's logits, q_halt_logits and q_continue_logits, and `halt_step`: the
+        first step at which q_halt > 0 (the step the model would have stopped at), else num_steps.
+        """
+        num_steps = num_steps or self.config.halt_max_steps
+        batch_size = batch["inputs"].shape[0]
+        device = batch["inputs"].device
+        latents = self.decoder.reset_latents(
+            self.decoder.initial_latents(batch_size, device), torch.ones(batch_size, dtype=torch.bool, device=device)
+        )
+        context = self.context_source(batch)
+        halt_step = torch.full((batch_size,), num_steps, dtype=torch.int32, device=device)
+        for step in range(1, num_steps + 1):
+            latents, logits, q_halt, q_continue = self.decoder(latents, batch["inputs"], context)
+            halt_step = torch.where((q_halt > 0) & (halt_step == num_steps), step, halt_step)
+        return {"logits": logits, "q_halt_logits": q_halt, "q_continue_logits": q_continue, "halt_step": halt_step}
+
+    @torch.no_grad()
     def halting(self, steps: Tensor, q_halt: Tensor) -> Tensor:
         """Which slots halt after having run `steps` steps. Evaluation: only at halt_max_steps.
         Training: also when q_halt > 0, but with probability halt_exploration_prob a slot first

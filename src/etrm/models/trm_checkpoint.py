@@ -106,6 +106,19 @@ def decoder_config_from_arch(arch: dict[str, Any], puzzle_emb_ndim: int) -> Deco
     return config
 
 
+def convert_trm_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """An official TRM checkpoint's decoder weights under this project's `RecursiveDecoder` names
+    (the puzzle embedding dropped)."""
+    if isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    converted = {}
+    for key, tensor in state.items():
+        stripped = strip_prefixes(key)
+        if stripped != PUZZLE_TABLE_KEY:
+            converted[project_name(stripped).removeprefix("decoder.")] = tensor
+    return converted
+
+
 def load_trm_checkpoint(path_or_state_dict: str | Path | dict[str, Tensor], **arch: Any) -> ACTModel:
     """Build an `ACTModel` (PuzzleEmbedding + RecursiveDecoder) holding a TRM checkpoint's weights.
 

@@ -1,0 +1,1 @@
+"""Evaluation by the ARC Prize rules: augment, predict, invert, vote, score."""

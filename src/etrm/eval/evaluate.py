@@ -1,0 +1,167 @@
+"""Evaluate a model on tasks: every test input under N augmentations, inverted, voted, scored.
+
+Works on one device without torch.distributed, and across torchrun ranks (each rank predicts
+its shard of the enumeration; rank 0 gathers, votes and writes the results).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from etrm.data.encoding import decode_grid
+from etrm.data.episodes import AugmentedTasks, EvalEnumeration, to_torch
+from etrm.eval.voting import pass_at_k, rank_of_truth, vote
+from etrm.models.decoder import ACTModel
+from etrm.train.distributed import Runtime, gather_objects
+
+PASS_AT = (1, 2, 5)
+
+
+def autocast_for(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA; plain float32 elsewhere."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def predict(model: ACTModel, augmented: AugmentedTasks, *, canvas_side: int, max_demos: int, batch_size: int,
+            runtime: Runtime, num_steps: int | None = None) -> list[dict[str, Any]]:
+    """This rank's predictions: one record per (task, test input, augmentation)."""
+    enumeration = EvalEnumeration(augmented, canvas_side=canvas_side, max_demos=max_demos)
+    was_training = model.training
+    model.eval()
+    records = []
+    for numpy_batch in enumeration.batches(batch_size, runtime.rank, runtime.world_size):
+        batch = to_torch(numpy_batch, runtime.device)
+        with autocast_for(runtime.device):
+            outputs = model.run_fixed_steps(batch, num_steps)
+        labels = batch["labels"]
+        predicted = outputs["logits"].argmax(-1)
+        known = labels != -100
+        correct = (predicted == labels) & known
+        token_accuracy = (correct.sum(-1) / known.sum(-1).clamp_min(1)).cpu().numpy()
+        exact = (correct.sum(-1) == known.sum(-1)).cpu().numpy()
+        has_label = known.any(-1).cpu().numpy()
+        predicted, q_halt = predicted.cpu().numpy(), outputs["q_halt_logits"].float().cpu().numpy()
+        halt_step = outputs["halt_step"].cpu().numpy()
+        for row in np.flatnonzero(numpy_batch["valid"]):
+            task_index, test_index = int(numpy_batch["task_index"][row]), int(numpy_batch["query_index"][row])
+            aug_index = int(numpy_batch["augmentation_index"][row])
+            augmentation = augmented.lists[task_index][aug_index]
+            grid = augmentation.invert(decode_grid(predicted[row], canvas_side))
+            records.append({
+                "task_index": task_index, "test_index": test_index, "augmentation_index": aug_index,
+                "grid": grid, "q_halt": float(q_halt[row]), "halt_step": int(halt_step[row]),
+                "token_accuracy": float(token_accuracy[row]) if has_label[row] else None,
+                "exact": bool(exact[row]) if has_label[row] else None,
+            })
+    model.train(was_training)
+    return records
+
+
+def score(records: list[dict[str, Any]], augmented: AugmentedTasks, num_steps: int) -> tuple[dict, dict]:
+    """Vote and score gathered records -> (eval summary with per-task results, submission)."""
+    by_test: dict[tuple[int, int], list[dict]] = {}
+    for record in records:
+        by_test.setdefault((record["task_index"], record["test_index"]), []).append(record)
+    per_task, submission, ranks_per_task = {}, {}, []
+    for task_index, task in enumerate(augmented.tasks):
+        ranks, attempts, tests = [], [], []
+        for test_index, (_, truth) in enumerate(task.tests):
+            group = by_test.get((task_index, test_index), [])
+            candidates = vote([(r["grid"], r["q_halt"]) for r in group])
+            rank = rank_of_truth(candidates, truth)
+            ranks.append(rank)
+            top = [c.grid.tolist() if c.grid.size else [[0]] for c in candidates[:2]] or [[[0]]]
+            attempts.append({"attempt_1": top[0], "attempt_2": top[-1]})
+            tests.append({"rank_of_truth": rank, "candidates": len(candidates), "votes": len(group),
+                          "top_votes": candidates[0].votes if candidates else 0})
+        ranks_per_task.append(ranks)
+        submission[task.id] = attempts
+        per_task[task.id] = {**{f"pass@{k}": pass_at_k([ranks], k) for k in PASS_AT}, "tests": tests}
+    labelled = [r for r in records if r["exact"] is not None]
+    summary = {
+        **{f"pass@{k}": pass_at_k(ranks_per_task, k) for k in PASS_AT},
+        "num_tasks": len(augmented.tasks),
+        "num_test_inputs": sum(len(t.tests) for t in augmented.tasks),
+        "num_predictions": len(records),
+        "exact_match": float(np.mean([r["exact"] for r in labelled])) if labelled else None,
+        "token_accuracy": float(np.mean([r["token_accuracy"] for r in labelled])) if labelled else None,
+        "q_halt_accuracy": float(np.mean([(r["q_halt"] > 0) == r["exact"] for r in labelled])) if labelled else None,
+        "mean_act_steps": float(np.mean([r["halt_step"] for r in records])) if records else None,
+        "steps_run": num_steps,
+        "per_task": per_task,
+    }
+    return summary, submission
+
+
+def evaluate(model: ACTModel, augmented: AugmentedTasks, *, canvas_side: int, max_demos: int, batch_size: int,
+             runtime: Runtime, out_dir: str | Path | None = None, num_steps: int | None = None) -> dict | None:
+    """Predict on every rank, vote and score on rank 0; write eval.json and submission.json there.
+
+    Returns the summary on rank 0 and None on the other ranks.
+    """
+    num_steps = num_steps or model.config.halt_max_steps
+    local = predict(model, augmented, canvas_side=canvas_side, max_demos=max_demos, batch_size=batch_size,
+                    runtime=runtime, num_steps=num_steps)
+    gathered = gather_objects(local, runtime)
+    if not runtime.is_main:
+        return None
+    summary, submission = score([r for part in gathered for r in part], augmented, num_steps)
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "eval.json").write_text(json.dumps(summary, indent=1))
+        (out / "submission.json").write_text(json.dumps(submission))
+    return summary
+
+
+def evaluate_run(target: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict | None:
+    """`etrm eval`: evaluate a run directory or checkpoint file with its own saved config.
+
+    Uses the EMA weights when the checkpoint has them. `overrides` may change evaluation
+    settings (`eval.num_augmentations=16`, `halt_max_steps=8`, `max_eval_groups=32`, ...).
+    """
+    from etrm.data.splits import few_shot_split
+    from etrm.models.build import build_model
+    from etrm.train import distributed
+    from etrm.train.checkpoint import CHECKPOINT_NAME, read_checkpoint
+    from etrm.train.config import config_from_yaml
+
+    target = Path(target)
+    checkpoint = target / CHECKPOINT_NAME if target.is_dir() else target
+    config = config_from_yaml(checkpoint.parent / "config.yaml", overrides)
+    state = read_checkpoint(checkpoint)
+    runtime = distributed.init_runtime(config.device)
+    try:
+        split = few_shot_split(config.train_sources, config.test_sources, config.canvas_side,
+                               config.max_train_groups, config.max_eval_groups, config.leak_policy)
+        tasks = split.train if config.eval.split == "train" else split.test
+        blank = None
+        if config.model_type == "trm":
+            trained = AugmentedTasks(split.train, config.trm_augmentations, config.seed)
+            blank = trained.num_ids
+        model = build_model(config, num_puzzle_ids=(blank or 0) + 1 if blank is not None else 0)
+        model.load_state_dict({**state["model"], **state.get("ema", {})})
+        model.to(runtime.device)
+        if config.model_type == "trm" and config.eval.split == "train":
+            augmented = trained.head(config.eval.num_augmentations)
+        else:
+            augmented = AugmentedTasks(tasks, config.eval.num_augmentations, config.seed, fixed_puzzle_id=blank)
+        out_dir = Path(config.eval.out_dir) if config.eval.out_dir else checkpoint.parent
+        summary = evaluate(model, augmented, canvas_side=config.canvas_side, max_demos=config.max_demos,
+                           batch_size=config.eval.batch_size, runtime=runtime, out_dir=out_dir)
+        if summary is not None:
+            print(f"{config.eval.split} tasks: {summary['num_tasks']}, pass@1 {summary['pass@1']:.3f}, "
+                  f"pass@2 {summary['pass@2']:.3f}, exact match {summary['exact_match'] or 0:.3f}, "
+                  f"token accuracy {summary['token_accuracy'] or 0:.3f}; wrote {out_dir / 'eval.json'}")
+        return summary
+    finally:
+        distributed.shutdown(runtime)

@@ -1,0 +1,145 @@
+"""Pieces every demonstration encoder shares: the registry, demo-pair embedding, pooling,
+cross-attention over demo vectors, and the output scale that matches the decoder's tokens."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from etrm.data.encoding import PAD
+from etrm.models.decoder import ContextSource
+from etrm.models.layers import Linear, PostNormBlock, RotaryEmbedding, SwiGLU, TokenEmbedding, rms_norm
+
+ENCODERS: dict[str, Callable[..., nn.Module]] = {}
+RMS_NORM_EPS = 1e-5
+
+
+def register_encoder(name: str) -> Callable:
+    """Class decorator adding an encoder to the registry under `name`."""
+
+    def add(cls: type) -> type:
+        ENCODERS[name] = cls
+        return cls
+
+    return add
+
+
+def build_encoder(config: Any, decoder_hidden: int, context_len: int, seq_len: int, vocab_size: int) -> nn.Module:
+    """Build the encoder named by `config.type` (an `EncoderConfig`)."""
+    if config.type not in ENCODERS:
+        from etrm.errors import ConfigError
+
+        raise ConfigError(f"encoder.type '{config.type}' is not one of {', '.join(sorted(ENCODERS))}")
+    return ENCODERS[config.type](config, decoder_hidden=decoder_hidden, context_len=context_len,
+                                 seq_len=seq_len, vocab_size=vocab_size)
+
+
+def match_token_scale(context: Tensor) -> Tensor:
+    """Normalise each context vector to the scale of a token embedding.
+
+    The decoder multiplies its whole input by sqrt(hidden); token embeddings start with
+    element std 1/sqrt(hidden). An RMS-normalised vector divided by sqrt(hidden) has that same
+    scale, so context and tokens enter the recursion on equal footing (the earlier ETRM fed
+    context vectors ~20x larger than its tokens).
+    """
+    return rms_norm(context, RMS_NORM_EPS) / math.sqrt(context.shape[-1])
+
+
+class PairTransformer(nn.Module):
+    """Embeds one demo's input and output grids (separate embeddings), concatenated as 2L tokens,
+    and runs post-norm transformer layers in which PAD cells are masked out as keys."""
+
+    def __init__(self, hidden: int, num_heads: int, expansion: float, num_layers: int, seq_len: int,
+                 vocab_size: int):
+        super().__init__()
+        self.scale = math.sqrt(hidden)
+        self.input_embed = TokenEmbedding(vocab_size, hidden, init_std=1.0 / self.scale)
+        self.output_embed = TokenEmbedding(vocab_size, hidden, init_std=1.0 / self.scale)
+        self.rotary = RotaryEmbedding(hidden // num_heads, 2 * seq_len, 10000.0)
+        self.layers = nn.ModuleList(
+            PostNormBlock(hidden, num_heads, expansion, RMS_NORM_EPS) for _ in range(num_layers)
+        )
+
+    def forward(self, grid_in: Tensor, grid_out: Tensor) -> tuple[Tensor, Tensor]:
+        """(N, L) token grids -> token states (N, 2L, hidden) and the mask of real cells (N, 2L)."""
+        x = self.scale * torch.cat((self.input_embed(grid_in), self.output_embed(grid_out)), dim=1)
+        cell_mask = torch.cat((grid_in != PAD, grid_out != PAD), dim=1)
+        cos_sin = self.rotary(x.shape[1])
+        for layer in self.layers:
+            x = layer(x, cos_sin, cell_mask)
+        return x, cell_mask
+
+
+class MaskedPooling(nn.Module):
+    """Pool token states (N, T, hidden) over the real tokens: mean, max or learned attention."""
+
+    def __init__(self, hidden: int, mode: str):
+        super().__init__()
+        if mode not in ("mean", "max", "attention"):
+            raise ValueError(f"pooling '{mode}' is not one of mean, max, attention")
+        self.mode = mode
+        if mode == "attention":
+            self.score = Linear(hidden, 1, bias=True)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        if self.mode == "mean":
+            weights = mask.to(x.dtype)
+            return (x * weights.unsqueeze(-1)).sum(1) / weights.sum(1, keepdim=True).clamp_min(1)
+        if self.mode == "max":
+            return x.masked_fill(~mask.unsqueeze(-1), float("-inf")).amax(1)
+        scores = self.score(x).squeeze(-1).masked_fill(~mask, float("-inf"))
+        return (scores.softmax(-1).unsqueeze(-1) * x).sum(1)
+
+
+def encode_real_demos(encode: Callable[[Tensor, Tensor], Tensor], demo_inputs: Tensor, demo_outputs: Tensor,
+                      demo_mask: Tensor) -> Tensor:
+    """Run a per-demo encoder only on real demos; padded slots get zero vectors. (B, D, hidden)."""
+    real = demo_mask.nonzero(as_tuple=True)
+    vectors = encode(demo_inputs[real], demo_outputs[real])
+    out = vectors.new_zeros((*demo_mask.shape, vectors.shape[-1]))
+    out[real] = vectors
+    return out
+
+
+class SetCrossAttention(nn.Module):
+    """`context_len` learned queries attend over the demo vectors (padded demos masked), then a
+    post-norm MLP: a permutation-invariant summary of the demo set."""
+
+    def __init__(self, hidden: int, num_heads: int, expansion: float, context_len: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.queries = nn.Parameter(torch.randn(context_len, hidden) / math.sqrt(hidden))
+        self.q_proj = Linear(hidden, hidden)
+        self.kv_proj = Linear(hidden, 2 * hidden)
+        self.o_proj = Linear(hidden, hidden)
+        self.mlp = SwiGLU(hidden, expansion)
+
+    def forward(self, demo_vectors: Tensor, demo_mask: Tensor) -> Tensor:
+        batch, num_demos, hidden = demo_vectors.shape
+        head_dim = hidden // self.num_heads
+        queries = self.queries.unsqueeze(0).expand(batch, -1, -1)
+        q = self.q_proj(queries).view(batch, -1, self.num_heads, head_dim).transpose(1, 2)
+        k, v = self.kv_proj(demo_vectors).view(batch, num_demos, 2, self.num_heads, head_dim).unbind(2)
+        # A sample without demos attends to its (zero) padding instead of producing NaN.
+        mask = (demo_mask | ~demo_mask.any(1, keepdim=True)).view(batch, 1, 1, num_demos)
+        attended = F.scaled_dot_product_attention(q, k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
+        context = rms_norm(queries + self.o_proj(attended.transpose(1, 2).reshape(batch, -1, hidden)),
+                           RMS_NORM_EPS)
+        return rms_norm(context + self.mlp(context), RMS_NORM_EPS)
+
+
+class EncoderContext(ContextSource):
+    """ETRM's context source: encode the batch's demos afresh at every call (every ACT step), so
+    every sample's loss reaches the encoder at every step."""
+
+    def __init__(self, encoder: nn.Module):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        return self.encoder(batch["demo_inputs"], batch["demo_outputs"], batch["demo_mask"])

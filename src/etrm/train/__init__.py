@@ -1,0 +1,1 @@
+"""Training: typed config, optimisation, checkpoints, metrics, and the loop."""

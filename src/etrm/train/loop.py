@@ -1,0 +1,358 @@
+"""The training loop, shared by TRM and ETRM: they differ only in the model's context source.
+
+`Trainer.train_step` is one optimiser step = one ACT step over the persistent carry: halted
+slots take the next batch's samples, every running sample is supervised against its own labels,
+the gradient is summed over ranks, clipped globally, and applied. `Trainer.run` is the outer
+loop; the final log, checkpoint and evaluation reuse the periodic code. Everything the loop
+changes (step, carry, weights, EMA, optimisers, random state, metric sums) is saved whole in one
+checkpoint; the data position is the step itself, since batches are a pure function of it.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+from tqdm import tqdm
+
+from etrm.data.episodes import AugmentedTasks, TrainSampler, to_torch
+from etrm.data.splits import few_shot_split
+from etrm.errors import EtrmError
+from etrm.eval.evaluate import autocast_for, evaluate
+from etrm.models.build import build_model, load_pretrained_decoder
+from etrm.models.decoder import ACTCarry, Latents
+from etrm.models.losses import act_loss
+from etrm.train import distributed
+from etrm.train.checkpoint import CHECKPOINT_NAME, read_checkpoint, write_checkpoint
+from etrm.train.config import RunConfig, run_directory, to_yaml
+from etrm.train.metrics import MetricsLogger
+from etrm.train.optim import EMA, build_optimizers, lr_at, set_learning_rate
+from etrm.train.verdict import verdict
+
+
+class TrainingDiverged(EtrmError):
+    """The loss became NaN or infinite; the run stopped without saving the broken weights."""
+
+
+def _carry_to_state(carry: ACTCarry | None) -> dict | None:
+    if carry is None:
+        return None
+    return {"z_H": carry.latents.z_H.cpu(), "z_L": carry.latents.z_L.cpu(), "steps": carry.steps.cpu(),
+            "halted": carry.halted.cpu(), "data": {k: v.cpu() for k, v in carry.current_data.items()}}
+
+
+def _carry_from_state(state: dict | None, device: torch.device) -> ACTCarry | None:
+    if state is None:
+        return None
+    return ACTCarry(Latents(state["z_H"].to(device), state["z_L"].to(device)), state["steps"].to(device),
+                    state["halted"].to(device), {k: v.to(device) for k, v in state["data"].items()})
+
+
+def _concat_carries(states: list[dict]) -> dict:
+    # One global carry (slots in global order) from the ranks' carries.
+    return {"z_H": torch.cat([s["z_H"] for s in states]), "z_L": torch.cat([s["z_L"] for s in states]),
+            "steps": torch.cat([s["steps"] for s in states]), "halted": torch.cat([s["halted"] for s in states]),
+            "data": {k: _cat_padded([s["data"][k] for s in states]) for k in states[0]["data"]}}
+
+
+def _cat_padded(tensors: list[torch.Tensor]) -> torch.Tensor:
+    # Ranks may carry different demo counts (dim 1); pad to the widest before joining.
+    if tensors[0].ndim < 2:
+        return torch.cat(tensors)
+    width = max(t.shape[1] for t in tensors)
+    padded = []
+    for tensor in tensors:
+        out = tensor.new_zeros((tensor.shape[0], width, *tensor.shape[2:]))
+        out[:, : tensor.shape[1]] = tensor
+        padded.append(out)
+    return torch.cat(padded)
+
+
+def _slice_carry(state: dict, rank: int, world_size: int) -> dict:
+    local = state["steps"].shape[0] // world_size
+    part = slice(rank * local, (rank + 1) * local)
+    return {"z_H": state["z_H"][part], "z_L": state["z_L"][part], "steps": state["steps"][part],
+            "halted": state["halted"][part], "data": {k: v[part] for k, v in state["data"].items()}}
+
+
+class Trainer:
+    """Builds data, model and optimisers from a `RunConfig`, then trains, checkpoints, evaluates."""
+
+    def __init__(self, config: RunConfig, runtime: distributed.Runtime):
+        self.config, self.runtime = config, runtime
+        self.run_dir = run_directory(config)
+        self.checkpoint_path = self.run_dir / CHECKPOINT_NAME
+        self.split = few_shot_split(config.train_sources, config.test_sources, config.canvas_side,
+                                    config.max_train_groups, config.max_eval_groups, config.leak_policy)
+        is_trm = config.model_type == "trm"
+        self.enumerated = AugmentedTasks(self.split.train, config.trm_augmentations, config.seed) if is_trm else None
+        self.sampler = TrainSampler(
+            self.split.train, canvas_side=config.canvas_side, max_demos=config.max_demos,
+            leave_one_out=config.leave_one_out, seed=config.seed, augment=config.augment,
+            translate=config.translate, enumerated=self.enumerated, rank=runtime.rank,
+            world_size=runtime.world_size)
+
+        torch.manual_seed(config.seed)
+        # TRM: one row per (training task, augmentation) plus one blank row for unseen tasks.
+        num_ids = self.enumerated.num_ids + 1 if is_trm else 0
+        self.model = build_model(config, num_puzzle_ids=num_ids).to(runtime.device)
+        if config.load_pretrained_decoder:
+            load_pretrained_decoder(self.model, config.load_pretrained_decoder, config)
+        distributed.broadcast_parameters(self.model, runtime)
+        self.step_model = torch.compile(self.model) if config.compile and runtime.device.type == "cuda" else self.model
+        self.optimizers = build_optimizers(self.model, config)
+        self.ema = EMA(self.model, config.ema_rate) if config.ema_rate > 0 else None
+        sparse = {id(p) for n, p in self.model.named_parameters() if n.startswith("context_source.table")}
+        self.dense_params = [p for p in self.model.parameters() if id(p) not in sparse]
+        self.encoder_params = [p for n, p in self.model.named_parameters() if n.startswith("context_source.encoder")]
+
+        self.step = 0
+        self.carry: ACTCarry | None = None
+        self.first_bad_step = torch.tensor(-1, device=runtime.device)
+        self.sums: dict[str, torch.Tensor] = {}
+        self.started = self.window_start = time.perf_counter()
+        self.window_steps = 0
+        self.history: list[dict[str, Any]] = []
+        torch.manual_seed(config.seed + 1 + runtime.rank)  # exploration draws differ per rank
+
+    # ----------------------------------------------------------------------------------- steps
+    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One optimiser step; returns metric sums as device tensors (no host synchronisation)."""
+        config = self.config
+        if self.carry is None:
+            self.carry = self.model.initial_carry(batch)
+        set_learning_rate(self.optimizers, lr_at(self.step, config.lr, config.lr_warmup_steps, config.max_steps,
+                                                 config.lr_schedule, config.lr_min_ratio))
+        self._apply_decoder_freeze()
+        with autocast_for(self.runtime.device):
+            self.carry, outputs = self.step_model(self.carry, batch)
+            loss, metrics = act_loss(outputs, self.carry.current_data["labels"], self.carry.halted,
+                                     config.halt_loss_weight, steps=self.carry.steps)
+        (loss / config.global_batch_size).backward()
+        distributed.sum_gradients(self.model, self.runtime)
+        encoder_norm = _grad_norm(self.encoder_params, self.runtime.device)
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            [p for p in self.dense_params if p.grad is not None], config.grad_clip_norm)
+        for optimizer in self.optimizers:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update(self.model)
+        finite = torch.isfinite(loss.detach())
+        self.first_bad_step = torch.where(finite | (self.first_bad_step >= 0), self.first_bad_step,
+                                          torch.tensor(self.step, device=loss.device))
+        metrics.update(loss=loss.detach(), samples=torch.tensor(float(batch["inputs"].shape[0]), device=loss.device),
+                       grad_norm=grad_norm.detach() / self.runtime.world_size,
+                       encoder_grad_share=(encoder_norm / grad_norm.clamp_min(1e-12)) ** 2 / self.runtime.world_size)
+        return metrics
+
+    def _apply_decoder_freeze(self) -> None:
+        frozen_steps = self.config.freeze_decoder_steps
+        frozen = frozen_steps < 0 or self.step < frozen_steps
+        for param in self.model.decoder.parameters():
+            param.requires_grad_(not frozen)
+
+    # ------------------------------------------------------------------------------- the loop
+    def run(self) -> dict[str, Any]:
+        config, runtime = self.config, self.runtime
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if config.resume and self.checkpoint_path.is_file():
+            self.restore()
+        if runtime.is_main:
+            (self.run_dir / "config.yaml").write_text(to_yaml(config))
+            for line in self.split.summary(config.canvas_side):
+                print(line)
+            print(f"training episodes: {self.sampler.num_episodes} "
+                  f"({self.sampler.steps_per_epoch(config.global_batch_size)} steps per epoch at global batch "
+                  f"{config.global_batch_size}); run directory: {self.run_dir}")
+        self.logger = MetricsLogger(self.run_dir, config.tracker if runtime.is_main else "none",
+                                    OmegaConf.to_container(OmegaConf.structured(config)), config.project_name,
+                                    config.run_name) if runtime.is_main else None
+        progress = tqdm(total=config.max_steps, initial=self.step, disable=not (runtime.is_main and config.progress),
+                        desc=config.run_name, dynamic_ncols=True)
+        with ThreadPoolExecutor(max_workers=1) if config.data_workers > 0 else _NoPool() as pool:
+            upcoming = self._fetch(pool, self.step)
+            while self.step < config.max_steps:
+                batch = upcoming.result()
+                if self.step + 1 < config.max_steps:
+                    upcoming = self._fetch(pool, self.step + 1)
+                metrics = self.train_step(batch)
+                for key, value in metrics.items():
+                    self.sums[key] = self.sums.get(key, 0) + value.detach().double()
+                self.step += 1
+                self.window_steps += 1
+                progress.update(1)
+                last = self.step == config.max_steps
+                if last or self.step % config.log_every == 0:
+                    record = self.log_window()
+                    progress.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['token_accuracy']:.3f}")
+                if last or self.step % config.checkpoint_every == 0:
+                    self.save()
+                if config.eval_every and self.step % config.eval_every == 0 and not last:
+                    self.evaluate_all()
+        progress.close()
+        results = self.evaluate_all() if config.final_eval else {}
+        summary = None
+        if runtime.is_main:
+            summary = verdict(config, self.history, results, self.run_dir)
+            self.logger.close()
+        return summary or {}
+
+    def _fetch(self, pool: Any, step: int) -> Future:
+        pin = self.runtime.device.type == "cuda"
+        return pool.submit(lambda: to_torch(self.sampler.batch(step, self.config.global_batch_size),
+                                            self.runtime.device, pin_memory=pin))
+
+    def _check_finite(self) -> None:
+        bad = int(self.first_bad_step.item())
+        if bad >= 0:
+            kept = read_checkpoint(self.checkpoint_path)["step"] if self.checkpoint_path.is_file() else None
+            where = f"the last good checkpoint (step {kept}) is kept" if kept is not None else "no checkpoint was written"
+            raise TrainingDiverged(f"loss became NaN or infinite at step {bad + 1}; stopped without saving ({where})")
+
+    def log_window(self) -> dict[str, Any]:
+        """Reduce the metric sums over ranks and steps, write one record, reset the window."""
+        self._check_finite()
+        sums = {k: float(v) for k, v in distributed.sum_over_ranks(self.sums, self.runtime).items()}
+        elapsed = time.perf_counter() - self.window_start
+        count, samples, steps = max(sums.get("count", 0), 1), max(sums["samples"], 1), self.window_steps
+        record = {
+            "loss": sums["loss"] / samples, "lm_loss": sums["lm_loss"] / samples,
+            "q_halt_loss": sums["q_halt_loss"] / samples,
+            "token_accuracy": sums["token_accuracy"] / count, "exact_match": sums["exact_match"] / count,
+            "q_halt_accuracy": sums["q_halt_accuracy"] / count, "mean_act_steps": sums["steps"] / count,
+            "halted_samples": int(sums.get("count", 0)),
+            "grad_norm": sums["grad_norm"] / steps, "encoder_grad_share": sums["encoder_grad_share"] / steps,
+            "lr": self.optimizers[0].param_groups[0]["lr"],
+            "samples_per_s": samples / elapsed, "seconds_per_step": elapsed / steps,
+            "wall_time": time.perf_counter() - self.started,
+        }
+        self.history.append({"step": self.step, **record})
+        if self.logger is not None:
+            self.logger.log(self.step, record)
+        self.sums, self.window_steps, self.window_start = {}, 0, time.perf_counter()
+        return record
+
+    # ----------------------------------------------------------------------------- evaluation
+    def evaluate_all(self) -> dict[str, Any]:
+        """Held-out tasks (and, for an overfit run, the training tasks) with the EMA weights."""
+        config = self.config
+        results: dict[str, Any] = {}
+        raw = {k: v.clone() for k, v in self.model.state_dict().items()}
+        if self.ema is not None:
+            self.model.load_state_dict(self.ema.weights_for(self.model))
+        try:
+            kwargs = dict(canvas_side=config.canvas_side, max_demos=config.max_demos,
+                          batch_size=config.eval.batch_size, runtime=self.runtime)
+            if self.enumerated is not None:
+                train_tasks = self.enumerated.head(1)
+                blank = self.enumerated.num_ids
+            else:
+                train_tasks = AugmentedTasks(self.split.train, 1, config.seed)
+                blank = None
+            results["train"] = evaluate(self.model, train_tasks, out_dir=None, **kwargs)
+            if self.split.test:
+                test_tasks = AugmentedTasks(self.split.test, config.eval.num_augmentations, config.seed,
+                                            fixed_puzzle_id=blank)
+                results["test"] = evaluate(self.model, test_tasks, out_dir=self.run_dir, **kwargs)
+        finally:
+            self.model.load_state_dict(raw)
+        if self.runtime.is_main and self.logger is not None:
+            for name, summary in results.items():
+                self.logger.log(self.step, {k: v for k, v in summary.items() if k != "per_task"}, kind=f"eval_{name}")
+        return results
+
+    # ---------------------------------------------------------------------------- checkpoints
+    def save(self) -> None:
+        """Write the whole train state (rank 0 writes; every rank contributes carry and RNG)."""
+        self._check_finite()
+        local = {"carry": _carry_to_state(self.carry), "rng": torch.get_rng_state(),
+                 "cuda_rng": torch.cuda.get_rng_state(self.runtime.device) if self.runtime.device.type == "cuda"
+                 else torch.empty(0, dtype=torch.uint8),
+                 "sums": {k: v.cpu() for k, v in self.sums.items()}}
+        ranks = distributed.gather_objects(local, self.runtime)
+        if not self.runtime.is_main:
+            return
+        carries = [r["carry"] for r in ranks]
+        state = {
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else {},
+            "optimizers": [optimizer.state_dict() for optimizer in self.optimizers],
+            "carry": _concat_carries(carries) if carries[0] is not None else None,
+            "rng": [r["rng"] for r in ranks], "cuda_rng": [r["cuda_rng"] for r in ranks],
+            "sums": [r["sums"] for r in ranks], "window_steps": self.window_steps,
+            "history": self.history, "elapsed": time.perf_counter() - self.started,
+            "world_size": self.runtime.world_size, "num_episodes": self.sampler.num_episodes,
+            "config": to_yaml(self.config),
+        }
+        write_checkpoint(self.checkpoint_path, state)
+
+    def restore(self) -> None:
+        """Continue exactly where the checkpoint stopped."""
+        state = read_checkpoint(self.checkpoint_path, map_location="cpu")
+        if state["num_episodes"] != self.sampler.num_episodes:
+            raise EtrmError(f"{self.checkpoint_path}: the data changed ({state['num_episodes']} training episodes "
+                            f"then, {self.sampler.num_episodes} now); cannot resume exactly")
+        self.model.load_state_dict(state["model"])
+        if self.ema is not None and state["ema"]:
+            self.ema.load_state_dict(state["ema"])
+        for optimizer, saved in zip(self.optimizers, state["optimizers"], strict=True):
+            optimizer.load_state_dict(saved)
+        self.step = state["step"]
+        rank, world = self.runtime.rank, self.runtime.world_size
+        if state["carry"] is not None:
+            self.carry = _carry_from_state(_slice_carry(state["carry"], rank, world), self.runtime.device)
+        if state["world_size"] == world:
+            torch.set_rng_state(state["rng"][rank])
+            if self.runtime.device.type == "cuda" and state["cuda_rng"][rank].numel():
+                torch.cuda.set_rng_state(state["cuda_rng"][rank], self.runtime.device)
+            self.sums = {k: v.to(self.runtime.device) for k, v in state["sums"][rank].items()}
+            self.window_steps = state["window_steps"]
+        self.history = list(state["history"])
+        self.started = time.perf_counter() - state["elapsed"]
+        if self.runtime.is_main:
+            print(f"resumed from {self.checkpoint_path} at step {self.step}")
+
+
+class _NoPool:
+    """Builds batches in the loop itself (data_workers=0)."""
+
+    def __enter__(self) -> _NoPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def submit(self, function: Any) -> Future:
+        future: Future = Future()
+        future.set_result(function())
+        return future
+
+
+def _grad_norm(params: list[torch.nn.Parameter], device: torch.device) -> torch.Tensor:
+    grads = [p.grad.detach() for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros((), device=device)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+
+
+def train(config: RunConfig) -> dict[str, Any]:
+    """Run (or resume) a training run and its final evaluation; returns the summary on rank 0."""
+    runtime = distributed.init_runtime(config.device)
+    try:
+        return Trainer(config, runtime).run()
+    finally:
+        distributed.shutdown(runtime)
+
+
+def resolve_resume(run_dir: str | Path) -> Path:
+    """The saved config of a run directory to resume."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise EtrmError(f"{run_dir}: no config.yaml; not a run directory")
+    return path

@@ -1,0 +1,81 @@
+"""Optimisers, the learning-rate schedule (a pure function of the step) and EMA weights."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from adam_atan2_pytorch import AdamAtan2
+from torch import nn
+
+from etrm.models.puzzle_embedding import SparseSignSGD
+
+
+def lr_at(step: int, base_lr: float, warmup_steps: int, total_steps: int, schedule: str = "constant",
+          min_ratio: float = 0.0) -> float:
+    """Learning rate of optimiser step `step` (0-based): linear warmup, then constant or cosine.
+
+    Warmup reaches `base_lr` at step `warmup_steps - 1`; the cosine then decays to
+    `base_lr * min_ratio` at the last step (`total_steps - 1`).
+    """
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    if schedule == "constant":
+        return base_lr
+    decay_steps = max(1, total_steps - 1 - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / decay_steps)
+    return base_lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def build_optimizers(model: nn.Module, config: Any) -> list[torch.optim.Optimizer]:
+    """The dense optimiser (Adam-atan2 or AdamW; encoder params at `encoder_lr_scale`) and, for
+    TRM, sign-SGD over the puzzle-embedding table. Each param group records its `lr_scale`."""
+    sparse = [p for n, p in model.named_parameters() if n.startswith("context_source.table")]
+    encoder = [p for n, p in model.named_parameters() if n.startswith("context_source.encoder")]
+    taken = {id(p) for p in sparse + encoder}
+    decoder = [p for p in model.parameters() if id(p) not in taken]
+    groups = [{"params": decoder, "lr_scale": 1.0, "name": "decoder"}]
+    if encoder:
+        groups.append({"params": encoder, "lr_scale": config.encoder_lr_scale, "name": "encoder"})
+    betas = (config.beta1, config.beta2)
+    if config.optimizer == "adam_atan2":
+        dense = AdamAtan2(groups, lr=config.lr, betas=betas, weight_decay=config.weight_decay)
+    else:
+        dense = torch.optim.AdamW(groups, lr=config.lr, betas=betas, weight_decay=config.weight_decay)
+    optimizers: list[torch.optim.Optimizer] = [dense]
+    if sparse:
+        optimizers.append(SparseSignSGD(sparse, lr=config.puzzle_emb_lr, weight_decay=config.puzzle_emb_weight_decay))
+        optimizers[-1].param_groups[0]["lr_scale"] = config.puzzle_emb_lr / config.lr
+    return optimizers
+
+
+def set_learning_rate(optimizers: list[torch.optim.Optimizer], lr: float) -> None:
+    for optimizer in optimizers:
+        for group in optimizer.param_groups:
+            group["lr"] = lr * group["lr_scale"]
+
+
+class EMA:
+    """Exponential moving average of the float weights, for evaluation (TRM's rate 0.999)."""
+
+    def __init__(self, model: nn.Module, rate: float):
+        self.rate = rate
+        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for key, value in model.state_dict().items():
+            if key in self.shadow:
+                self.shadow[key].lerp_(value, 1.0 - self.rate)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.shadow
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for key, value in state.items():
+            self.shadow[key].copy_(value)
+
+    def weights_for(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """A full state dict for `model` with the averaged float weights."""
+        return {**model.state_dict(), **self.shadow}

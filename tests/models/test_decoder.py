@@ -1,0 +1,184 @@
+"""The recursive decoder and the ACT bookkeeping around it."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from etrm.models import ACTModel, DecoderConfig, PuzzleEmbedding, RecursiveDecoder
+from etrm.models.decoder import merge_new_samples
+
+TINY = dict(hidden_size=32, num_heads=2, expansion=2.0, num_layers=2, h_cycles=2, l_cycles=2,
+            seq_len=9, context_len=2, vocab_size=12, halt_max_steps=3)
+NUM_IDS = 6
+
+
+def tiny_model(seed: int = 0, **overrides) -> ACTModel:
+    torch.manual_seed(seed)
+    config = DecoderConfig(**{**TINY, **overrides})
+    context = PuzzleEmbedding(NUM_IDS, config.hidden_size, config.context_len, config.hidden_size)
+    with torch.no_grad():
+        context.table.weight.normal_()  # distinct contexts per puzzle (the real init is zeros)
+    return ACTModel(context, RecursiveDecoder(config))
+
+
+def tiny_batch(batch_size: int, seed: int, num_demos: int = 2) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    seq_len = TINY["seq_len"]
+    return {
+        "inputs": torch.randint(0, 12, (batch_size, seq_len), generator=generator),
+        "labels": torch.randint(0, 12, (batch_size, seq_len), generator=generator),
+        "puzzle_identifiers": torch.randint(0, NUM_IDS, (batch_size,), generator=generator),
+        "demo_inputs": torch.randint(1, 12, (batch_size, num_demos, seq_len), generator=generator),
+        "demo_mask": torch.ones(batch_size, num_demos, dtype=torch.bool),
+    }
+
+
+def set_halt_bias(model: ACTModel, bias: float) -> None:
+    with torch.no_grad():
+        model.decoder.q_head.bias.fill_(bias)  # q_head weight is zero: q_halt == bias everywhere
+
+
+def test_arc_decoder_has_6_829_058_parameters():
+    decoder = RecursiveDecoder(DecoderConfig(hidden_size=512, num_heads=8, num_layers=2, vocab_size=12))
+    assert sum(p.numel() for p in decoder.parameters()) == 6_829_058
+    assert {name for name, _ in decoder.named_buffers(recurse=False)} >= {"H_init", "L_init"}
+    assert "H_init" in decoder.state_dict() and "rotary.cos" not in decoder.state_dict()
+
+
+def test_merge_pads_demo_dimension_to_the_wider_batch():
+    carried = tiny_batch(2, seed=1, num_demos=2)
+    new = tiny_batch(2, seed=2, num_demos=4)
+    merged = merge_new_samples(carried, new, take_new=torch.tensor([True, False]))
+    assert merged["demo_inputs"].shape == (2, 4, TINY["seq_len"])
+    assert torch.equal(merged["demo_inputs"][0], new["demo_inputs"][0])
+    assert torch.equal(merged["demo_inputs"][1, :2], carried["demo_inputs"][1])
+    assert merged["demo_inputs"][1, 2:].eq(0).all()
+    assert merged["demo_mask"].tolist() == [[True] * 4, [True, True, False, False]]
+
+    narrower = tiny_batch(2, seed=3, num_demos=1)
+    merged = merge_new_samples(merged, narrower, take_new=torch.tensor([False, True]))
+    assert merged["demo_mask"].tolist() == [[True] * 4, [True, False, False, False]]
+    assert merged["demo_mask"].dtype == torch.bool
+
+
+def test_merge_rejects_other_shape_differences_and_key_changes():
+    carried, new = tiny_batch(2, seed=1), tiny_batch(2, seed=2)
+    new["demo_inputs"] = new["demo_inputs"][:, :, :5]  # only dim 1 (the demo count) may differ
+    with pytest.raises(ValueError, match="'demo_inputs'"):
+        merge_new_samples(carried, new, take_new=torch.tensor([True, False]))
+    del new["inputs"]
+    with pytest.raises(ValueError, match="keys"):
+        merge_new_samples(carried, new, take_new=torch.tensor([True, False]))
+
+
+def test_act_forward_with_varying_number_of_demos():
+    model = tiny_model()
+    first = tiny_batch(2, seed=1, num_demos=3)
+    carry, _ = model(model.initial_carry(first), first)
+    carry = dataclasses.replace(carry, halted=torch.tensor([True, False]))
+    carry, outputs = model(carry, tiny_batch(2, seed=2, num_demos=5))
+    assert carry.current_data["demo_inputs"].shape[1] == 5
+    assert carry.current_data["demo_mask"].sum(1).tolist() == [5, 3]
+    assert outputs["logits"].shape == (2, TINY["seq_len"], 12)
+
+
+def test_initial_carry_is_all_halted_with_zeros():
+    model = tiny_model()
+    carry = model.initial_carry(tiny_batch(3, seed=1))
+    assert carry.halted.all() and carry.steps.dtype == torch.int32
+    assert all(value.eq(0).all() for value in carry.current_data.values())
+    assert carry.latents.z_H.eq(0).all() and carry.latents.z_L.eq(0).all()
+
+
+def test_evaluation_runs_exactly_halt_max_steps():
+    model = tiny_model().eval()
+    set_halt_bias(model, 5.0)  # would halt at once in training
+    batch = tiny_batch(2, seed=1)
+    carry = model.initial_carry(batch)
+    with torch.no_grad():
+        for step in range(1, 2 * TINY["halt_max_steps"] + 1):
+            carry, _ = model(carry, batch)
+            assert carry.steps.tolist() == [(step - 1) % TINY["halt_max_steps"] + 1] * 2
+            assert carry.halted.tolist() == [step % TINY["halt_max_steps"] == 0] * 2
+
+
+@pytest.mark.parametrize("bias, halts_after", [(5.0, 1), (-5.0, TINY["halt_max_steps"])])
+def test_training_halts_when_q_halt_is_positive(bias, halts_after):
+    model = tiny_model(halt_exploration_prob=0.0).train()
+    set_halt_bias(model, bias)
+    batch = tiny_batch(2, seed=1)
+    carry = model.initial_carry(batch)
+    for step in range(1, halts_after + 1):
+        carry, _ = model(carry, batch)
+        assert carry.halted.tolist() == [step == halts_after] * 2
+
+
+def test_exploration_draws_a_minimum_step_count():
+    halt_max_steps = 4
+    model = tiny_model(halt_max_steps=halt_max_steps, halt_exploration_prob=1.0, seq_len=4,
+                       hidden_size=16, num_layers=1, h_cycles=1, l_cycles=1).train()
+    set_halt_bias(model, 5.0)  # wants to halt at every step; exploration holds it back
+    batch_size = 400
+    generator = torch.Generator().manual_seed(0)
+    batch = {"inputs": torch.randint(0, 12, (batch_size, 4), generator=generator),
+             "puzzle_identifiers": torch.zeros(batch_size, dtype=torch.long)}
+    torch.manual_seed(0)
+    carry = model.initial_carry(batch)
+    first_halt = torch.zeros(batch_size, dtype=torch.int32)
+    with torch.no_grad():
+        for _ in range(halt_max_steps):
+            carry, _ = model(carry, batch)
+            newly = carry.halted & (first_halt == 0)
+            first_halt[newly] = carry.steps[newly]
+            carry = dataclasses.replace(carry, halted=torch.zeros_like(carry.halted))  # keep running
+    counts = torch.bincount(first_halt.long(), minlength=halt_max_steps + 1).tolist()
+    assert counts[0] == counts[1] == 0  # every sample halted, none before step 2
+    assert all(count > batch_size // 6 for count in counts[2:])  # uniform over 2..halt_max_steps
+
+
+def test_carried_samples_keep_their_data_and_halted_slots_take_the_new_batch():
+    model = tiny_model().eval()
+    first, second = tiny_batch(2, seed=1), tiny_batch(2, seed=2)
+    with torch.no_grad():
+        after_first, _ = model(model.initial_carry(first), first)
+        # Slot 0 halted, slot 1 still runs: a new batch arrives.
+        mixed, mixed_out = model(dataclasses.replace(after_first, halted=torch.tensor([True, False])), second)
+        # References: slot 0 as a fresh start on `second`, slot 1 as a second step on `first`.
+        _, fresh_out = model(model.initial_carry(second), second)
+        _, continued_out = model(after_first, first)
+
+    for key in first:
+        assert torch.equal(mixed.current_data[key][0], second[key][0]), key
+        assert torch.equal(mixed.current_data[key][1], first[key][1]), key  # labels included
+    assert mixed.steps.tolist() == [1, 2]
+    torch.testing.assert_close(mixed_out["logits"][0], fresh_out["logits"][0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(mixed_out["logits"][1], continued_out["logits"][1], atol=1e-5, rtol=1e-5)
+
+
+def test_batched_act_equals_per_sample_act():
+    model = tiny_model().eval()
+    batch = tiny_batch(3, seed=4)
+    with torch.no_grad():
+        carry = model.initial_carry(batch)
+        batched = []
+        for _ in range(2):
+            carry, outputs = model(carry, batch)
+            batched.append(outputs)
+        for i in range(3):
+            sample = {key: value[i : i + 1] for key, value in batch.items()}
+            carry = model.initial_carry(sample)
+            for step in range(2):
+                carry, outputs = model(carry, sample)
+                for key, value in outputs.items():
+                    torch.testing.assert_close(value, batched[step][key][i : i + 1], atol=1e-5, rtol=1e-5)
+
+
+def test_carry_is_detached_and_gradients_reach_decoder_and_context():
+    model = tiny_model().train()
+    batch = tiny_batch(2, seed=1)
+    carry, outputs = model(model.initial_carry(batch), batch)
+    assert not carry.latents.z_H.requires_grad and not carry.latents.z_L.requires_grad
+    (outputs["logits"].sum() + outputs["q_halt_logits"].sum()).backward()
+    assert all(p.grad is not None for p in model.decoder.parameters())
+    assert model.context_source.table.weight.grad is not None
