@@ -45,7 +45,10 @@ def _data_show(args: argparse.Namespace) -> int:
     tasks = {t.id: t for t in load_tasks(args.source)}
     if args.task not in tasks:
         raise EtrmError(f"task '{args.task}' is not in source '{args.source}' ({len(tasks)} tasks)")
-    print(draw_task(tasks[args.task], args.out))
+    try:
+        print(draw_task(tasks[args.task], args.out))
+    except OSError as error:
+        raise EtrmError(f"{args.out}: cannot write the figure ({error.strerror or error})") from None
     return 0
 
 

@@ -46,7 +46,11 @@ def draw_task(task: Task, out: str | Path) -> Path:
     figure.suptitle(f"task {task.id}")
     figure.tight_layout()
     path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # format="png": write exactly `path` (matplotlib would append ".png" to a name without a suffix
+        # and refuse an unknown suffix).
+        figure.savefig(path, dpi=100, format="png")
+    finally:
+        plt.close(figure)
     return path

@@ -144,6 +144,8 @@ def _read_json(path: Path) -> Any:
         raise DataError(f"{path}: invalid JSON at line {error.lineno} column {error.colno}: {error.msg}") from None
     except UnicodeDecodeError:
         raise DataError(f"{path}: not a UTF-8 text file") from None
+    except OSError as error:
+        raise DataError(f"{path}: cannot read ({error.strerror or error})") from None
 
 
 @functools.lru_cache(maxsize=4)
