@@ -6,7 +6,7 @@ the training tasks' test pairs and, with `leave_one_out`, each demo in turn as t
 the other demos as context. Nothing is materialised: a batch is encoded from the tasks when it
 is asked for, deterministically from (seed, epoch, index).
 
-A batch is a dict of numpy arrays (uint8 tokens; `to_torch` makes model inputs of them):
+A batch is a dict of numpy arrays (uint8 tokens; `etrm.data.tensors.to_torch` makes model inputs):
 
 - `inputs`, `labels`: (B, canvas_side**2) query input and target tokens
 - `demo_inputs`, `demo_outputs`: (B, D, canvas_side**2), D = the largest demo count in the batch
@@ -23,14 +23,12 @@ import math
 from collections.abc import Iterator, Sequence
 
 import numpy as np
-import torch
 
 from etrm.data.augment import NUM_DIHEDRAL, Augmentation, augmentation_list, dihedral
-from etrm.data.encoding import COLOUR_OFFSET, IGNORE_LABEL, PAD, place_grid
+from etrm.data.encoding import COLOUR_OFFSET, place_grid
 from etrm.data.sources import NUM_COLOURS, Task
 
 Batch = dict[str, np.ndarray]
-TOKEN_KEYS = ("inputs", "labels", "demo_inputs", "demo_outputs")
 
 
 def training_episodes(tasks: Sequence[Task], leave_one_out: bool) -> np.ndarray:
@@ -116,25 +114,6 @@ def encode_episodes(
         "augmentation_index": zeros if augmentation_index is None else augmentation_index.astype(np.int64),
         "valid": np.ones(size, dtype=bool),
     }
-
-
-def to_torch(batch: Batch, device: torch.device | str = "cpu", pin_memory: bool = False) -> dict[str, torch.Tensor]:
-    """Model inputs from a numpy batch: int64 tokens, labels with PAD -> IGNORE_LABEL.
-
-    Tokens travel as uint8 (an eighth of the bytes) and widen on the device.
-    """
-    tensors = {}
-    for key, value in batch.items():
-        tensor = torch.from_numpy(value)
-        if pin_memory:
-            tensor = tensor.pin_memory()
-        tensor = tensor.to(device, non_blocking=pin_memory)
-        if key in TOKEN_KEYS:
-            tensor = tensor.long()
-        if key == "labels":
-            tensor = tensor.masked_fill(tensor == PAD, IGNORE_LABEL)
-        tensors[key] = tensor
-    return tensors
 
 
 class AugmentedTasks:

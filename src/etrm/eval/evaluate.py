@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from etrm.data.encoding import decode_grid
-from etrm.data.episodes import AugmentedTasks, EvalEnumeration, to_torch
+from etrm.data.episodes import AugmentedTasks, EvalEnumeration
+from etrm.data.tensors import to_torch
 from etrm.eval.voting import pass_at_k, rank_of_truth, vote
 from etrm.models.decoder import ACTModel
 from etrm.train.distributed import Runtime, gather_objects

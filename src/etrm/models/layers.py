@@ -110,7 +110,7 @@ def rotate_half(x: Tensor) -> Tensor:
 
 
 def apply_rotary(x: Tensor, cos_sin: CosSin) -> Tensor:
-    """Rotate `x` (B, S, heads, head_dim) by position; tables are (S, head_dim)."""
+    """Rotate `x` (B, S, heads, head_dim) by position; tables are (S, head_dim) or per sample (B, S, head_dim)."""
     cos, sin = (t.unsqueeze(-2).to(x.dtype) for t in cos_sin)
     return x * cos + rotate_half(x) * sin
 

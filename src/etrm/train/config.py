@@ -56,7 +56,8 @@ class EvalConfig:
 
     num_augmentations: int = 8
     batch_size: int = 64
-    split: str = "test"  # test (held-out tasks) | train (the training tasks' test pairs)
+    split: str = "test"  # etrm eval: test (held-out tasks) | train (the training tasks' test pairs)
+    periodic_splits: str = "train,test"  # what eval_every evaluates during training
     checkpoint: str = ""  # a checkpoint file or run directory (etrm eval)
     out_dir: str = ""  # where eval.json and submission.json go (default: the run directory)
 
@@ -94,6 +95,7 @@ class RunConfig:
 
     # optimisation
     max_steps: int = 1000
+    max_minutes: float = 0.0  # also stop (checkpoint, evaluate) after this much training time; 0: no limit
     global_batch_size: int = 256
     optimizer: str = "adam_atan2"  # adam_atan2 | adamw
     lr: float = 1e-4

@@ -106,3 +106,12 @@ def gather_objects(obj: object, runtime: Runtime) -> list[object]:
     gathered: list[object] = [None] * runtime.world_size
     dist.all_gather_object(gathered, obj)
     return gathered
+
+
+def agree(flag: bool, runtime: Runtime) -> bool:
+    """Rank 0's value of `flag`, on every rank."""
+    if not runtime.distributed:
+        return flag
+    value = torch.tensor([float(flag)], device=runtime.device)
+    dist.broadcast(value, src=0)
+    return bool(value.item())

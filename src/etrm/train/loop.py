@@ -19,8 +19,9 @@ import torch
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from etrm.data.episodes import AugmentedTasks, TrainSampler, to_torch
+from etrm.data.episodes import AugmentedTasks, TrainSampler
 from etrm.data.splits import few_shot_split
+from etrm.data.tensors import to_torch
 from etrm.errors import EtrmError
 from etrm.eval.evaluate import autocast_for, evaluate
 from etrm.models.build import build_model, load_pretrained_decoder
@@ -176,7 +177,8 @@ class Trainer:
                         desc=config.run_name, dynamic_ncols=True)
         with ThreadPoolExecutor(max_workers=1) if config.data_workers > 0 else _NoPool() as pool:
             upcoming = self._fetch(pool, self.step)
-            while self.step < config.max_steps:
+            last = self.step >= config.max_steps
+            while not last:
                 batch = upcoming.result()
                 if self.step + 1 < config.max_steps:
                     upcoming = self._fetch(pool, self.step + 1)
@@ -190,10 +192,11 @@ class Trainer:
                 if last or self.step % config.log_every == 0:
                     record = self.log_window()
                     progress.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['token_accuracy']:.3f}")
+                    last = last or self._time_is_up()
                 if last or self.step % config.checkpoint_every == 0:
                     self.save()
                 if config.eval_every and self.step % config.eval_every == 0 and not last:
-                    self.evaluate_all()
+                    self.evaluate_all(config.eval.periodic_splits)
         progress.close()
         results = self.evaluate_all() if config.final_eval else {}
         summary = None
@@ -201,6 +204,12 @@ class Trainer:
             summary = verdict(config, self.history, results, self.run_dir)
             self.logger.close()
         return summary or {}
+
+    def _time_is_up(self) -> bool:
+        # Checked at log points only; every rank takes rank 0's decision.
+        elapsed_minutes = (time.perf_counter() - self.started) / 60
+        time_up = bool(self.config.max_minutes) and elapsed_minutes >= self.config.max_minutes
+        return distributed.agree(time_up, self.runtime)
 
     def _fetch(self, pool: Any, step: int) -> Future:
         pin = self.runtime.device.type == "cuda"
@@ -211,7 +220,7 @@ class Trainer:
         bad = int(self.first_bad_step.item())
         if bad >= 0:
             kept = read_checkpoint(self.checkpoint_path)["step"] if self.checkpoint_path.is_file() else None
-            where = f"the last good checkpoint (step {kept}) is kept" if kept is not None else "no checkpoint was written"
+            where = "no checkpoint was written" if kept is None else f"the last good checkpoint (step {kept}) is kept"
             raise TrainingDiverged(f"loss became NaN or infinite at step {bad + 1}; stopped without saving ({where})")
 
     def log_window(self) -> dict[str, Any]:
@@ -238,8 +247,9 @@ class Trainer:
         return record
 
     # ----------------------------------------------------------------------------- evaluation
-    def evaluate_all(self) -> dict[str, Any]:
-        """Held-out tasks (and, for an overfit run, the training tasks) with the EMA weights."""
+    def evaluate_all(self, splits: str = "train,test") -> dict[str, Any]:
+        """Evaluate with the EMA weights: `train` = the training tasks' test pairs (identity
+        augmentation; Phase 1's train accuracy), `test` = the held-out tasks with voting."""
         config = self.config
         results: dict[str, Any] = {}
         raw = {k: v.clone() for k, v in self.model.state_dict().items()}
@@ -254,8 +264,9 @@ class Trainer:
             else:
                 train_tasks = AugmentedTasks(self.split.train, 1, config.seed)
                 blank = None
-            results["train"] = evaluate(self.model, train_tasks, out_dir=None, **kwargs)
-            if self.split.test:
+            if "train" in splits:
+                results["train"] = evaluate(self.model, train_tasks, out_dir=None, **kwargs)
+            if "test" in splits and self.split.test:
                 test_tasks = AugmentedTasks(self.split.test, config.eval.num_augmentations, config.seed,
                                             fixed_puzzle_id=blank)
                 results["test"] = evaluate(self.model, test_tasks, out_dir=self.run_dir, **kwargs)
@@ -263,7 +274,9 @@ class Trainer:
             self.model.load_state_dict(raw)
         if self.runtime.is_main and self.logger is not None:
             for name, summary in results.items():
-                self.logger.log(self.step, {k: v for k, v in summary.items() if k != "per_task"}, kind=f"eval_{name}")
+                scalars = {k: v for k, v in summary.items() if k != "per_task"}
+                self.logger.log(self.step, {**scalars, "wall_time": time.perf_counter() - self.started},
+                                kind=f"eval_{name}")
         return results
 
     # ---------------------------------------------------------------------------- checkpoints

@@ -51,8 +51,14 @@ def match_token_scale(context: Tensor) -> Tensor:
 
 
 class PairTransformer(nn.Module):
-    """Embeds one demo's input and output grids (separate embeddings), concatenated as 2L tokens,
-    and runs post-norm transformer layers in which PAD cells are masked out as keys."""
+    """Embeds one demo's input and output grids (separate embeddings) as one token sequence and
+    runs post-norm transformer layers over the real cells only.
+
+    PAD cells are cropped away before the layers: each demo keeps its non-PAD tokens (padded to
+    the longest demo of the batch, those pads masked as keys), and every kept token carries the
+    RoPE angle of its canvas position. This equals masking PAD cells in a full 2L-token sequence,
+    at a fraction of the cost: a 10x10 grid uses about 120 of the 900 cells of a 30x30 canvas.
+    """
 
     def __init__(self, hidden: int, num_heads: int, expansion: float, num_layers: int, seq_len: int,
                  vocab_size: int):
@@ -66,13 +72,25 @@ class PairTransformer(nn.Module):
         )
 
     def forward(self, grid_in: Tensor, grid_out: Tensor) -> tuple[Tensor, Tensor]:
-        """(N, L) token grids -> token states (N, 2L, hidden) and the mask of real cells (N, 2L)."""
-        x = self.scale * torch.cat((self.input_embed(grid_in), self.output_embed(grid_out)), dim=1)
-        cell_mask = torch.cat((grid_in != PAD, grid_out != PAD), dim=1)
-        cos_sin = self.rotary(x.shape[1])
+        """(N, L) input and output tokens -> states of the kept tokens (N, T, hidden) and their
+        mask (N, T), T = the largest number of real cells of one demo."""
+        seq_len = grid_in.shape[1]
+        tokens = torch.cat((grid_in, grid_out), dim=1)
+        is_real = tokens != PAD
+        lengths = is_real.sum(1)
+        kept = int(lengths.max())
+        # Stable sort puts each demo's real cells first, in canvas order; `position` is each
+        # kept token's index in the full 2L sequence.
+        position = torch.argsort((~is_real).to(torch.int8), dim=1, stable=True)[:, :kept]
+        kept_tokens = tokens.gather(1, position)
+        mask = torch.arange(kept, device=tokens.device) < lengths.unsqueeze(1)
+        is_output = (position >= seq_len).unsqueeze(-1)
+        x = self.scale * torch.where(is_output, self.output_embed(kept_tokens), self.input_embed(kept_tokens))
+        cos, sin = self.rotary(2 * seq_len)
+        cos_sin = (cos[position], sin[position])
         for layer in self.layers:
-            x = layer(x, cos_sin, cell_mask)
-        return x, cell_mask
+            x = layer(x, cos_sin, mask)
+        return x, mask
 
 
 class MaskedPooling(nn.Module):
