@@ -70,6 +70,19 @@ class ContextSource(nn.Module):
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         raise NotImplementedError
 
+    def initial_state(self, batch_size: int, device: torch.device) -> Tensor | None:
+        """A recurrent source's per-sample state (ETRM-squared's z_E); None for stateless sources."""
+        return None
+
+    def step(self, batch: dict[str, Tensor], state: Tensor | None, reset: Tensor) -> tuple[Tensor, Tensor | None]:
+        """One ACT step's context and the source's next state; `reset` (B,) marks fresh samples.
+        Stateless sources just encode the batch."""
+        return self(batch), None
+
+    def auxiliary_loss(self) -> Tensor | None:
+        """Per-sample extra loss (B,) of the last call, already weighted (e.g. kl_weight * KL)."""
+        return None
+
 
 class RecursiveDecoder(nn.Module):
     """The TRM network: token embedding, the shared layers, and the answer / halting heads."""
@@ -152,6 +165,7 @@ class ACTCarry:
     steps: Tensor  # (B,) int32
     halted: Tensor  # (B,) bool
     current_data: dict[str, Tensor]
+    context_state: Tensor | None = None  # a recurrent context source's state (ETRM-squared)
 
 
 def pad_dim1_to_match(a: Tensor, b: Tensor, key: str) -> tuple[Tensor, Tensor]:
@@ -209,6 +223,7 @@ class ACTModel(nn.Module):
             steps=torch.zeros(batch_size, dtype=torch.int32, device=device),
             halted=torch.ones(batch_size, dtype=torch.bool, device=device),
             current_data={key: torch.zeros_like(value) for key, value in batch.items()},
+            context_state=self.context_source.initial_state(batch_size, device),
         )
 
     def forward(self, carry: ACTCarry, batch: dict[str, Tensor]) -> tuple[ACTCarry, dict[str, Tensor]]:
@@ -221,13 +236,16 @@ class ACTModel(nn.Module):
         steps = torch.where(carry.halted, 0, carry.steps)
         data = merge_new_samples(carry.current_data, batch, take_new=carry.halted)
 
-        context = self.context_source(data)
+        context, context_state = self.context_source.step(data, carry.context_state, carry.halted)
         latents, logits, q_halt, q_continue = self.decoder(latents, data["inputs"], context)
 
         steps = steps + 1
         halted = self.halting(steps, q_halt)
         outputs = {"logits": logits, "q_halt_logits": q_halt, "q_continue_logits": q_continue}
-        return ACTCarry(latents, steps, halted, data), outputs
+        auxiliary = self.context_source.auxiliary_loss()
+        if auxiliary is not None:
+            outputs["auxiliary_loss"] = auxiliary
+        return ACTCarry(latents, steps, halted, data, context_state), outputs
 
     @torch.no_grad()
     def run_fixed_steps(self, batch: dict[str, Tensor], num_steps: int | None = None) -> dict[str, Tensor]:
@@ -240,12 +258,15 @@ class ACTModel(nn.Module):
         num_steps = num_steps or self.config.halt_max_steps
         batch_size = batch["inputs"].shape[0]
         device = batch["inputs"].device
-        latents = self.decoder.reset_latents(
-            self.decoder.initial_latents(batch_size, device), torch.ones(batch_size, dtype=torch.bool, device=device)
-        )
-        context = self.context_source(batch)
+        fresh = torch.ones(batch_size, dtype=torch.bool, device=device)
+        latents = self.decoder.reset_latents(self.decoder.initial_latents(batch_size, device), fresh)
+        state = self.context_source.initial_state(batch_size, device)
+        recurrent = state is not None
+        context, state = self.context_source.step(batch, state, fresh)
         halt_step = torch.full((batch_size,), num_steps, dtype=torch.int32, device=device)
         for step in range(1, num_steps + 1):
+            if recurrent and step > 1:  # a recurrent source refines its context at every step
+                context, state = self.context_source.step(batch, state, ~fresh)
             latents, logits, q_halt, q_continue = self.decoder(latents, batch["inputs"], context)
             halt_step = torch.where((q_halt > 0) & (halt_step == num_steps), step, halt_step)
         return {"logits": logits, "q_halt_logits": q_halt, "q_continue_logits": q_continue, "halt_step": halt_step}

@@ -72,4 +72,9 @@ def act_loss(
     q_halt_loss = F.binary_cross_entropy_with_logits(q_halt, halt_targets, reduction="sum")
     metrics["lm_loss"] = lm_loss.detach()
     metrics["q_halt_loss"] = q_halt_loss.detach()
-    return lm_loss + halt_loss_weight * q_halt_loss, metrics
+    total = lm_loss + halt_loss_weight * q_halt_loss
+    if "auxiliary_loss" in outputs:  # e.g. a variational encoder's weighted KL, per sample
+        auxiliary = outputs["auxiliary_loss"].sum()
+        metrics["auxiliary_loss"] = auxiliary.detach()
+        total = total + auxiliary
+    return total, metrics

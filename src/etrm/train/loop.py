@@ -30,7 +30,7 @@ from etrm.models.losses import act_loss
 from etrm.train import distributed
 from etrm.train.checkpoint import CHECKPOINT_NAME, read_checkpoint, write_checkpoint
 from etrm.train.config import RunConfig, run_directory, to_yaml
-from etrm.train.metrics import MetricsLogger
+from etrm.train.metrics import MetricsLogger, drop_records_after
 from etrm.train.optim import EMA, build_optimizers, lr_at, set_learning_rate
 from etrm.train.verdict import verdict
 
@@ -42,22 +42,26 @@ class TrainingDiverged(EtrmError):
 def _carry_to_state(carry: ACTCarry | None) -> dict | None:
     if carry is None:
         return None
-    return {"z_H": carry.latents.z_H.cpu(), "z_L": carry.latents.z_L.cpu(), "steps": carry.steps.cpu(),
-            "halted": carry.halted.cpu(), "data": {k: v.cpu() for k, v in carry.current_data.items()}}
+    state = {"z_H": carry.latents.z_H.cpu(), "z_L": carry.latents.z_L.cpu(), "steps": carry.steps.cpu(),
+             "halted": carry.halted.cpu(), "data": {k: v.cpu() for k, v in carry.current_data.items()}}
+    if carry.context_state is not None:
+        state["context_state"] = carry.context_state.cpu()
+    return state
 
 
 def _carry_from_state(state: dict | None, device: torch.device) -> ACTCarry | None:
     if state is None:
         return None
+    context_state = state["context_state"].to(device) if "context_state" in state else None
     return ACTCarry(Latents(state["z_H"].to(device), state["z_L"].to(device)), state["steps"].to(device),
-                    state["halted"].to(device), {k: v.to(device) for k, v in state["data"].items()})
+                    state["halted"].to(device), {k: v.to(device) for k, v in state["data"].items()}, context_state)
 
 
 def _concat_carries(states: list[dict]) -> dict:
     # One global carry (slots in global order) from the ranks' carries.
-    return {"z_H": torch.cat([s["z_H"] for s in states]), "z_L": torch.cat([s["z_L"] for s in states]),
-            "steps": torch.cat([s["steps"] for s in states]), "halted": torch.cat([s["halted"] for s in states]),
-            "data": {k: _cat_padded([s["data"][k] for s in states]) for k in states[0]["data"]}}
+    joined = {key: torch.cat([s[key] for s in states]) for key in states[0] if key != "data"}
+    joined["data"] = {k: _cat_padded([s["data"][k] for s in states]) for k in states[0]["data"]}
+    return joined
 
 
 def _cat_padded(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -76,8 +80,9 @@ def _cat_padded(tensors: list[torch.Tensor]) -> torch.Tensor:
 def _slice_carry(state: dict, rank: int, world_size: int) -> dict:
     local = state["steps"].shape[0] // world_size
     part = slice(rank * local, (rank + 1) * local)
-    return {"z_H": state["z_H"][part], "z_L": state["z_L"][part], "steps": state["steps"][part],
-            "halted": state["halted"][part], "data": {k: v[part] for k, v in state["data"].items()}}
+    sliced = {key: value[part] for key, value in state.items() if key != "data"}
+    sliced["data"] = {k: v[part] for k, v in state["data"].items()}
+    return sliced
 
 
 class Trainer:
@@ -163,6 +168,8 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if config.resume and self.checkpoint_path.is_file():
             self.restore()
+            if runtime.is_main:
+                drop_records_after(self.run_dir, self.step)  # the killed run's later steps are redone
         if runtime.is_main:
             (self.run_dir / "config.yaml").write_text(to_yaml(config))
             for line in self.split.summary(config.canvas_side):

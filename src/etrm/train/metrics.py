@@ -65,3 +65,20 @@ def read_metrics(run_dir: str | Path, kind: str | None = None) -> list[dict[str,
         return []
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return [r for r in records if kind is None or r.get("kind") == kind]
+
+
+def drop_records_after(run_dir: str | Path, step: int) -> None:
+    """On resume: keep the records up to the checkpoint's `step` only. The killed run logged
+    steps past it that the resumed run does again, and the kill may have cut a line short."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and record.get("step", 0) <= step:
+            kept.append(line + "\n")
+    path.write_text("".join(kept))

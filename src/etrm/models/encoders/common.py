@@ -161,3 +161,7 @@ class EncoderContext(ContextSource):
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         return self.encoder(batch["demo_inputs"], batch["demo_outputs"], batch["demo_mask"])
+
+    def auxiliary_loss(self) -> Tensor | None:
+        # Variational encoders keep their last weighted per-sample KL here.
+        return getattr(self.encoder, "auxiliary_loss", None)
