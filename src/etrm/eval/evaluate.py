@@ -147,9 +147,9 @@ def evaluate_run(target: str | Path, overrides: list[str] | tuple[str, ...] = ()
         tasks = split.train if config.eval.split == "train" else split.test
         blank = None
         if config.model_type == "trm":
-            trained = AugmentedTasks(split.train, config.trm_augmentations, config.seed)
+            trained = AugmentedTasks(split.train, config.augmentations_per_task, config.seed)
             blank = trained.num_ids
-        model = build_model(config, num_puzzle_ids=(blank or 0) + 1 if blank is not None else 0)
+        model = build_model(config, num_puzzle_ids=0 if blank is None else blank + 1)
         model.load_state_dict({**state["model"], **state.get("ema", {})})
         model.to(runtime.device)
         if config.model_type == "trm" and config.eval.split == "train":

@@ -90,7 +90,9 @@ class RunConfig:
     leak_policy: str = "drop"  # drop | warn | error
     augment: bool = True
     translate: bool = True
-    trm_augmentations: int = 32  # fixed (task, augmentation) ids of the TRM baseline
+    # 0: draw a fresh augmentation for every episode (ETRM). N > 0: a fixed list of N per task
+    # (identity first), the TRM baseline's (task, augmentation) embedding ids; ETRM may use it too.
+    augmentations_per_task: int = 0
     data_workers: int = 0  # background batch-building threads (0: build in the loop)
 
     # optimisation
@@ -177,6 +179,8 @@ def _validate(config: RunConfig) -> None:
             raise ConfigError(f"{key} must be at least 1, got {getattr(config, key)}")
     if not 0.0 <= config.halt_exploration_prob <= 1.0:
         raise ConfigError(f"halt_exploration_prob must be in [0, 1], got {config.halt_exploration_prob}")
+    if config.model_type == "trm" and config.augmentations_per_task < 1:
+        raise ConfigError("model_type=trm needs augmentations_per_task >= 1 (one embedding row each)")
     if not 1 <= config.canvas_side <= 30:
         raise ConfigError(f"canvas_side must be in 1..30, got {config.canvas_side}")
 
