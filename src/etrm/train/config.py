@@ -47,7 +47,12 @@ class EncoderConfig:
     hidden_size: int = 512
     num_heads: int = 8
     expansion: float = 4.0
-    pooling: str = "mean"  # mean | max | attention
+    pooling: str = "mean"  # mean | max | attention | cls
+    kl_weight: float = 1e-4  # variational encoders: weight of the per-sample KL term in the loss
+    variational: bool = False  # lpn / hybrid: a Gaussian posterior per demo
+    num_inducing: int = 8  # set_transformer: inducing points per ISAB block
+    h_cycles: int = 1  # recurrent (ETRM-squared): refinement cycles of z_E per ACT step
+    l_cycles: int = 2  # recurrent: z_E updates per cycle
 
 
 @dataclass
@@ -126,6 +131,9 @@ class RunConfig:
     log_every: int = 10
     checkpoint_every: int = 200
     eval_every: int = 0  # 0: evaluate only at the end
+    diagnostics_every: int = 250  # collapse diagnostics of the encoder (ETRM); 0: only at evaluation
+    diagnostics_tasks: int = 16  # probe set: the first N training tasks ...
+    diagnostics_augmentations: int = 4  # ... each under this many augmentations
     final_eval: bool = True
     overfit_pass_accuracy: float = 0.9  # Phase 1 bar on train token accuracy
     generalisation_pass_em: float = 0.05  # Phase 2 bar on held-out exact match
@@ -143,7 +151,7 @@ _CHOICES = {
     "leak_policy": ("drop", "warn", "error"),
     "optimizer": ("adam_atan2", "adamw"),
     "lr_schedule": ("constant", "cosine"),
-    "encoder.pooling": ("mean", "max", "attention"),
+    "encoder.pooling": ("mean", "max", "attention", "cls"),
     "eval.split": ("test", "train"),
 }
 

@@ -19,6 +19,7 @@ import torch
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
+from etrm.analysis.diagnostics import collapse_metrics, probe_contexts, retrieval_at_chance
 from etrm.data.episodes import AugmentedTasks, TrainSampler
 from etrm.data.splits import few_shot_split
 from etrm.data.tensors import to_torch
@@ -36,7 +37,7 @@ from etrm.train.verdict import verdict
 
 
 class TrainingDiverged(EtrmError):
-    """The loss became NaN or infinite; the run stopped without saving the broken weights."""
+    """The loss or gradient became NaN or infinite; the run stopped without saving the broken weights."""
 
 
 def _carry_to_state(carry: ACTCarry | None) -> dict | None:
@@ -95,7 +96,8 @@ class Trainer:
         self.split = few_shot_split(config.train_sources, config.test_sources, config.canvas_side,
                                     config.max_train_groups, config.max_eval_groups, config.leak_policy)
         is_trm = config.model_type == "trm"
-        self.enumerated = AugmentedTasks(self.split.train, config.trm_augmentations, config.seed) if is_trm else None
+        self.enumerated = (AugmentedTasks(self.split.train, config.augmentations_per_task, config.seed)
+                           if config.augmentations_per_task else None)
         self.sampler = TrainSampler(
             self.split.train, canvas_side=config.canvas_side, max_demos=config.max_demos,
             leave_one_out=config.leave_one_out, seed=config.seed, augment=config.augment,
@@ -148,7 +150,9 @@ class Trainer:
             optimizer.zero_grad(set_to_none=True)
         if self.ema is not None:
             self.ema.update(self.model)
-        finite = torch.isfinite(loss.detach())
+        # A non-finite gradient breaks the weights even when the loss was finite; the norm is global
+        # (taken after the all-reduce), so every rank flags the same step.
+        finite = torch.isfinite(loss.detach()) & torch.isfinite(grad_norm.detach())
         self.first_bad_step = torch.where(finite | (self.first_bad_step >= 0), self.first_bad_step,
                                           torch.tensor(self.step, device=loss.device))
         metrics.update(loss=loss.detach(), samples=torch.tensor(float(batch["inputs"].shape[0]), device=loss.device),
@@ -202,6 +206,8 @@ class Trainer:
                     last = last or self._time_is_up()
                 if last or self.step % config.checkpoint_every == 0:
                     self.save()
+                if config.diagnostics_every and self.step % config.diagnostics_every == 0 and not last:
+                    self.log_diagnostics()
                 if config.eval_every and self.step % config.eval_every == 0 and not last:
                     self.evaluate_all(config.eval.periodic_splits)
         progress.close()
@@ -228,7 +234,8 @@ class Trainer:
         if bad >= 0:
             kept = read_checkpoint(self.checkpoint_path)["step"] if self.checkpoint_path.is_file() else None
             where = "no checkpoint was written" if kept is None else f"the last good checkpoint (step {kept}) is kept"
-            raise TrainingDiverged(f"loss became NaN or infinite at step {bad + 1}; stopped without saving ({where})")
+            raise TrainingDiverged(f"loss or gradient became NaN or infinite at step {bad + 1}; "
+                                   f"stopped without saving ({where})")
 
     def log_window(self) -> dict[str, Any]:
         """Reduce the metric sums over ranks and steps, write one record, reset the window."""
@@ -254,6 +261,23 @@ class Trainer:
         return record
 
     # ----------------------------------------------------------------------------- evaluation
+    def log_diagnostics(self) -> dict[str, float] | None:
+        """Collapse diagnostics of ETRM's encoder on the probe set; warn when retrieval is at chance."""
+        config = self.config
+        if config.model_type != "etrm" or not self.runtime.is_main:
+            return None
+        probe = self.split.train[: config.diagnostics_tasks]
+        contexts = probe_contexts(self.model.context_source, probe, config.diagnostics_augmentations,
+                                  config.canvas_side, config.max_demos, self.runtime.device, config.seed)
+        if contexts.shape[0] < 2:
+            return None
+        metrics = collapse_metrics(contexts)
+        self.logger.log(self.step, metrics, kind="diagnostics")
+        if self.step > config.lr_warmup_steps and retrieval_at_chance(metrics):
+            print(f"warning: step {self.step}: task retrieval {metrics['retrieval_accuracy']:.2f} is at chance "
+                  f"({metrics['retrieval_chance']:.2f}): the encoder does not tell the probe tasks apart")
+        return metrics
+
     def evaluate_all(self, splits: str = "train,test") -> dict[str, Any]:
         """Evaluate with the EMA weights: `train` = the training tasks' test pairs (identity
         augmentation; Phase 1's train accuracy), `test` = the held-out tasks with voting."""
@@ -267,7 +291,7 @@ class Trainer:
                           batch_size=config.eval.batch_size, runtime=self.runtime)
             if self.enumerated is not None:
                 train_tasks = self.enumerated.head(1)
-                blank = self.enumerated.num_ids
+                blank = self.enumerated.num_ids if config.model_type == "trm" else None
             else:
                 train_tasks = AugmentedTasks(self.split.train, 1, config.seed)
                 blank = None
@@ -280,6 +304,7 @@ class Trainer:
         finally:
             self.model.load_state_dict(raw)
         if self.runtime.is_main and self.logger is not None:
+            self.log_diagnostics()
             for name, summary in results.items():
                 scalars = {k: v for k, v in summary.items() if k != "per_task"}
                 self.logger.log(self.step, {**scalars, "wall_time": time.perf_counter() - self.started},
