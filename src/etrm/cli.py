@@ -87,6 +87,32 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_info(args: argparse.Namespace) -> int:
+    from etrm.models.build import build_model
+    from etrm.train.config import load_config
+
+    config = load_config(args.overrides)
+    model = build_model(config, num_puzzle_ids=1 if config.model_type == "trm" else 0)
+
+    def count(module) -> int:
+        return sum(p.numel() for p in module.parameters())
+
+    info = {
+        "model_type": config.model_type,
+        "encoder": config.encoder.type if config.model_type == "etrm" else "puzzle_embedding (1 id)",
+        "decoder_parameters": count(model.decoder),
+        "encoder_parameters": count(model.context_source),
+        "total_parameters": count(model),
+    }
+    if args.json:
+        print(json.dumps(info))
+    else:
+        width = max(len(k) for k in info)
+        for key, value in info.items():
+            print(f"{key:<{width}}  {value:,}" if isinstance(value, int) else f"{key:<{width}}  {value}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="etrm", description="ETRM: few-shot ARC with recursive models.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -118,6 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("target", help="run directory or checkpoint file")
     evaluate.add_argument("overrides", nargs="*", help="e.g. eval.num_augmentations=16 halt_max_steps=8")
     evaluate.set_defaults(handler=_eval)
+
+    model = commands.add_parser("model", help="inspect a model").add_subparsers(dest="model_command", required=True)
+    info = model.add_parser("info", help="parameter counts of the model a run config builds "
+                                         "(e.g. etrm model info encoder.type=lpn)")
+    info.add_argument("overrides", nargs="*", help="key=value overrides of the run config")
+    info.add_argument("--json", action="store_true", help="print one JSON object")
+    info.set_defaults(handler=_model_info)
     return parser
 
 

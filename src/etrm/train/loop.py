@@ -254,6 +254,8 @@ class Trainer:
             "samples_per_s": samples / elapsed, "seconds_per_step": elapsed / steps,
             "wall_time": time.perf_counter() - self.started,
         }
+        if "auxiliary_loss" in sums:  # a variational encoder's weighted KL
+            record["auxiliary_loss"] = sums["auxiliary_loss"] / samples
         self.history.append({"step": self.step, **record})
         if self.logger is not None:
             self.logger.log(self.step, record)

@@ -13,7 +13,16 @@ from torch import Tensor, nn
 
 from etrm.data.encoding import PAD
 from etrm.models.decoder import ContextSource
-from etrm.models.layers import Linear, PostNormBlock, RotaryEmbedding, SwiGLU, TokenEmbedding, rms_norm
+from etrm.models.encoders.blocks import PreNormBlock
+from etrm.models.layers import (
+    Linear,
+    PostNormBlock,
+    RotaryEmbedding,
+    SwiGLU,
+    TokenEmbedding,
+    rms_norm,
+    trunc_normal_init_,
+)
 
 ENCODERS: dict[str, Callable[..., nn.Module]] = {}
 RMS_NORM_EPS = 1e-5
@@ -58,22 +67,28 @@ class PairTransformer(nn.Module):
     the longest demo of the batch, those pads masked as keys), and every kept token carries the
     RoPE angle of its canvas position. This equals masking PAD cells in a full 2L-token sequence,
     at a fraction of the cost: a 10x10 grid uses about 120 of the 900 cells of a 30x30 canvas.
+
+    Options: `cls_token` prepends a learned CLS vector (state 0 of the output, unrotated: it
+    takes RoPE angle 0); `pre_norm` uses pre-norm blocks and a final norm (the LPN style)
+    instead of the decoder's post-norm blocks.
     """
 
     def __init__(self, hidden: int, num_heads: int, expansion: float, num_layers: int, seq_len: int,
-                 vocab_size: int):
+                 vocab_size: int, *, cls_token: bool = False, pre_norm: bool = False):
         super().__init__()
         self.scale = math.sqrt(hidden)
+        self.pre_norm = pre_norm
         self.input_embed = TokenEmbedding(vocab_size, hidden, init_std=1.0 / self.scale)
         self.output_embed = TokenEmbedding(vocab_size, hidden, init_std=1.0 / self.scale)
+        self.cls = nn.Parameter(trunc_normal_init_(torch.empty(hidden), std=1.0)) if cls_token else None
         self.rotary = RotaryEmbedding(hidden // num_heads, 2 * seq_len, 10000.0)
-        self.layers = nn.ModuleList(
-            PostNormBlock(hidden, num_heads, expansion, RMS_NORM_EPS) for _ in range(num_layers)
-        )
+        block = PreNormBlock if pre_norm else PostNormBlock
+        self.layers = nn.ModuleList(block(hidden, num_heads, expansion, RMS_NORM_EPS) for _ in range(num_layers))
 
     def forward(self, grid_in: Tensor, grid_out: Tensor) -> tuple[Tensor, Tensor]:
         """(N, L) input and output tokens -> states of the kept tokens (N, T, hidden) and their
-        mask (N, T), T = the largest number of real cells of one demo."""
+        mask (N, T), T = the largest number of real cells of one demo (+1 for the CLS state,
+        which comes first)."""
         seq_len = grid_in.shape[1]
         tokens = torch.cat((grid_in, grid_out), dim=1)
         is_real = tokens != PAD
@@ -86,25 +101,34 @@ class PairTransformer(nn.Module):
         mask = torch.arange(kept, device=tokens.device) < lengths.unsqueeze(1)
         is_output = (position >= seq_len).unsqueeze(-1)
         x = self.scale * torch.where(is_output, self.output_embed(kept_tokens), self.input_embed(kept_tokens))
+        if self.cls is not None:  # the CLS state takes position 0's angle (cos 1, sin 0): no rotation
+            position = torch.cat((torch.zeros_like(position[:, :1]), position), dim=1)
+            x = torch.cat((self.cls.to(x.dtype).expand(x.shape[0], 1, -1), x), dim=1)
+            mask = torch.cat((torch.ones_like(mask[:, :1]), mask), dim=1)
         cos, sin = self.rotary(2 * seq_len)
-        cos_sin = (cos[position], sin[position])
+        cos, sin = cos[position], sin[position]
         for layer in self.layers:
-            x = layer(x, cos_sin, mask)
-        return x, mask
+            x = layer(x, (cos, sin), mask)
+        return (rms_norm(x, RMS_NORM_EPS) if self.pre_norm else x), mask
 
 
 class MaskedPooling(nn.Module):
-    """Pool token states (N, T, hidden) over the real tokens: mean, max or learned attention."""
+    """Pool token states (N, T, hidden) over the real tokens: mean, max, learned attention, or
+    `cls`: the first state (that of a `PairTransformer(cls_token=True)`)."""
+
+    MODES = ("mean", "max", "attention", "cls")
 
     def __init__(self, hidden: int, mode: str):
         super().__init__()
-        if mode not in ("mean", "max", "attention"):
-            raise ValueError(f"pooling '{mode}' is not one of mean, max, attention")
+        if mode not in self.MODES:
+            raise ValueError(f"pooling '{mode}' is not one of {', '.join(self.MODES)}")
         self.mode = mode
         if mode == "attention":
-            self.score = Linear(hidden, 1, bias=True)
+            self.score = Linear(hidden, 1)  # no bias: softmax ignores a shared shift (it would get no gradient)
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        if self.mode == "cls":
+            return x[:, 0]
         if self.mode == "mean":
             weights = mask.to(x.dtype)
             return (x * weights.unsqueeze(-1)).sum(1) / weights.sum(1, keepdim=True).clamp_min(1)
@@ -122,6 +146,26 @@ def encode_real_demos(encode: Callable[[Tensor, Tensor], Tensor], demo_inputs: T
     out = vectors.new_zeros((*demo_mask.shape, vectors.shape[-1]))
     out[real] = vectors
     return out
+
+
+class DemoVectors(nn.Module):
+    """One vector per demo: a `PairTransformer` over the pair's real cells, pooled by
+    `config.pooling` (with a CLS token when it is `cls`). (B, D, L) x 2 -> (B, D, hidden); padded
+    demos are not encoded and get zero vectors."""
+
+    def __init__(self, config: Any, seq_len: int, vocab_size: int):
+        super().__init__()
+        hidden = config.hidden_size
+        self.pair = PairTransformer(hidden, config.num_heads, config.expansion, config.num_layers, seq_len,
+                                    vocab_size, cls_token=config.pooling == "cls")
+        self.pool = MaskedPooling(hidden, config.pooling)
+
+    def encode_demo(self, grid_in: Tensor, grid_out: Tensor) -> Tensor:
+        states, cell_mask = self.pair(grid_in, grid_out)
+        return self.pool(states, cell_mask)
+
+    def forward(self, demo_inputs: Tensor, demo_outputs: Tensor, demo_mask: Tensor) -> Tensor:
+        return encode_real_demos(self.encode_demo, demo_inputs, demo_outputs, demo_mask)
 
 
 class SetCrossAttention(nn.Module):
@@ -153,7 +197,12 @@ class SetCrossAttention(nn.Module):
 
 class EncoderContext(ContextSource):
     """ETRM's context source: encode the batch's demos afresh at every call (every ACT step), so
-    every sample's loss reaches the encoder at every step."""
+    every sample's loss reaches the encoder at every step.
+
+    A recurrent encoder (one with `initial_state(batch_size, device)` and `step(demo_inputs,
+    demo_outputs, demo_mask, state, reset)`, e.g. ETRM-squared's) keeps its per-sample state in
+    the ACT carry through the `initial_state` / `step` hooks below.
+    """
 
     def __init__(self, encoder: nn.Module):
         super().__init__()
@@ -161,6 +210,18 @@ class EncoderContext(ContextSource):
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         return self.encoder(batch["demo_inputs"], batch["demo_outputs"], batch["demo_mask"])
+
+    @property
+    def recurrent(self) -> bool:
+        return hasattr(self.encoder, "initial_state") and hasattr(self.encoder, "step")
+
+    def initial_state(self, batch_size: int, device: torch.device) -> Tensor | None:
+        return self.encoder.initial_state(batch_size, device) if self.recurrent else None
+
+    def step(self, batch: dict[str, Tensor], state: Tensor | None, reset: Tensor) -> tuple[Tensor, Tensor | None]:
+        if not self.recurrent:
+            return self(batch), None
+        return self.encoder.step(batch["demo_inputs"], batch["demo_outputs"], batch["demo_mask"], state, reset)
 
     def auxiliary_loss(self) -> Tensor | None:
         # Variational encoders keep their last weighted per-sample KL here.

@@ -1,5 +1,8 @@
 """The standard encoder: a transformer over each demo pair, pooled to one vector per demo, then
-learned queries cross-attend over the demo vectors (the earlier ETRM's baseline encoder)."""
+learned queries cross-attend over the demo vectors (the earlier ETRM's baseline encoder).
+
+`encoder.pooling` picks how a demo's token states become its vector: mean | max | attention
+(learned scores) | cls (a learned CLS token prepended to the pair; its final state)."""
 
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ class StandardEncoder(nn.Module):
         super().__init__()
         hidden = config.hidden_size
         self.pair = PairTransformer(hidden, config.num_heads, config.expansion, config.num_layers, seq_len,
-                                    vocab_size)
+                                    vocab_size, cls_token=config.pooling == "cls")
         self.pool = MaskedPooling(hidden, config.pooling)
         self.aggregate = SetCrossAttention(hidden, config.num_heads, config.expansion, context_len)
         self.project = Linear(hidden, decoder_hidden)
