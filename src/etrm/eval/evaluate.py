@@ -17,6 +17,7 @@ import torch
 from etrm.data.encoding import decode_grid
 from etrm.data.episodes import AugmentedTasks, EvalEnumeration
 from etrm.data.tensors import to_torch
+from etrm.errors import EtrmError
 from etrm.eval.voting import pass_at_k, rank_of_truth, vote
 from etrm.models.decoder import ACTModel
 from etrm.train.distributed import Runtime, gather_objects
@@ -138,7 +139,10 @@ def evaluate_run(target: str | Path, overrides: list[str] | tuple[str, ...] = ()
 
     target = Path(target)
     checkpoint = target / CHECKPOINT_NAME if target.is_dir() else target
-    config = config_from_yaml(checkpoint.parent / "config.yaml", overrides)
+    saved_config = checkpoint.parent / "config.yaml"
+    if not (checkpoint.is_file() and saved_config.is_file()):
+        raise EtrmError(f"{target}: not a run directory or checkpoint (needs {CHECKPOINT_NAME} and config.yaml)")
+    config = config_from_yaml(saved_config, overrides)
     state = read_checkpoint(checkpoint)
     runtime = distributed.init_runtime(config.device)
     try:

@@ -1,0 +1,68 @@
+"""Shared pieces of the evaluation tests: tiny configs, tasks that fit a 6x6 canvas, and one
+finished tiny run. Torch runs single-threaded (fast for these sizes on a shared 2-core box)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from etrm.data import load_tasks
+from etrm.train.config import load_config
+
+CANVAS = 6
+TINY_OVERRIDES = (
+    "preset=cpu-demo", f"canvas_side={CANVAS}", "max_train_groups=4", "max_eval_groups=3", "global_batch_size=8",
+    "max_steps=6", "log_every=1", "checkpoint_every=3", "model.hidden_size=32", "model.num_heads=2",
+    "encoder.hidden_size=32", "encoder.num_heads=2", "encoder.num_layers=1", "halt_max_steps=3",
+    "tracker=none", "progress=false", "eval.num_augmentations=2", "eval.batch_size=16", "device=cpu",
+)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _single_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def tiny_eval_config():
+    """tiny_eval_config(run_dir, "key=value", ...) -> a loaded tiny RunConfig."""
+    return lambda run_dir, *extra: load_config([*TINY_OVERRIDES, f"run_dir={run_dir}", *extra])
+
+
+@pytest.fixture(scope="session")
+def finished_eval_run(tmp_path_factory, tiny_eval_config) -> Path:
+    """A tiny ETRM run trained to its end, with its final evaluation on 3 held-out tasks."""
+    from etrm.train.loop import train
+
+    run_dir = tmp_path_factory.mktemp("eval-run") / "run"
+    train(tiny_eval_config(run_dir))
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def mixed_tasks(conceptarc_prefix):
+    """Three tasks with 3, 1 and 2 test inputs (ConceptARC + ARC-AGI-1 evaluation, 6x6 canvas)."""
+    concept = next(t for t in load_tasks(f"kaggle:{conceptarc_prefix}") if t.fits(CANVAS))
+    arc = [t for t in load_tasks("arc1:evaluation") if t.fits(CANVAS)]
+    single = next(t for t in arc if len(t.tests) == 1)
+    double = next(t for t in arc if len(t.tests) == 2)
+    assert [len(t.tests) for t in (concept, single, double)] == [3, 1, 2]
+    return [concept, single, double]
+
+
+@pytest.fixture(scope="session")
+def etrm_cli():
+    def run(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        return subprocess.run([sys.executable, "-m", "etrm", *args], capture_output=True, text=True,
+                              timeout=timeout, env=env, cwd=cwd)
+
+    return run

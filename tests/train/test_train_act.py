@@ -1,0 +1,144 @@
+"""ACT training over the persistent carry, with the real model, data and train step.
+
+Facts section 6: bug 1 (the encoder got gradients only from just-reset samples), bug 2 (an
+encoder that detached its output got none), bug 3 (carried samples trained against the new
+batch's labels) and bug 8 (padded demos took part in the encoding).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from etrm.data import load_tasks
+from etrm.data.augment import Augmentation
+from etrm.data.episodes import TrainSampler, encode_episodes
+from etrm.data.tensors import to_torch
+from etrm.models.build import build_model
+from etrm.models.encoders import ENCODERS
+from etrm.models.losses import act_loss
+from etrm.train import distributed, loop
+from etrm.train.loop import Trainer
+
+CANVAS = 6
+
+
+@pytest.fixture(scope="module")
+def conceptarc_small(conceptarc_prefix):
+    tasks = [t for t in load_tasks(f"kaggle:{conceptarc_prefix}") if t.fits(CANVAS)]
+    assert len(tasks) >= 2 and all(len(t.tests) == 3 for t in tasks)
+    return tasks
+
+
+@pytest.mark.parametrize("encoder_type", sorted(ENCODERS))
+def test_every_encoder_parameter_gets_a_gradient_at_every_act_step(encoder_type, conceptarc_small, tiny_config,
+                                                                    tmp_path):
+    config = tiny_config(tmp_path, f"encoder.type={encoder_type}", "halt_max_steps=4", "halt_exploration_prob=0")
+    torch.manual_seed(0)
+    model = build_model(config).train()
+    encoder = model.context_source.encoder
+    named = list(encoder.named_parameters())
+    assert named
+    sampler = TrainSampler(conceptarc_small, canvas_side=CANVAS, max_demos=config.max_demos, leave_one_out=True,
+                           seed=0)
+    carry, steps_without_reset = None, 0
+    for step in range(7):
+        batch = to_torch(sampler.batch(step, 6))
+        if carry is None:
+            carry = model.initial_carry(batch)
+        carry, outputs = model(carry, batch)
+        loss, _ = act_loss(outputs, carry.current_data["labels"], carry.halted, config.halt_loss_weight)
+        model.zero_grad(set_to_none=True)
+        loss.backward()
+        starved = [name for name, p in named if p.grad is None or not bool(p.grad.abs().sum() > 0)]
+        assert not starved, f"step {step + 1}: encoder parameters without gradient: {starved}"
+        if bool((carry.steps > 1).all()):  # no slot was (re)started at this step
+            steps_without_reset += 1
+    assert steps_without_reset >= 3
+
+
+def _trainer(tiny_config, tmp_path, *extra) -> Trainer:
+    config = tiny_config(tmp_path / "run", "halt_exploration_prob=0", *extra)
+    return Trainer(config, distributed.Runtime(torch.device("cpu")))
+
+
+def _spy_on_loss_labels(monkeypatch) -> list[torch.Tensor]:
+    seen = []
+
+    def spying_act_loss(outputs, labels, *args, **kwargs):
+        seen.append(labels.clone())
+        return act_loss(outputs, labels, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "act_loss", spying_act_loss)
+    return seen
+
+
+def test_carried_slots_keep_their_labels_and_halted_slots_take_the_new_ones(tiny_config, tmp_path, monkeypatch):
+    # Bug 3: some slots continue, others take the next batch; the loss must use each slot's own labels.
+    trainer = _trainer(tiny_config, tmp_path, "halt_max_steps=8")
+    size = trainer.config.global_batch_size
+    seen = _spy_on_loss_labels(monkeypatch)
+    first, second = (to_torch(trainer.sampler.batch(step, size)) for step in (0, 1))
+    trainer.train_step(first)
+    trainer.step += 1
+    torch.testing.assert_close(trainer.carry.current_data["labels"], first["labels"])
+    previous = {k: v.clone() for k, v in trainer.carry.current_data.items()}
+    halted = torch.arange(size) % 3 == 0  # slots 0, 3, 6 halted; the others continue
+    trainer.carry.halted = halted.clone()
+    trainer.train_step(second)
+    labels = trainer.carry.current_data["labels"]
+    continuing = ~halted
+    assert torch.equal(labels[continuing], previous["labels"][continuing])
+    assert torch.equal(labels[halted], second["labels"][halted])
+    assert torch.equal(trainer.carry.current_data["inputs"][continuing], previous["inputs"][continuing])
+    assert torch.equal(trainer.carry.current_data["inputs"][halted], second["inputs"][halted])
+    # the test means something: the new batch's labels differ from the carried ones somewhere
+    assert not torch.equal(second["labels"][continuing], previous["labels"][continuing])
+    assert torch.equal(seen[-1], labels)  # the loss was computed against the carried labels
+    assert trainer.carry.steps[continuing].tolist() == [2] * int(continuing.sum())
+    assert trainer.carry.steps[halted].tolist() == [1] * int(halted.sum())
+
+
+def test_labels_follow_samples_through_natural_halting(tiny_config, tmp_path, monkeypatch):
+    # halt_max_steps=3, no exploration, q_halt starts at -5: every slot runs exactly 3 steps, so
+    # the batches of steps 1 and 2 are ignored and step 3's batch is loaded at the 4th step.
+    trainer = _trainer(tiny_config, tmp_path)
+    size, max_steps = trainer.config.global_batch_size, trainer.config.halt_max_steps
+    seen = _spy_on_loss_labels(monkeypatch)
+    batches = [to_torch(trainer.sampler.batch(step, size)) for step in range(2 * max_steps)]
+    for step, batch in enumerate(batches):
+        trainer.train_step(batch)
+        trainer.step += 1
+        loaded = batches[(step // max_steps) * max_steps]
+        assert torch.equal(trainer.carry.current_data["labels"], loaded["labels"]), step
+        assert torch.equal(seen[-1], loaded["labels"]), step
+        assert bool(trainer.carry.halted.all()) == ((step + 1) % max_steps == 0)
+    assert not torch.equal(batches[1]["labels"], batches[0]["labels"])
+
+
+@pytest.mark.parametrize("encoder_type", sorted(ENCODERS))
+def test_context_ignores_padded_demos_and_other_samples(encoder_type, tiny_config, tmp_path):
+    # Bug 8: demos were padded to 10 without a mask. A sample's context must not depend on how
+    # many demos its batch-mates have, and a batch is padded only to its own largest demo count.
+    config = tiny_config(tmp_path, f"encoder.type={encoder_type}")
+    tasks = [t for t in load_tasks("arc1:evaluation") if t.fits(CANVAS)]
+    few = next(t for t in tasks if len(t.demos) == 2)
+    many = next(t for t in tasks if len(t.demos) >= 4)
+    torch.manual_seed(0)
+    model = build_model(config).eval()
+
+    def batch_of(task_list):
+        episodes = np.array([[i, 0] for i in range(len(task_list))])
+        augs = [Augmentation()] * len(task_list)
+        return to_torch(encode_episodes(task_list, episodes, augs, CANVAS, config.max_demos))
+
+    together, alone = batch_of([few, many]), batch_of([few])
+    assert together["demo_inputs"].shape[1] == len(many.demos) < config.max_demos
+    assert alone["demo_inputs"].shape[1] == 2
+    with torch.no_grad():
+        torch.testing.assert_close(model.context_source(together)[:1], model.context_source(alone),
+                                   atol=1e-5, rtol=1e-4)
+        logits_together = model.run_fixed_steps(together)["logits"][:1]
+        logits_alone = model.run_fixed_steps(alone)["logits"]
+    torch.testing.assert_close(logits_together, logits_alone, atol=1e-4, rtol=1e-4)

@@ -1,0 +1,115 @@
+"""The TRM baseline trains through the same loop, and a pretrained decoder loads into a new run
+only when its recursion settings match (facts section 6, bug 10)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from etrm.errors import ConfigError
+from etrm.eval.evaluate import evaluate_run
+from etrm.train import distributed
+from etrm.train.checkpoint import read_checkpoint
+from etrm.train.loop import Trainer, train
+from etrm.train.metrics import read_metrics
+
+CPU = distributed.Runtime(torch.device("cpu"))
+
+
+def test_trm_baseline_trains_and_updates_only_the_rows_it_used(tiny_config, tmp_path):
+    config = tiny_config(tmp_path / "trm", "model_type=trm", "augmentations_per_task=4", "halt_exploration_prob=0")
+    trainer = Trainer(config, CPU)
+    table_rows = trainer.model.context_source.table.weight.shape[0]
+    assert table_rows == trainer.enumerated.num_ids + 1  # one row per (task, augmentation) + the blank row
+    used, offered = set(), set()
+    original_step = trainer.train_step
+
+    def recording_step(batch):
+        offered.update(batch["puzzle_identifiers"].tolist())
+        metrics = original_step(batch)
+        used.update(trainer.carry.current_data["puzzle_identifiers"].tolist())  # the samples actually run
+        return metrics
+
+    trainer.train_step = recording_step
+    trainer.run()
+
+    records = read_metrics(config.run_dir, "train")
+    assert [r["step"] for r in records] == list(range(1, config.max_steps + 1))
+    assert all(r["loss"] == r["loss"] for r in records)
+    assert json.loads((tmp_path / "trm" / "eval.json").read_text())["num_tasks"] == 3
+
+    table = read_checkpoint(trainer.checkpoint_path)["model"]["context_source.table.weight"]
+    changed = set(torch.nonzero(table.abs().sum(1)).flatten().tolist())  # the table starts at zero
+    assert changed == used  # sign-SGD moved exactly the rows of the samples run
+    assert offered - used  # rows offered by batches that found no free slot stayed zero
+    blank = table_rows - 1
+    assert blank not in offered and not bool(table[blank].any())  # the held-out tasks' blank row stays zero
+
+    summary = evaluate_run(trainer.run_dir, ["eval.num_augmentations=1", f"eval.out_dir={tmp_path / 'again'}"])
+    assert summary["num_tasks"] == 3 and summary["num_predictions"] == summary["num_test_inputs"]
+
+
+def _decoder_weights(state_dict: dict) -> dict:
+    return {k.removeprefix("decoder."): v for k, v in state_dict.items() if k.startswith("decoder.")}
+
+
+def test_pretrained_decoder_is_loaded_before_the_first_step(finished_run, tiny_config, tmp_path):
+    source = _decoder_weights(read_checkpoint(finished_run / "checkpoint.pt")["model"])
+    fresh = Trainer(tiny_config(tmp_path / "fresh", "seed=1"), CPU)
+    loaded = Trainer(tiny_config(tmp_path / "loaded", "seed=1", f"load_pretrained_decoder={finished_run}"), CPU)
+    fresh_weights = fresh.model.decoder.state_dict()
+    weights = loaded.model.decoder.state_dict()
+    assert weights.keys() == source.keys()
+    assert any(not torch.equal(fresh_weights[k], source[k]) for k in source)  # the load is what made them equal
+    for key, value in source.items():
+        assert torch.equal(weights[key], value), key
+    if loaded.ema is not None:  # evaluation weights start from the loaded decoder too
+        for key, value in source.items():
+            if value.is_floating_point():
+                assert torch.equal(loaded.ema.state_dict()[f"decoder.{key}"], value), key
+    # the encoder is not touched by the load
+    for (name, a), (_, b) in zip(fresh.model.context_source.named_parameters(),
+                                 loaded.model.context_source.named_parameters(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_pretrained_decoder_from_a_checkpoint_file(finished_run, tiny_config, tmp_path):
+    file = finished_run / "checkpoint.pt"
+    loaded = Trainer(tiny_config(tmp_path / "loaded", f"load_pretrained_decoder={file}"), CPU)
+    source = _decoder_weights(read_checkpoint(file)["model"])
+    assert all(torch.equal(loaded.model.decoder.state_dict()[k], v) for k, v in source.items())
+
+
+@pytest.mark.parametrize(("override", "key"), [("model.l_cycles=3", "l_cycles"), ("model.h_cycles=3", "h_cycles"),
+                                               ("model.num_layers=3", "num_layers")])
+def test_pretrained_decoder_with_other_recursion_settings_is_refused(finished_run, tiny_config, tmp_path,
+                                                                     override, key):
+    config = tiny_config(tmp_path / "run", override, f"load_pretrained_decoder={finished_run}")
+    with pytest.raises(ConfigError) as caught:
+        train(config)
+    message = str(caught.value)
+    assert key in message and len(message.splitlines()) == 1
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "adam_atan2"])
+def test_frozen_decoder_stays_unchanged_while_the_encoder_learns(finished_run, tiny_config, tmp_path, optimizer):
+    config = tiny_config(tmp_path / "run", "freeze_decoder_steps=2", f"optimizer={optimizer}", "lr_warmup_steps=1",
+                         f"load_pretrained_decoder={finished_run}")
+    trainer = Trainer(config, CPU)
+    from etrm.data.tensors import to_torch
+
+    def snapshot(module):
+        return {k: v.detach().clone() for k, v in module.named_parameters()}
+
+    decoder_start, encoder_before = snapshot(trainer.model.decoder), snapshot(trainer.model.context_source)
+    for step in range(3):
+        trainer.train_step(to_torch(trainer.sampler.batch(step, config.global_batch_size)))
+        trainer.step += 1
+        decoder_now, encoder_now = snapshot(trainer.model.decoder), snapshot(trainer.model.context_source)
+        decoder_same = all(torch.equal(decoder_now[k], decoder_start[k]) for k in decoder_start)
+        assert decoder_same == (trainer.step <= 2), trainer.step
+        assert any(not torch.equal(encoder_now[k], encoder_before[k]) for k in encoder_now), trainer.step
+        encoder_before = encoder_now
