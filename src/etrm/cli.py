@@ -113,6 +113,15 @@ def _model_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _queue_run(args: argparse.Namespace) -> int:
+    from etrm.workflow.queue import run_queue
+
+    counts = run_queue(args.jobs, dry_run=args.dry_run, log_dir=args.log_dir)
+    if not args.dry_run:
+        print(f"queue finished: {counts['done']} done, {counts['failed']} failed")
+    return 1 if counts["failed"] else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="etrm", description="ETRM: few-shot ARC with recursive models.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -151,6 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("overrides", nargs="*", help="key=value overrides of the run config")
     info.add_argument("--json", action="store_true", help="print one JSON object")
     info.set_defaults(handler=_model_info)
+    queue = commands.add_parser("queue", help="run a job file of experiments").add_subparsers(
+        dest="queue_command", required=True)
+    queue_run = queue.add_parser("run", help="run the pending jobs of JOBS.txt one after another")
+    queue_run.add_argument("jobs", help="job file: one '[ ] command' per line")
+    queue_run.add_argument("--dry-run", action="store_true", help="list what would run")
+    queue_run.add_argument("--log-dir", default=None, help="where job logs go (default: logs/ beside the file)")
+    queue_run.set_defaults(handler=_queue_run)
     return parser
 
 

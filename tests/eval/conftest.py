@@ -1,5 +1,5 @@
 """Shared pieces of the evaluation tests: tiny configs, tasks that fit a 6x6 canvas, and one
-finished tiny run. Torch runs single-threaded (fast for these sizes on a shared 2-core box)."""
+finished tiny run (the tiny overrides and single-threaded torch: tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -9,32 +9,17 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from etrm.data import load_tasks
 from etrm.train.config import load_config
 
 CANVAS = 6
-TINY_OVERRIDES = (
-    "preset=cpu-demo", f"canvas_side={CANVAS}", "max_train_groups=4", "max_eval_groups=3", "global_batch_size=8",
-    "max_steps=6", "log_every=1", "checkpoint_every=3", "model.hidden_size=32", "model.num_heads=2",
-    "encoder.hidden_size=32", "encoder.num_heads=2", "encoder.num_layers=1", "halt_max_steps=3",
-    "tracker=none", "progress=false", "eval.num_augmentations=2", "eval.batch_size=16", "device=cpu",
-)
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="session")
-def tiny_eval_config():
+def tiny_eval_config(tiny):
     """tiny_eval_config(run_dir, "key=value", ...) -> a loaded tiny RunConfig."""
-    return lambda run_dir, *extra: load_config([*TINY_OVERRIDES, f"run_dir={run_dir}", *extra])
+    return lambda run_dir, *extra: load_config(tiny(run_dir, *extra))
 
 
 @pytest.fixture(scope="session")

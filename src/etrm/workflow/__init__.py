@@ -1,0 +1,1 @@
+"""The research workflow around runs: the experiment queue and experiment records."""
