@@ -122,6 +122,15 @@ def _queue_run(args: argparse.Namespace) -> int:
     return 1 if counts["failed"] else 0
 
 
+def _record(args: argparse.Namespace) -> int:
+    from etrm.workflow.record import write_record
+
+    path = write_record(args.run_dir, args.phase2, args.out)
+    print(path.read_text())
+    print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="etrm", description="ETRM: few-shot ARC with recursive models.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -167,6 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
     queue_run.add_argument("--dry-run", action="store_true", help="list what would run")
     queue_run.add_argument("--log-dir", default=None, help="where job logs go (default: logs/ beside the file)")
     queue_run.set_defaults(handler=_queue_run)
+    record = commands.add_parser("record", help="write the guide's experiment template, filled from runs")
+    record.add_argument("run_dir", help="the Phase 1 run (or a Phase 2 run alone)")
+    record.add_argument("--phase2", default=None, help="the Phase 2 run of the same experiment")
+    record.add_argument("--out", default=None, help="output Markdown file (default: RUN_DIR/RECORD.md)")
+    record.set_defaults(handler=_record)
     return parser
 
 

@@ -214,7 +214,7 @@ class Trainer:
         results = self.evaluate_all() if config.final_eval else {}
         summary = None
         if runtime.is_main:
-            summary = verdict(config, self.history, results, self.run_dir)
+            summary = verdict(config, self.history, results, self.run_dir, self.logger.tracker_link)
             self.logger.close()
         return summary or {}
 

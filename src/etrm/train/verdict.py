@@ -32,7 +32,8 @@ def _diagnose(history: list[dict[str, Any]], accuracy: float) -> list[str]:
     return notes
 
 
-def verdict(config: Any, history: list[dict[str, Any]], results: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+def verdict(config: Any, history: list[dict[str, Any]], results: dict[str, Any], run_dir: Path,
+            tracker_link: str | None = None) -> dict[str, Any]:
     """Print the run's summary and verdict; write RUN_DIR/summary.json; return the summary."""
     train, test = results.get("train") or {}, results.get("test") or {}
     summary: dict[str, Any] = {
@@ -44,6 +45,7 @@ def verdict(config: Any, history: list[dict[str, Any]], results: dict[str, Any],
         "train_eval": {k: v for k, v in train.items() if k != "per_task"},
         "test_eval": {k: v for k, v in test.items() if k != "per_task"},
         "run_dir": str(run_dir),
+        "tracker_link": tracker_link,
     }
     lines = [f"run {config.run_name}: {summary['steps']} steps in {summary['wall_minutes']:.1f} min"]
     if train:
