@@ -131,6 +131,14 @@ def _record(args: argparse.Namespace) -> int:
     return 0
 
 
+def _analyze(args: argparse.Namespace) -> int:
+    from etrm.analysis.figures import analyze
+
+    for path in analyze(args.run_dir):
+        print(path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="etrm", description="ETRM: few-shot ARC with recursive models.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -181,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     record.add_argument("--phase2", default=None, help="the Phase 2 run of the same experiment")
     record.add_argument("--out", default=None, help="output Markdown file (default: RUN_DIR/RECORD.md)")
     record.set_defaults(handler=_record)
+    analyze = commands.add_parser("analyze", help="write a run's figures (PNG) into RUN_DIR/figures/")
+    analyze.add_argument("run_dir")
+    analyze.set_defaults(handler=_analyze)
     return parser
 
 

@@ -142,3 +142,26 @@ def test_context_ignores_padded_demos_and_other_samples(encoder_type, tiny_confi
         logits_together = model.run_fixed_steps(together)["logits"][:1]
         logits_alone = model.run_fixed_steps(alone)["logits"]
     torch.testing.assert_close(logits_together, logits_alone, atol=1e-4, rtol=1e-4)
+
+
+def test_samples_kept_running_by_exploration_are_marked_forced(tiny_config, tmp_path, conceptarc_small):
+    config = tiny_config(tmp_path, "halt_exploration_prob=1.0", "halt_max_steps=4")
+    model = build_model(config)
+    with torch.no_grad():
+        model.decoder.q_head.bias.fill_(5.0)  # every sample wants to halt at once
+    sampler = TrainSampler(conceptarc_small, canvas_side=CANVAS, max_demos=config.max_demos, leave_one_out=True,
+                           seed=0)
+    batch = to_torch(sampler.batch(0, 8))
+    torch.manual_seed(0)
+    carry = model.initial_carry(batch)
+    carry, _ = model(carry, batch)
+    # Exploration draws a minimum of at least 2 steps: nobody halts at step 1, everybody was forced.
+    assert not carry.halted.any() and carry.forced.all()
+    model.decoder.config.halt_exploration_prob = 0.0
+    carry, _ = model(carry, batch)  # now every sample halts; the flag stays with the sample it marks
+    assert carry.halted.all() and carry.forced.all()
+    carry, _ = model(carry, batch)  # new samples halt at once on their own: the flag restarted
+    assert carry.halted.all() and not carry.forced.any()
+    model.eval()  # no exploration at evaluation: nothing is forced
+    carry, _ = model(model.initial_carry(batch), batch)
+    assert not carry.halted.any() and not carry.forced.any()

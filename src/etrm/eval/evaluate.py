@@ -98,10 +98,20 @@ def score(records: list[dict[str, Any]], augmented: AugmentedTasks, num_steps: i
         "token_accuracy": float(np.mean([r["token_accuracy"] for r in labelled])) if labelled else None,
         "q_halt_accuracy": float(np.mean([(r["q_halt"] > 0) == r["exact"] for r in labelled])) if labelled else None,
         "mean_act_steps": float(np.mean([r["halt_step"] for r in records])) if records else None,
+        "halt_step_histogram": _halt_step_histogram(labelled),
         "steps_run": num_steps,
         "per_task": per_task,
     }
     return summary, submission
+
+
+def _halt_step_histogram(records: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    # Per step at which q_halt first turned positive: how many samples, and how many exactly right.
+    histogram: dict[str, dict[str, float]] = {}
+    for step in sorted({r["halt_step"] for r in records}):
+        group = [r for r in records if r["halt_step"] == step]
+        histogram[str(step)] = {"count": len(group), "exact_match": float(np.mean([r["exact"] for r in group]))}
+    return histogram
 
 
 def evaluate(model: ACTModel, augmented: AugmentedTasks, *, canvas_side: int, max_demos: int, batch_size: int,

@@ -166,6 +166,7 @@ class ACTCarry:
     halted: Tensor  # (B,) bool
     current_data: dict[str, Tensor]
     context_state: Tensor | None = None  # a recurrent context source's state (ETRM-squared)
+    forced: Tensor | None = None  # (B,) bool: exploration kept this sample running past q_halt > 0
 
 
 def pad_dim1_to_match(a: Tensor, b: Tensor, key: str) -> tuple[Tensor, Tensor]:
@@ -224,6 +225,7 @@ class ACTModel(nn.Module):
             halted=torch.ones(batch_size, dtype=torch.bool, device=device),
             current_data={key: torch.zeros_like(value) for key, value in batch.items()},
             context_state=self.context_source.initial_state(batch_size, device),
+            forced=torch.zeros(batch_size, dtype=torch.bool, device=device),
         )
 
     def forward(self, carry: ACTCarry, batch: dict[str, Tensor]) -> tuple[ACTCarry, dict[str, Tensor]]:
@@ -241,11 +243,15 @@ class ACTModel(nn.Module):
 
         steps = steps + 1
         halted = self.halting(steps, q_halt)
+        # Bookkeeping for analysis: a sample that wanted to halt but was kept running by exploration.
+        forced = torch.zeros_like(halted) if carry.forced is None else carry.forced & ~carry.halted
+        if self.training:
+            forced = forced | ((q_halt > 0) & ~halted).detach()
         outputs = {"logits": logits, "q_halt_logits": q_halt, "q_continue_logits": q_continue}
         auxiliary = self.context_source.auxiliary_loss()
         if auxiliary is not None:
             outputs["auxiliary_loss"] = auxiliary
-        return ACTCarry(latents, steps, halted, data, context_state), outputs
+        return ACTCarry(latents, steps, halted, data, context_state, forced), outputs
 
     @torch.no_grad()
     def run_fixed_steps(self, batch: dict[str, Tensor], num_steps: int | None = None) -> dict[str, Tensor]:

@@ -35,12 +35,14 @@ def act_loss(
     halt_loss_weight: float = 0.5,
     *,
     steps: Tensor | None = None,
+    forced: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """The loss of one ACT step and metric sums.
 
     outputs: logits (B, S, V) and q_halt_logits (B,); labels (B, S) with IGNORE_LABEL for
     ignored positions (the labels of the carried samples: ``carry.current_data["labels"]``);
-    halted (B,): slots that halted at this step; steps (B,): their step counts (optional).
+    halted (B,): slots that halted at this step; steps (B,): their step counts (optional);
+    forced (B,): samples that exploration kept running past q_halt > 0 (optional).
 
     total = sum over samples of the mean token CE over their valid tokens
             + halt_loss_weight * sum over samples of BCE(q_halt, whole sequence correct).
@@ -66,6 +68,9 @@ def act_loss(
         }
         if steps is not None:
             metrics["steps"] = torch.where(counted, steps, 0).sum()
+        if forced is not None:  # samples kept running by halting exploration
+            metrics["forced_count"] = (counted & forced).sum()
+            metrics["forced_exact_match"] = (counted & forced & sequence_correct).sum()
 
     lm_loss = (stablemax_cross_entropy(logits, labels).sum(-1) / divisor).sum()
     halt_targets = sequence_correct.to(q_halt.dtype)

@@ -45,17 +45,18 @@ def _carry_to_state(carry: ACTCarry | None) -> dict | None:
         return None
     state = {"z_H": carry.latents.z_H.cpu(), "z_L": carry.latents.z_L.cpu(), "steps": carry.steps.cpu(),
              "halted": carry.halted.cpu(), "data": {k: v.cpu() for k, v in carry.current_data.items()}}
-    if carry.context_state is not None:
-        state["context_state"] = carry.context_state.cpu()
+    for key in ("context_state", "forced"):
+        if getattr(carry, key) is not None:
+            state[key] = getattr(carry, key).cpu()
     return state
 
 
 def _carry_from_state(state: dict | None, device: torch.device) -> ACTCarry | None:
     if state is None:
         return None
-    context_state = state["context_state"].to(device) if "context_state" in state else None
+    optional = {key: state[key].to(device) if key in state else None for key in ("context_state", "forced")}
     return ACTCarry(Latents(state["z_H"].to(device), state["z_L"].to(device)), state["steps"].to(device),
-                    state["halted"].to(device), {k: v.to(device) for k, v in state["data"].items()}, context_state)
+                    state["halted"].to(device), {k: v.to(device) for k, v in state["data"].items()}, **optional)
 
 
 def _concat_carries(states: list[dict]) -> dict:
@@ -139,7 +140,7 @@ class Trainer:
         with autocast_for(self.runtime.device):
             self.carry, outputs = self.step_model(self.carry, batch)
             loss, metrics = act_loss(outputs, self.carry.current_data["labels"], self.carry.halted,
-                                     config.halt_loss_weight, steps=self.carry.steps)
+                                     config.halt_loss_weight, steps=self.carry.steps, forced=self.carry.forced)
         (loss / config.global_batch_size).backward()
         distributed.sum_gradients(self.model, self.runtime)
         encoder_norm = _grad_norm(self.encoder_params, self.runtime.device)
@@ -254,6 +255,11 @@ class Trainer:
             "samples_per_s": samples / elapsed, "seconds_per_step": elapsed / steps,
             "wall_time": time.perf_counter() - self.started,
         }
+        if "forced_count" in sums:
+            forced, forced_exact = sums["forced_count"], sums["forced_exact_match"]
+            record.update(forced_samples=int(forced), forced_fraction=forced / count,
+                          forced_exact_match=forced_exact / max(forced, 1),
+                          unforced_exact_match=(sums["exact_match"] - forced_exact) / max(count - forced, 1))
         if "auxiliary_loss" in sums:  # a variational encoder's weighted KL
             record["auxiliary_loss"] = sums["auxiliary_loss"] / samples
         self.history.append({"step": self.step, **record})
