@@ -139,6 +139,20 @@ def _analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from etrm.analysis.report import compare
+
+    print(compare(args.run_dirs, args.out), end="")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from etrm.analysis.report import write_report
+
+    print(write_report(args.run_dir))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="etrm", description="ETRM: few-shot ARC with recursive models.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -192,6 +206,14 @@ def build_parser() -> argparse.ArgumentParser:
     analyze = commands.add_parser("analyze", help="write a run's figures (PNG) into RUN_DIR/figures/")
     analyze.add_argument("run_dir")
     analyze.set_defaults(handler=_analyze)
+    comparison = commands.add_parser("compare", help="a side-by-side table of the key metrics of runs")
+    comparison.add_argument("run_dirs", nargs="+")
+    comparison.add_argument("--out", default=None, help="also write the table to this Markdown file")
+    comparison.set_defaults(handler=_compare)
+
+    report = commands.add_parser("report", help="write RUN_DIR/report.html (self-contained)")
+    report.add_argument("run_dir")
+    report.set_defaults(handler=_report)
     return parser
 
 
