@@ -21,9 +21,12 @@ CONCEPTARC = "kaggle:../shared/data/conceptarc/arc-agi_concept"
 POOL = f"arc1:training,arc1:evaluation,{CONCEPTARC}"
 
 MEMORY_PROBE = """
-import json, resource, sys
+import json, re, sys
 def rss_mb():
     return int(open('/proc/self/statm').read().split()[1]) * 4096 / 2**20
+def peak_mb():
+    # VmHWM belongs to this address space (ru_maxrss would carry the parent's peak across exec).
+    return int(re.search(r"VmHWM:\s+(\d+)", open('/proc/self/status').read()).group(1)) / 1024
 with_torch = sys.argv[1] == 'torch'
 if with_torch:
     import torch
@@ -34,7 +37,7 @@ tasks = load_tasks(sys.argv[2])
 sampler = TrainSampler(tasks, canvas_side=30, max_demos=10, leave_one_out=True, seed=0)
 sampler.batch(0, 256)
 after = rss_mb()
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+peak = peak_mb()
 print(json.dumps({"before_mb": before, "after_mb": after, "peak_mb": peak, "tasks": len(tasks)}))
 """
 
