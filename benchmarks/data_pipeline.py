@@ -20,7 +20,7 @@ from report import machine, write_section  # noqa: E402
 CONCEPTARC = "kaggle:../shared/data/conceptarc/arc-agi_concept"
 POOL = f"arc1:training,arc1:evaluation,{CONCEPTARC}"
 
-MEMORY_PROBE = """
+MEMORY_PROBE = r"""
 import json, re, sys
 def rss_mb():
     return int(open('/proc/self/statm').read().split()[1]) * 4096 / 2**20
