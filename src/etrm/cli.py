@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from etrm.errors import EtrmError
 
@@ -153,6 +154,18 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_synth(args: argparse.Namespace) -> int:
+    from etrm.data.synth import synth_tasks, write_kaggle
+
+    out = Path(args.out)
+    for part, count in (("train", args.train_count), ("test", args.test_count)):
+        tasks = synth_tasks(args.split, part, count, args.seed, max_side=args.max_side)
+        prefix = out / f"synth-{args.split}_{part}"
+        write_kaggle(tasks, prefix)
+        print(f"{len(tasks)} {part} tasks -> kaggle:{prefix}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="etrm", description="ETRM: few-shot ARC with recursive models.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -175,6 +188,15 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--test", required=True, help="held-out sources (comma-separated)")
     check.add_argument("--json", action="store_true", help="print one JSON object")
     check.set_defaults(handler=_data_check_split)
+    synth = data.add_parser("synth", help="write generated few-shot tasks (Kaggle layout) for one split")
+    synth.add_argument("--split", required=True, choices=("iid", "params", "compose"))
+    synth.add_argument("--out", required=True, help="output folder")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--train-count", type=int, default=800)
+    synth.add_argument("--test-count", type=int, default=100)
+    synth.add_argument("--max-side", type=int, default=10, help="largest input grid side")
+    synth.set_defaults(handler=_data_synth)
+
     train = commands.add_parser(
         "train", help="train TRM or ETRM (Hydra overrides: preset=overfit lr=3e-4 encoder.num_layers=4 ...)")
     train.add_argument("overrides", nargs="*", help="key=value overrides of the run config")

@@ -9,6 +9,8 @@ A source is a short string:
 - `kaggle:PREFIX`: `PREFIX_challenges.json` + `PREFIX_solutions.json` (the Kaggle layout).
 - `dir:PATH`: one JSON file per task (the original ARC layout); a test without an output is
   allowed there (its output is `None`).
+- `synth:SPLIT:PART[:SEED[:COUNT]]`: generated few-shot tasks (`etrm.data.synth`), e.g.
+  `synth:params:train` (800 tasks) and `synth:params:test` (100 held-out tasks).
 
 Several sources combine with commas: `arc1:training,kaggle:path/to/arc-agi_concept`.
 Every grid is validated; any problem raises `DataError` naming the file, the task and the grid.
@@ -194,6 +196,21 @@ def _load_dir(path: str) -> list[Task]:
     return [parse_task(file.stem, _read_json(file), str(file), outputs_required=False) for file in files]
 
 
+SYNTH_DEFAULT_COUNTS = {"train": 800, "test": 100}
+
+
+def _load_synth(rest: str, spec: str) -> list[Task]:
+    from etrm.data.synth import synth_tasks
+
+    fields = rest.split(":")
+    if len(fields) < 2 or len(fields) > 4 or not all(f.isdigit() for f in fields[2:]):
+        raise DataError(f"source '{spec}': expected synth:SPLIT:PART[:SEED[:COUNT]], e.g. synth:iid:train")
+    split, part = fields[0], fields[1]
+    seed = int(fields[2]) if len(fields) > 2 else 0
+    count = int(fields[3]) if len(fields) > 3 else SYNTH_DEFAULT_COUNTS.get(part, 0)
+    return synth_tasks(split, part, count, seed)
+
+
 def _load_one(spec: str) -> list[Task]:
     kind, sep, rest = spec.partition(":")
     if not sep or not rest:
@@ -204,7 +221,9 @@ def _load_one(spec: str) -> list[Task]:
         return _load_kaggle(rest)
     if kind == "dir":
         return _load_dir(rest)
-    raise DataError(f"source '{spec}': unknown kind '{kind}' (arc1, arc1-2019, arc2, kaggle, dir)")
+    if kind == "synth":
+        return _load_synth(rest, spec)
+    raise DataError(f"source '{spec}': unknown kind '{kind}' (arc1, arc1-2019, arc2, kaggle, dir, synth)")
 
 
 def split_sources(source: str | list[str] | tuple[str, ...]) -> list[str]:

@@ -1,0 +1,98 @@
+"""The synthetic few-shot benchmark: determinism, valid grids, and split disjointness."""
+
+import numpy as np
+import pytest
+
+from etrm.data import load_tasks
+from etrm.data.synth import (
+    COMPOSABLE,
+    FAMILIES,
+    Rule,
+    compose_held_out_pairs,
+    random_grid,
+    rule_of,
+    synth_tasks,
+    write_kaggle,
+)
+from etrm.errors import DataError
+
+
+def _steps(task):
+    # "family(value)+family(value)" -> [(family, value text), ...]
+    return [(part.split("(", 1)[0], part.split("(", 1)[1][:-1]) for part in rule_of(task).split("+")]
+
+
+def test_same_seed_same_tasks_other_seed_other_tasks():
+    first, again, other = (synth_tasks("iid", "train", 50, seed) for seed in (3, 3, 4))
+    for a, b in zip(first, again, strict=True):
+        assert a.id == b.id and rule_of(a) == rule_of(b)
+        grids_a = [g for pair in a.demos for g in pair]
+        grids_b = [g for pair in b.demos for g in pair]
+        assert all(np.array_equal(x, y) for x, y in zip(grids_a, grids_b, strict=True))
+    assert [rule_of(t) for t in first] != [rule_of(t) for t in other]
+
+
+def test_at_least_ten_families_each_making_valid_grids_within_bounds():
+    assert len(FAMILIES) >= 10
+    rng = np.random.default_rng(0)
+    for family in FAMILIES.values():
+        for value in family.train_values + family.held_out_values:
+            rule = Rule(((family.name, value),))
+            side = min(10, 30 // rule.growth)
+            for _ in range(20):
+                grid = random_grid(rng, 3, side, family.objects)
+                out = rule(grid)
+                assert out.dtype == np.uint8 and out.ndim == 2 and out.size > 0, family.name
+                assert min(out.shape) >= 1 and max(out.shape) <= 30 and out.max() <= 9, family.name
+
+
+def test_tasks_have_three_or_four_demos_one_or_two_tests_and_fit_the_canvas():
+    for split in ("iid", "params", "compose"):
+        for task in synth_tasks(split, "test", 60):
+            assert 3 <= len(task.demos) <= 4 and 1 <= len(task.tests) <= 2
+            assert task.max_side <= 30
+            assert all(output is not None for _, output in task.tests)
+            assert not all(np.array_equal(i, o) for i, o in task.demos)  # the rule does something
+
+
+def test_rule_families_behave_as_named():
+    grid = np.array([[0, 1, 0], [2, 0, 0], [0, 0, 3]], dtype=np.uint8)
+    assert np.array_equal(Rule((("gravity", "down"),))(grid), [[0, 0, 0], [0, 0, 0], [2, 1, 3]])
+    assert Rule((("scale", 2),))(grid).shape == (6, 6)
+    assert Rule((("tile", (1, 3)),))(grid).shape == (3, 9)
+    assert np.array_equal(Rule((("translate", (0, 1)),))(grid), [[0, 0, 1], [0, 2, 0], [0, 0, 0]])
+    ring = np.array([[4, 4, 4], [4, 0, 4], [4, 4, 4]], dtype=np.uint8)
+    assert Rule((("fill_enclosed", 7),))(ring)[1, 1] == 7
+    assert np.array_equal(Rule((("crop_object", None),))(np.pad(ring, 2)), ring)
+
+
+def test_params_split_holds_out_parameter_values():
+    train = {step for task in synth_tasks("params", "train", 400) for step in _steps(task)}
+    test = {step for task in synth_tasks("params", "test", 100) for step in _steps(task)}
+    varying = {(f, v) for f, v in test if FAMILIES[f].held_out_values != (None,)}  # crop_object has no parameter
+    assert varying and not (varying & train)  # no held-out (family, value) occurs in training
+
+
+def test_compose_split_holds_out_pairs_and_iid_shares_the_distribution():
+    held_out = set(compose_held_out_pairs())
+    assert held_out and set(COMPOSABLE) - held_out
+    train_pairs = {tuple(f for f, _ in _steps(t)) for t in synth_tasks("compose", "train", 400)}
+    test_pairs = {tuple(f for f, _ in _steps(t)) for t in synth_tasks("compose", "test", 100)}
+    assert test_pairs <= held_out and not (train_pairs & held_out)
+    iid_train = {f for t in synth_tasks("iid", "train", 300) for f, _ in _steps(t)}
+    iid_test = {f for t in synth_tasks("iid", "test", 100) for f, _ in _steps(t)}
+    assert iid_test <= iid_train
+    train_ids = {t.id for t in synth_tasks("iid", "train", 300)}
+    assert not train_ids & {t.id for t in synth_tasks("iid", "test", 100)}
+
+
+def test_works_as_a_source_and_as_kaggle_files(tmp_path):
+    tasks = load_tasks("synth:params:test:7:12")
+    assert len(tasks) == 12
+    write_kaggle(tasks, tmp_path / "synth_test")
+    again = load_tasks(f"kaggle:{tmp_path / 'synth_test'}")
+    assert [t.id for t in again] == sorted(t.id for t in tasks)
+    with pytest.raises(DataError, match="synth:SPLIT:PART"):
+        load_tasks("synth:params")
+    with pytest.raises(DataError, match="not one of"):
+        load_tasks("synth:nope:train")
