@@ -18,8 +18,10 @@ from etrm.data.encoding import decode_grid
 from etrm.data.episodes import AugmentedTasks, EvalEnumeration
 from etrm.data.tensors import to_torch
 from etrm.errors import EtrmError
+from etrm.eval.tto import optimise_contexts
 from etrm.eval.voting import pass_at_k, rank_of_truth, vote
 from etrm.models.decoder import ACTModel
+from etrm.train.config import TTOConfig
 from etrm.train.distributed import Runtime, gather_objects
 
 PASS_AT = (1, 2, 5)
@@ -32,40 +34,74 @@ def autocast_for(device: torch.device) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-@torch.no_grad()
+def _records(numpy_batch: dict[str, np.ndarray], labels: torch.Tensor, outputs: dict[str, torch.Tensor],
+             augmented: AugmentedTasks, canvas_side: int, **extra: np.ndarray) -> list[dict[str, Any]]:
+    """One record per valid row: the prediction inverted to the task's frame, and its scores."""
+    predicted = outputs["logits"].argmax(-1)
+    known = labels != -100
+    correct = (predicted == labels) & known
+    token_accuracy = (correct.sum(-1) / known.sum(-1).clamp_min(1)).cpu().numpy()
+    exact = (correct.sum(-1) == known.sum(-1)).cpu().numpy()
+    has_label = known.any(-1).cpu().numpy()
+    predicted, q_halt = predicted.cpu().numpy(), outputs["q_halt_logits"].float().cpu().numpy()
+    halt_step = outputs["halt_step"].cpu().numpy()
+    records = []
+    for row in np.flatnonzero(numpy_batch["valid"]):
+        task_index, test_index = int(numpy_batch["task_index"][row]), int(numpy_batch["query_index"][row])
+        aug_index = int(numpy_batch["augmentation_index"][row])
+        augmentation = augmented.lists[task_index][aug_index]
+        records.append({
+            "task_index": task_index, "test_index": test_index, "augmentation_index": aug_index,
+            "grid": augmentation.invert(decode_grid(predicted[row], canvas_side)),
+            "q_halt": float(q_halt[row]), "halt_step": int(halt_step[row]),
+            "token_accuracy": float(token_accuracy[row]) if has_label[row] else None,
+            "exact": bool(exact[row]) if has_label[row] else None,
+            **{key: value[row].item() for key, value in extra.items()},
+        })
+    return records
+
+
 def predict(model: ACTModel, augmented: AugmentedTasks, *, canvas_side: int, max_demos: int, batch_size: int,
-            runtime: Runtime, num_steps: int | None = None) -> list[dict[str, Any]]:
-    """This rank's predictions: one record per (task, test input, augmentation)."""
+            runtime: Runtime, num_steps: int | None = None, tto: TTOConfig | None = None) -> list[dict[str, Any]]:
+    """This rank's predictions: one record per (task, test input, augmentation).
+
+    With test-time optimisation (`tto.steps > 0`) each item gets two records, from its best
+    (`tto_rank` 0) and second-best (`tto_rank` 1) context by demo loss.
+    """
+    num_steps = num_steps or model.config.halt_max_steps
     enumeration = EvalEnumeration(augmented, canvas_side=canvas_side, max_demos=max_demos)
     was_training = model.training
     model.eval()
     records = []
     for numpy_batch in enumeration.batches(batch_size, runtime.rank, runtime.world_size):
         batch = to_torch(numpy_batch, runtime.device)
-        with autocast_for(runtime.device):
-            outputs = model.run_fixed_steps(batch, num_steps)
-        labels = batch["labels"]
-        predicted = outputs["logits"].argmax(-1)
-        known = labels != -100
-        correct = (predicted == labels) & known
-        token_accuracy = (correct.sum(-1) / known.sum(-1).clamp_min(1)).cpu().numpy()
-        exact = (correct.sum(-1) == known.sum(-1)).cpu().numpy()
-        has_label = known.any(-1).cpu().numpy()
-        predicted, q_halt = predicted.cpu().numpy(), outputs["q_halt_logits"].float().cpu().numpy()
-        halt_step = outputs["halt_step"].cpu().numpy()
-        for row in np.flatnonzero(numpy_batch["valid"]):
-            task_index, test_index = int(numpy_batch["task_index"][row]), int(numpy_batch["query_index"][row])
-            aug_index = int(numpy_batch["augmentation_index"][row])
-            augmentation = augmented.lists[task_index][aug_index]
-            grid = augmentation.invert(decode_grid(predicted[row], canvas_side))
-            records.append({
-                "task_index": task_index, "test_index": test_index, "augmentation_index": aug_index,
-                "grid": grid, "q_halt": float(q_halt[row]), "halt_step": int(halt_step[row]),
-                "token_accuracy": float(token_accuracy[row]) if has_label[row] else None,
-                "exact": bool(exact[row]) if has_label[row] else None,
-            })
+        if tto is None or tto.steps == 0:
+            with torch.no_grad(), autocast_for(runtime.device):
+                outputs = model.run_fixed_steps(batch, num_steps)
+            records += _records(numpy_batch, batch["labels"], outputs, augmented, canvas_side)
+            continue
+        contexts, demo_losses = optimise_contexts(model, batch, tto)
+        for rank in (0, 1):
+            with torch.no_grad(), autocast_for(runtime.device):
+                outputs = model.decode(batch["inputs"], contexts[:, rank], num_steps)
+            ranks = np.full(len(numpy_batch["valid"]), rank)
+            records += _records(numpy_batch, batch["labels"], outputs, augmented, canvas_side, tto_rank=ranks,
+                                demo_loss=demo_losses[:, rank].cpu().numpy())
     model.train(was_training)
     return records
+
+
+def _candidates(group: list[dict[str, Any]]) -> list:
+    # Vote over the primary predictions; with TTO, the second-best contexts' predictions (lowest
+    # demo loss first) fill in when the vote yields fewer than two distinct grids.
+    candidates = vote([(r["grid"], r["q_halt"]) for r in group if r.get("tto_rank", 0) == 0])
+    fallbacks = sorted((r for r in group if r.get("tto_rank", 0) == 1), key=lambda r: r["demo_loss"])
+    for record in fallbacks:
+        if len(candidates) >= 2:
+            break
+        if not any(c.grid.shape == record["grid"].shape and np.array_equal(c.grid, record["grid"]) for c in candidates):
+            candidates += vote([(record["grid"], record["q_halt"])])
+    return candidates
 
 
 def score(records: list[dict[str, Any]], augmented: AugmentedTasks, num_steps: int) -> tuple[dict, dict]:
@@ -78,7 +114,7 @@ def score(records: list[dict[str, Any]], augmented: AugmentedTasks, num_steps: i
         ranks, attempts, tests = [], [], []
         for test_index, (_, truth) in enumerate(task.tests):
             group = by_test.get((task_index, test_index), [])
-            candidates = vote([(r["grid"], r["q_halt"]) for r in group])
+            candidates = _candidates(group)
             rank = rank_of_truth(candidates, truth)
             ranks.append(rank)
             top = [c.grid.tolist() if c.grid.size else [[0]] for c in candidates[:2]] or [[[0]]]
@@ -88,16 +124,16 @@ def score(records: list[dict[str, Any]], augmented: AugmentedTasks, num_steps: i
         ranks_per_task.append(ranks)
         submission[task.id] = attempts
         per_task[task.id] = {**{f"pass@{k}": pass_at_k([ranks], k) for k in PASS_AT}, "tests": tests}
-    labelled = [r for r in records if r["exact"] is not None]
+    labelled = [r for r in records if r["exact"] is not None and r.get("tto_rank", 0) == 0]
     summary = {
         **{f"pass@{k}": pass_at_k(ranks_per_task, k) for k in PASS_AT},
         "num_tasks": len(augmented.tasks),
         "num_test_inputs": sum(len(t.tests) for t in augmented.tasks),
-        "num_predictions": len(records),
+        "num_predictions": sum(r.get("tto_rank", 0) == 0 for r in records),
         "exact_match": float(np.mean([r["exact"] for r in labelled])) if labelled else None,
         "token_accuracy": float(np.mean([r["token_accuracy"] for r in labelled])) if labelled else None,
         "q_halt_accuracy": float(np.mean([(r["q_halt"] > 0) == r["exact"] for r in labelled])) if labelled else None,
-        "mean_act_steps": float(np.mean([r["halt_step"] for r in records])) if records else None,
+        "mean_act_steps": float(np.mean([r["halt_step"] for r in labelled])) if labelled else None,
         "halt_step_histogram": _halt_step_histogram(labelled),
         "steps_run": num_steps,
         "per_task": per_task,
@@ -115,14 +151,15 @@ def _halt_step_histogram(records: list[dict[str, Any]]) -> dict[str, dict[str, f
 
 
 def evaluate(model: ACTModel, augmented: AugmentedTasks, *, canvas_side: int, max_demos: int, batch_size: int,
-             runtime: Runtime, out_dir: str | Path | None = None, num_steps: int | None = None) -> dict | None:
+             runtime: Runtime, out_dir: str | Path | None = None, num_steps: int | None = None,
+             tto: TTOConfig | None = None) -> dict | None:
     """Predict on every rank, vote and score on rank 0; write eval.json and submission.json there.
 
     Returns the summary on rank 0 and None on the other ranks.
     """
     num_steps = num_steps or model.config.halt_max_steps
     local = predict(model, augmented, canvas_side=canvas_side, max_demos=max_demos, batch_size=batch_size,
-                    runtime=runtime, num_steps=num_steps)
+                    runtime=runtime, num_steps=num_steps, tto=tto)
     gathered = gather_objects(local, runtime)
     if not runtime.is_main:
         return None
@@ -172,7 +209,7 @@ def evaluate_run(target: str | Path, overrides: list[str] | tuple[str, ...] = ()
             augmented = AugmentedTasks(tasks, config.eval.num_augmentations, config.seed, fixed_puzzle_id=blank)
         out_dir = Path(config.eval.out_dir) if config.eval.out_dir else checkpoint.parent
         summary = evaluate(model, augmented, canvas_side=config.canvas_side, max_demos=config.max_demos,
-                           batch_size=config.eval.batch_size, runtime=runtime, out_dir=out_dir)
+                           batch_size=config.eval.batch_size, runtime=runtime, out_dir=out_dir, tto=config.tto)
         if summary is not None:
             print(f"{config.eval.split} tasks: {summary['num_tasks']}, pass@1 {summary['pass@1']:.3f}, "
                   f"pass@2 {summary['pass@2']:.3f}, exact match {summary['exact_match'] or 0:.3f}, "

@@ -265,15 +265,33 @@ class ACTModel(nn.Module):
         batch_size = batch["inputs"].shape[0]
         device = batch["inputs"].device
         fresh = torch.ones(batch_size, dtype=torch.bool, device=device)
-        latents = self.decoder.reset_latents(self.decoder.initial_latents(batch_size, device), fresh)
         state = self.context_source.initial_state(batch_size, device)
-        recurrent = state is not None
         context, state = self.context_source.step(batch, state, fresh)
+        if state is None:
+            return self.decode(batch["inputs"], context, num_steps)
+        # A recurrent source refines its context at every step.
+        latents = self.decoder.reset_latents(self.decoder.initial_latents(batch_size, device), fresh)
         halt_step = torch.full((batch_size,), num_steps, dtype=torch.int32, device=device)
         for step in range(1, num_steps + 1):
-            if recurrent and step > 1:  # a recurrent source refines its context at every step
+            if step > 1:
                 context, state = self.context_source.step(batch, state, ~fresh)
             latents, logits, q_halt, q_continue = self.decoder(latents, batch["inputs"], context)
+            halt_step = torch.where((q_halt > 0) & (halt_step == num_steps), step, halt_step)
+        return {"logits": logits, "q_halt_logits": q_halt, "q_continue_logits": q_continue, "halt_step": halt_step}
+
+    def decode(self, inputs: Tensor, context: Tensor, num_steps: int) -> dict[str, Tensor]:
+        """Run `num_steps` ACT steps from fresh latents with a fixed context (B, context_len, hidden).
+
+        Only the last step builds a graph (when gradients are enabled), so test-time optimisation
+        of the context costs one step's backward. Returns the last step's outputs and `halt_step`.
+        """
+        batch_size, device = inputs.shape[0], inputs.device
+        fresh = torch.ones(batch_size, dtype=torch.bool, device=device)
+        latents = self.decoder.reset_latents(self.decoder.initial_latents(batch_size, device), fresh)
+        halt_step = torch.full((batch_size,), num_steps, dtype=torch.int32, device=device)
+        for step in range(1, num_steps + 1):
+            with torch.set_grad_enabled(torch.is_grad_enabled() and step == num_steps):
+                latents, logits, q_halt, q_continue = self.decoder(latents, inputs, context)
             halt_step = torch.where((q_halt > 0) & (halt_step == num_steps), step, halt_step)
         return {"logits": logits, "q_halt_logits": q_halt, "q_continue_logits": q_continue, "halt_step": halt_step}
 

@@ -32,7 +32,10 @@ class PuzzleEmbedding(ContextSource):
         nn.init.zeros_(self.table.weight)
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
-        rows = self.table(batch["puzzle_identifiers"].long())  # (B, emb_ndim)
+        return self.rows_to_context(self.table(batch["puzzle_identifiers"].long()))
+
+    def rows_to_context(self, rows: Tensor) -> Tensor:
+        """(B, emb_ndim) embedding rows -> (B, context_len, hidden) context, zero-padded."""
         rows = F.pad(rows, (0, self.context_len * self.hidden_size - rows.shape[-1]))
         return rows.view(-1, self.context_len, self.hidden_size)
 

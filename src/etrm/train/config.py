@@ -68,6 +68,16 @@ class EvalConfig:
 
 
 @dataclass
+class TTOConfig:
+    """Test-time latent optimisation at evaluation (`etrm eval tto.steps=100`); steps=0: off."""
+
+    steps: int = 0
+    lr: float = 5e-2
+    act_steps: int = 2  # ACT steps the decoder runs inside each optimisation step
+    grad_clip: float = 1.0  # per-sample gradient norm
+
+
+@dataclass
 class RunConfig:
     """Everything a training run reads. Names follow the research guide's knobs."""
 
@@ -141,6 +151,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    tto: TTOConfig = field(default_factory=TTOConfig)
 
 
 _CHOICES = {

@@ -308,7 +308,7 @@ class Trainer:
             if "test" in splits and self.split.test:
                 test_tasks = AugmentedTasks(self.split.test, config.eval.num_augmentations, config.seed,
                                             fixed_puzzle_id=blank)
-                results["test"] = evaluate(self.model, test_tasks, out_dir=self.run_dir, **kwargs)
+                results["test"] = evaluate(self.model, test_tasks, out_dir=self.run_dir, tto=config.tto, **kwargs)
         finally:
             self.model.load_state_dict(raw)
         if self.runtime.is_main and self.logger is not None:

@@ -1,0 +1,85 @@
+"""Test-time latent optimisation: weights untouched, demo loss lowered, best-two + voting together."""
+
+import numpy as np
+import pytest
+import torch
+
+from etrm.data.episodes import AugmentedTasks, EvalEnumeration
+from etrm.data.tensors import to_torch
+from etrm.eval.evaluate import evaluate, predict
+from etrm.eval.tto import demo_loss, initial_context, optimise_contexts
+from etrm.models.build import build_model
+from etrm.train.checkpoint import read_checkpoint
+from etrm.train.config import TTOConfig
+from etrm.train.distributed import Runtime
+
+CANVAS = 6
+CPU = Runtime(torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def trained(finished_eval_run, tiny_eval_config, tmp_path_factory):
+    """The tiny ETRM run's EMA weights (trained 6 steps)."""
+    model = build_model(tiny_eval_config(tmp_path_factory.mktemp("tto")))
+    state = read_checkpoint(finished_eval_run / "checkpoint.pt")
+    model.load_state_dict({**state["model"], **state["ema"]})
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def batch(mixed_tasks):
+    augmented = AugmentedTasks(mixed_tasks, 2, seed=0)
+    return to_torch(next(EvalEnumeration(augmented, canvas_side=CANVAS, max_demos=10).batches(6)))
+
+
+def test_tto_never_changes_model_weights(trained, batch):
+    before = {k: v.clone() for k, v in trained.state_dict().items()}
+    optimise_contexts(trained, batch, TTOConfig(steps=5, lr=0.1))
+    after = trained.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(p.grad is None for p in trained.parameters())
+
+
+def test_tto_lowers_the_demo_loss(trained, batch):
+    config = TTOConfig(steps=15, lr=0.05, act_steps=2)
+    start = demo_loss(trained, initial_context(trained, batch), batch, config.act_steps).detach()
+    _, losses = optimise_contexts(trained, batch, config)
+    assert torch.all(losses[:, 0] <= start + 1e-9)  # the start is among the candidates
+    assert float(losses[:, 0].mean()) < float(start.mean()) - 1e-3
+    assert torch.all(losses[:, 0] <= losses[:, 1])
+
+
+def test_zero_steps_keeps_the_encoder_context(trained, batch):
+    contexts, _ = optimise_contexts(trained, batch, TTOConfig(steps=0))
+    assert torch.allclose(contexts[:, 0], initial_context(trained, batch))
+
+
+def test_best_two_and_voting_work_together(trained, mixed_tasks):
+    augmented = AugmentedTasks(mixed_tasks, 3, seed=0)
+    config = TTOConfig(steps=3, lr=0.05)
+    records = predict(trained, augmented, canvas_side=CANVAS, max_demos=10, batch_size=5, runtime=CPU, tto=config)
+    primary = [r for r in records if r["tto_rank"] == 0]
+    assert len(primary) == len(records) // 2 == len(EvalEnumeration(augmented, canvas_side=CANVAS, max_demos=10).items)
+    def key(record):
+        return record["task_index"], record["test_index"], record["augmentation_index"]
+
+    second = {key(r): r for r in records if r["tto_rank"] == 1}
+    assert set(second) == {key(r) for r in primary}
+    assert all(r["demo_loss"] <= second[key(r)]["demo_loss"] + 1e-9 for r in primary)
+    summary = evaluate(trained, augmented, canvas_side=CANVAS, max_demos=10, batch_size=5, runtime=CPU, tto=config)
+    assert summary["num_tasks"] == len(mixed_tasks) and summary["num_predictions"] == len(primary)
+    for task in summary["per_task"].values():
+        assert all(test["candidates"] >= 1 for test in task["tests"])
+
+
+def test_trm_fitting_starts_from_the_mean_embedding(tiny_eval_config, tmp_path, batch):
+    model = build_model(tiny_eval_config(tmp_path, "model_type=trm", "augmentations_per_task=2"), num_puzzle_ids=5)
+    with torch.no_grad():
+        model.context_source.table.weight.copy_(torch.arange(5 * 32, dtype=torch.float32).view(5, 32))
+    context = initial_context(model, batch)
+    expected = np.arange(5 * 32, dtype=np.float32).reshape(5, 32)[:4].mean(0)  # blank (last) row excluded
+    assert np.allclose(context[0, 0].numpy(), expected)
+    before = model.context_source.table.weight.clone()
+    contexts, _ = optimise_contexts(model, batch, TTOConfig(steps=3))
+    assert torch.equal(before, model.context_source.table.weight)
+    assert contexts.shape == (batch["inputs"].shape[0], 2, *context.shape[1:])
