@@ -166,6 +166,13 @@ def _data_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from etrm.bench import main as bench_main
+
+    bench_main(args.device, args.steps, args.only, args.json, Path(args.out))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="etrm", description="ETRM: few-shot ARC with recursive models.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -236,6 +243,13 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="write RUN_DIR/report.html (self-contained)")
     report.add_argument("run_dir")
     report.set_defaults(handler=_report)
+    bench = commands.add_parser("bench", help="measure training and evaluation speed, FLOP/s and MFU")
+    bench.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    bench.add_argument("--steps", type=int, default=5, help="timed training steps per model (after 2 warm-up)")
+    bench.add_argument("--only", default="", help="only the setups whose name contains this")
+    bench.add_argument("--json", action="store_true", help="print one JSON object")
+    bench.add_argument("--out", default="BENCHMARKS.md", help="file to append the dated rows to")
+    bench.set_defaults(handler=_bench)
     return parser
 
 

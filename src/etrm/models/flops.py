@@ -1,0 +1,44 @@
+"""Model FLOPs counted analytically from the configuration (multiply-adds x 2).
+
+Counted: every matrix multiply of the transformer blocks (qkv, output projection, SwiGLU),
+attention (QK^T and AV), and the output heads. Not counted: norms, RoPE, softmax, embeddings
+(elementwise work, small beside the matmuls). Backward costs twice the forward of the part
+that builds a graph: one training step of TRM runs H_cycles x (L_cycles + 1) network calls
+forward but backpropagates through the last cycle's L_cycles + 1 calls only; the encoder runs
+forward and backward on every step.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from etrm.models.layers import round_up_to_multiple
+
+
+def block_flops_per_token(hidden: int, expansion: float, attended: float) -> float:
+    """Forward FLOPs of one post-norm block for one token attending to `attended` tokens."""
+    inner = round_up_to_multiple(round(expansion * hidden * 2 / 3), 256)
+    matmuls = 3 * hidden * hidden + hidden * hidden + 2 * hidden * inner + inner * hidden
+    return 2 * matmuls + 4 * attended * hidden
+
+
+def decoder_step_flops(config: Any, batch_size: int, train: bool) -> float:
+    """One ACT step of the decoder for a batch (forward, plus the backward that runs in training)."""
+    model = config.model
+    tokens = model.context_len + config.canvas_side**2
+    per_call = model.num_layers * block_flops_per_token(model.hidden_size, model.expansion, tokens) * tokens
+    forward = model.h_cycles * (model.l_cycles + 1) * per_call + 2 * tokens * model.hidden_size * 12
+    backward = 2 * ((model.l_cycles + 1) * per_call + 2 * tokens * model.hidden_size * 12) if train else 0
+    return batch_size * (forward + backward)
+
+
+def encoder_flops(config: Any, num_demos: int, cells_per_demo: float, train: bool) -> float:
+    """The demo encoder's pair transformer over `num_demos` demos of `cells_per_demo` kept tokens.
+
+    Only the per-demo transformer is counted (the aggregation over a handful of demo vectors is
+    negligible beside it); cropping makes `cells_per_demo` the real cells, not the canvas.
+    """
+    encoder = config.encoder
+    per_token = encoder.num_layers * block_flops_per_token(encoder.hidden_size, encoder.expansion, cells_per_demo)
+    forward = num_demos * cells_per_demo * per_token
+    return forward * (3 if train else 1)

@@ -1,0 +1,29 @@
+"""Analytic FLOP counts agree with the modules they count."""
+
+from etrm.models.flops import block_flops_per_token, decoder_step_flops, encoder_flops
+from etrm.models.layers import PostNormBlock
+from etrm.train.config import load_config
+
+
+def test_block_matmul_flops_are_twice_its_parameters():
+    for hidden, expansion in ((128, 4.0), (512, 4.0), (64, 2.0)):
+        block = PostNormBlock(hidden, 4, expansion, 1e-5)
+        parameters = sum(p.numel() for p in block.parameters())
+        assert block_flops_per_token(hidden, expansion, attended=0) == 2 * parameters
+        assert block_flops_per_token(hidden, expansion, attended=10) - 2 * parameters == 4 * 10 * hidden
+
+
+def test_training_step_counts_the_backward_of_the_last_cycle_only():
+    config = load_config(["preset=overfit-cpu"])
+    one_cycle = load_config(["preset=overfit-cpu", "model.h_cycles=1"])
+    forward = decoder_step_flops(config, 1, train=False)
+    train = decoder_step_flops(config, 1, train=True)
+    # Backward = twice the forward of the one cycle (and the heads) that build a graph.
+    assert train - forward == 2 * decoder_step_flops(one_cycle, 1, train=False)
+    assert forward > decoder_step_flops(one_cycle, 1, train=False)
+    assert decoder_step_flops(config, 8, train=True) == 8 * train
+
+
+def test_encoder_training_costs_three_forwards():
+    config = load_config(["preset=overfit-cpu"])
+    assert encoder_flops(config, 10, 50.0, train=True) == 3 * encoder_flops(config, 10, 50.0, train=False)
