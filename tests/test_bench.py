@@ -1,6 +1,7 @@
 """`etrm bench` measures and reports (a short run on the CPU preset of the TRM baseline)."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -9,7 +10,7 @@ def test_bench_json_and_benchmarks_row(tmp_path):
     out = tmp_path / "BENCHMARKS.md"
     result = subprocess.run([sys.executable, "-m", "etrm", "bench", "--device", "cpu", "--steps", "1", "--only",
                              "trm overfit-cpu", "--json", "--out", str(out)], capture_output=True, text=True,
-                            timeout=600, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+                            timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["matmul_peak_flops"] > 1e8
