@@ -29,6 +29,9 @@ def _diagnose(history: list[dict[str, Any]], accuracy: float) -> list[str]:
         notes.append(f"still improving at the end ({history[-2]['token_accuracy']:.3f} -> "
                      f"{history[-1]['token_accuracy']:.3f}): train longer, or check the step time "
                      f"({history[-1]['seconds_per_step']:.2f} s/step) for a performance problem")
+    if not notes:
+        notes.append(f"below the bar at {accuracy:.1%} without one of the guide's failure patterns: compare the "
+                     "training curve (etrm analyze) and train longer or tune the learning rate")
     return notes
 
 
