@@ -49,15 +49,6 @@ KIND_IDS = [kind[0] for kind in KINDS]
 KIND_BY_ID = {kind[0]: kind for kind in KINDS}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread():
-    # Matrices this small run fastest on one thread (OpenMP spin-waiting on a shared 2-core machine).
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def tiny_encoder(kind_id: str, seed: int = 0, **fields) -> torch.nn.Module:
     _, encoder_type, extra = KIND_BY_ID[kind_id]
     config = EncoderConfig(type=encoder_type, hidden_size=32, num_heads=2, expansion=2.0, num_layers=2,
