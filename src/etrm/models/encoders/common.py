@@ -8,12 +8,11 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from etrm.data.encoding import PAD
 from etrm.models.decoder import ContextSource
-from etrm.models.encoders.blocks import PreNormBlock
+from etrm.models.encoders.blocks import MultiheadAttention, PreNormBlock
 from etrm.models.layers import (
     Linear,
     PostNormBlock,
@@ -174,24 +173,13 @@ class SetCrossAttention(nn.Module):
 
     def __init__(self, hidden: int, num_heads: int, expansion: float, context_len: int):
         super().__init__()
-        self.num_heads = num_heads
         self.queries = nn.Parameter(torch.randn(context_len, hidden) / math.sqrt(hidden))
-        self.q_proj = Linear(hidden, hidden)
-        self.kv_proj = Linear(hidden, 2 * hidden)
-        self.o_proj = Linear(hidden, hidden)
+        self.attention = MultiheadAttention(hidden, num_heads)
         self.mlp = SwiGLU(hidden, expansion)
 
     def forward(self, demo_vectors: Tensor, demo_mask: Tensor) -> Tensor:
-        batch, num_demos, hidden = demo_vectors.shape
-        head_dim = hidden // self.num_heads
-        queries = self.queries.unsqueeze(0).expand(batch, -1, -1)
-        q = self.q_proj(queries).view(batch, -1, self.num_heads, head_dim).transpose(1, 2)
-        k, v = self.kv_proj(demo_vectors).view(batch, num_demos, 2, self.num_heads, head_dim).unbind(2)
-        # A sample without demos attends to its (zero) padding instead of producing NaN.
-        mask = (demo_mask | ~demo_mask.any(1, keepdim=True)).view(batch, 1, 1, num_demos)
-        attended = F.scaled_dot_product_attention(q, k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
-        context = rms_norm(queries + self.o_proj(attended.transpose(1, 2).reshape(batch, -1, hidden)),
-                           RMS_NORM_EPS)
+        queries = self.queries.unsqueeze(0).expand(demo_vectors.shape[0], -1, -1)
+        context = rms_norm(queries + self.attention(queries, demo_vectors, demo_mask), RMS_NORM_EPS)
         return rms_norm(context + self.mlp(context), RMS_NORM_EPS)
 
 
