@@ -201,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--train-count", type=int, default=800)
     synth.add_argument("--test-count", type=int, default=100)
-    synth.add_argument("--max-side", type=int, default=10, help="largest input grid side")
+    synth.add_argument("--max-side", type=int, default=10, help="largest grid side, inputs and outputs")
     synth.set_defaults(handler=_data_synth)
 
     train = commands.add_parser(

@@ -38,19 +38,20 @@ def test_at_least_ten_families_each_making_valid_grids_within_bounds():
     for family in FAMILIES.values():
         for value in family.train_values + family.held_out_values:
             rule = Rule(((family.name, value),))
-            side = min(10, 30 // rule.growth)
+            side = max(1, 10 // rule.growth)
             for _ in range(20):
-                grid = random_grid(rng, 3, side, family.objects)
+                grid = random_grid(rng, min(3, side), side, family.objects)
                 out = rule(grid)
                 assert out.dtype == np.uint8 and out.ndim == 2 and out.size > 0, family.name
-                assert min(out.shape) >= 1 and max(out.shape) <= 30 and out.max() <= 9, family.name
+                assert min(out.shape) >= 1 and max(out.shape) <= 10 and out.max() <= 9, family.name
 
 
-def test_tasks_have_three_or_four_demos_one_or_two_tests_and_fit_the_canvas():
+@pytest.mark.parametrize("max_side", [6, 10])
+def test_tasks_have_three_or_four_demos_one_or_two_tests_and_stay_within_max_side(max_side):
     for split in ("iid", "params", "compose"):
-        for task in synth_tasks(split, "test", 60):
+        for task in synth_tasks(split, "test", 60, max_side=max_side):
             assert 3 <= len(task.demos) <= 4 and 1 <= len(task.tests) <= 2
-            assert task.max_side <= 30
+            assert task.max_side <= max_side
             assert all(output is not None for _, output in task.tests)
             assert not all(np.array_equal(i, o) for i, o in task.demos)  # the rule does something
 
@@ -66,6 +67,11 @@ def test_rule_families_behave_as_named():
     assert np.array_equal(Rule((("crop_object", None),))(np.pad(ring, 2)), ring)
 
 
+def test_one_training_set_serves_every_split():
+    trains = [synth_tasks(split, "train", 30) for split in ("iid", "params", "compose")]
+    assert [t.id for t in trains[0]] == [t.id for t in trains[1]] == [t.id for t in trains[2]]
+
+
 def test_params_split_holds_out_parameter_values():
     train = {step for task in synth_tasks("params", "train", 400) for step in _steps(task)}
     test = {step for task in synth_tasks("params", "test", 100) for step in _steps(task)}
@@ -76,14 +82,14 @@ def test_params_split_holds_out_parameter_values():
 def test_compose_split_holds_out_pairs_and_iid_shares_the_distribution():
     held_out = set(compose_held_out_pairs())
     assert held_out and set(COMPOSABLE) - held_out
-    train_pairs = {tuple(f for f, _ in _steps(t)) for t in synth_tasks("compose", "train", 400)}
+    train = synth_tasks("compose", "train", 400)
+    train_pairs = {tuple(f for f, _ in _steps(t)) for t in train}
     test_pairs = {tuple(f for f, _ in _steps(t)) for t in synth_tasks("compose", "test", 100)}
     assert test_pairs <= held_out and not (train_pairs & held_out)
-    iid_train = {f for t in synth_tasks("iid", "train", 300) for f, _ in _steps(t)}
-    iid_test = {f for t in synth_tasks("iid", "test", 100) for f, _ in _steps(t)}
-    assert iid_test <= iid_train
-    train_ids = {t.id for t in synth_tasks("iid", "train", 300)}
-    assert not train_ids & {t.id for t in synth_tasks("iid", "test", 100)}
+    iid_test = synth_tasks("iid", "test", 100)
+    assert {step for t in iid_test for step in _steps(t)} <= {step for t in train for step in _steps(t)}
+    assert not {tuple(f for f, _ in _steps(t)) for t in iid_test} & held_out
+    assert not {t.id for t in train} & {t.id for t in iid_test}
 
 
 def test_works_as_a_source_and_as_kaggle_files(tmp_path):
@@ -92,7 +98,10 @@ def test_works_as_a_source_and_as_kaggle_files(tmp_path):
     write_kaggle(tasks, tmp_path / "synth_test")
     again = load_tasks(f"kaggle:{tmp_path / 'synth_test'}")
     assert [t.id for t in again] == sorted(t.id for t in tasks)
+    assert max(t.max_side for t in load_tasks("synth:iid:test:0:20:6")) <= 6
     with pytest.raises(DataError, match="synth:SPLIT:PART"):
         load_tasks("synth:params")
+    with pytest.raises(DataError, match="max_side"):
+        load_tasks("synth:iid:test:0:5:31")
     with pytest.raises(DataError, match="not one of"):
         load_tasks("synth:nope:train")

@@ -38,17 +38,17 @@ class Oracle(torch.nn.Module):
         self.config = DecoderConfig(halt_max_steps=halt_max_steps)
         self.calls = 0
 
-    def run_fixed_steps(self, batch, num_steps=None):
+    def run_fixed_steps(self, batch, num_steps=None, early_stop_confidence=0.0):
         self.calls += 1
         tokens = batch["labels"].clamp_min(0)  # ignored positions -> PAD
         keys = zip(batch["task_index"].tolist(), batch["query_index"].tolist(), strict=True)
         solve = torch.tensor([key in self.solved for key in keys])
         shifted = torch.where(tokens >= 2, 2 + (tokens - 2 + 1) % 10, tokens)
         tokens = torch.where(solve[:, None], tokens, shifted)
-        size = tokens.shape[0]
+        size, steps = tokens.shape[0], num_steps or self.config.halt_max_steps
         return {"logits": F.one_hot(tokens, 12).float(), "q_halt_logits": torch.zeros(size),
-                "q_continue_logits": torch.zeros(size),
-                "halt_step": torch.full((size,), num_steps or self.config.halt_max_steps, dtype=torch.int32)}
+                "q_continue_logits": torch.zeros(size), "halt_step": torch.full((size,), steps, dtype=torch.int32),
+                "steps_run": torch.full((size,), steps, dtype=torch.int32)}
 
 
 def _expected_task_scores(tasks) -> list[float]:

@@ -165,3 +165,24 @@ def test_samples_kept_running_by_exploration_are_marked_forced(tiny_config, tmp_
     model.eval()  # no exploration at evaluation: nothing is forced
     carry, _ = model(model.initial_carry(batch), batch)
     assert not carry.halted.any() and not carry.forced.any()
+
+
+@pytest.mark.parametrize("encoder_type", ["standard", "recurrent"])
+def test_early_stopping_at_evaluation_is_off_by_default_and_stops_once_all_are_confident(
+        encoder_type, conceptarc_small, tiny_config, tmp_path):
+    config = tiny_config(tmp_path, f"encoder.type={encoder_type}", "halt_max_steps=4")
+    torch.manual_seed(0)
+    model = build_model(config).eval()
+    episodes = np.array([[i, 0] for i in range(2)])
+    batch = to_torch(encode_episodes(conceptarc_small[:2], episodes, [Augmentation()] * 2, CANVAS, config.max_demos))
+    with torch.no_grad():
+        # The fresh q-head says "continue" (bias -5): nothing stops early, with or without the switch.
+        assert model.run_fixed_steps(batch)["steps_run"].tolist() == [4, 4]
+        assert model.run_fixed_steps(batch, early_stop_confidence=0.9)["steps_run"].tolist() == [4, 4]
+        model.decoder.q_head.bias[0] = 5.0  # every sample now halts confidently at step 1
+        off = model.run_fixed_steps(batch)
+        on = model.run_fixed_steps(batch, early_stop_confidence=0.9)
+        one_step = model.run_fixed_steps(batch, num_steps=1)
+    assert off["steps_run"].tolist() == [4, 4] and on["steps_run"].tolist() == [1, 1]
+    assert on["halt_step"].tolist() == [1, 1]
+    torch.testing.assert_close(on["logits"], one_step["logits"])

@@ -42,8 +42,10 @@ class FewShotSplit:
                          f"{self.dropped_train_canvas} train, {self.dropped_test_canvas} held-out (dropped)")
         if self.leaks.overlapping_tasks:
             action = "dropped" if self.dropped_train_leaks else "kept (leak_policy=warn)"
-            lines.append(f"leak check: {self.leaks.overlapping_tasks} held-out tasks overlap training tasks "
-                         f"{', '.join(sorted(self.leaks.training_ids))}: {action}")
+            ids = sorted(self.leaks.training_ids)
+            shown = ", ".join(ids[:8]) + (f" and {len(ids) - 8} more" if len(ids) > 8 else "")
+            lines.append(f"leak check: {self.leaks.overlapping_tasks} held-out tasks overlap {len(ids)} training "
+                         f"tasks ({shown}): {action}")
         return lines
 
 

@@ -2,17 +2,20 @@
 measurable in CPU minutes.
 
 A task = 3-4 demos + 1-2 tests drawn from ONE rule instance (a family with fixed parameters,
-or a composition of two), on random input grids (background 0, side `min_side..max_side`).
-Three splits, each a (train, test) pair of task lists:
+or a composition of two), on random input grids (background 0); every grid, input or output,
+is at most `max_side` on a side (rules that enlarge a grid get smaller inputs).
 
-- `iid`: held-out tasks are new instances of rules and parameters seen in training.
-- `params`: every family's parameter values are divided; held-out tasks use only values never
-  seen in training (unseen scale factors, tilings, colours, transforms, offsets, directions).
-- `compose`: training has single rules and some pairs of rules; held-out tasks use pairs never
-  composed in training.
+The three splits share ONE training set, so one trained model answers all three questions:
+training tasks use only the families' training parameter values and only the pairs of rules
+not held out for `compose`. The held-out tasks of each split:
 
-Everything is a pure function of the seed. As a source: `synth:SPLIT:PART[:SEED]`, e.g.
-`synth:params:train`; `etrm data synth` writes the same tasks as Kaggle-layout files.
+- `iid`: new instances drawn from the training distribution itself.
+- `params`: every parameter value is one never seen in training (unseen scale factors,
+  tilings, colours, transforms, offsets, directions), on single rules and seen pairs.
+- `compose`: pairs of rules never composed in training, with training parameter values.
+
+Everything is a pure function of the seed. As a source: `synth:SPLIT:PART[:SEED[:COUNT[:MAX_SIDE]]]`,
+e.g. `synth:params:test`; `etrm data synth` writes the same tasks as Kaggle-layout files.
 """
 
 from __future__ import annotations
@@ -177,7 +180,7 @@ FAMILIES = {
                objects=True),
     )
 }
-# Pairs (first, then second) whose composition is defined everywhere and stays inside 30x30.
+# Pairs (first, then second) whose composition is defined everywhere; never two that enlarge.
 COMPOSABLE = [(a, b) for a, b in itertools.permutations(FAMILIES, 2)
               if not (FAMILIES[a].grows and FAMILIES[b].grows) and a != "crop_object"]
 
@@ -209,9 +212,7 @@ class Rule:
 # ------------------------------------------------------------------------------ the splits
 def _values(family: str, part: str, split: str) -> tuple:
     values = FAMILIES[family]
-    if split == "params":
-        return values.train_values if part == "train" else values.held_out_values
-    return values.train_values + values.held_out_values
+    return values.held_out_values if (split, part) == ("params", "test") else values.train_values
 
 
 def compose_held_out_pairs() -> list[tuple[str, str]]:
@@ -221,17 +222,13 @@ def compose_held_out_pairs() -> list[tuple[str, str]]:
 
 def _draw_families(rng: np.random.Generator, part: str, split: str) -> tuple[str, ...]:
     names = list(FAMILIES)
-    if split == "compose":
-        held_out = compose_held_out_pairs()
-        if part == "test":
-            return held_out[rng.integers(len(held_out))]
-        if rng.random() < 0.5:
-            return (names[rng.integers(len(names))],)
-        seen = [pair for pair in COMPOSABLE if pair not in held_out]
-        return seen[rng.integers(len(seen))]
-    if rng.random() < 0.7:
+    held_out = compose_held_out_pairs()
+    if (split, part) == ("compose", "test"):
+        return held_out[rng.integers(len(held_out))]
+    if rng.random() < 0.5:
         return (names[rng.integers(len(names))],)
-    return COMPOSABLE[rng.integers(len(COMPOSABLE))]
+    seen = [pair for pair in COMPOSABLE if pair not in held_out]
+    return seen[rng.integers(len(seen))]
 
 
 def _draw_rule(rng: np.random.Generator, part: str, split: str) -> Rule:
@@ -243,8 +240,11 @@ def _draw_rule(rng: np.random.Generator, part: str, split: str) -> Rule:
 
 
 def make_task(rng: np.random.Generator, rule: Rule, task_id: str, min_side: int, max_side: int) -> Task | None:
-    """Demos and tests of one rule instance; None when the rule leaves every demo unchanged."""
-    side = max(min_side, min(max_side, MAX_GRID_SIDE // rule.growth))
+    """Demos and tests of one rule instance; None when the rule leaves every demo unchanged.
+
+    Inputs are at most `max_side // growth` on a side, so outputs stay within `max_side`.
+    """
+    side = max(1, max_side // rule.growth)
     num_demos, num_tests = int(rng.integers(3, 5)), int(rng.integers(1, 3))
     pairs = []
     for _ in range(num_demos + num_tests):
@@ -258,16 +258,22 @@ def make_task(rng: np.random.Generator, rule: Rule, task_id: str, min_side: int,
 
 def synth_tasks(split: str, part: str, count: int, seed: int = 0, min_side: int = 3,
                 max_side: int = 10) -> list[Task]:
-    """`count` tasks of one part (train/test) of one split, a pure function of the arguments."""
+    """`count` tasks of one part (train/test) of one split, a pure function of the arguments.
+
+    The train part is the same for every split (see the module docstring).
+    """
     if split not in SPLITS:
         raise DataError(f"synthetic split '{split}' is not one of {', '.join(SPLITS)}")
     if part not in ("train", "test"):
         raise DataError(f"synthetic part '{part}' is not train or test")
-    rng = np.random.default_rng([seed, SPLITS.index(split), 0 if part == "train" else 1])
+    if not 1 <= max_side <= MAX_GRID_SIDE:
+        raise DataError(f"synthetic max_side {max_side} is not within 1..{MAX_GRID_SIDE}")
+    rng = np.random.default_rng([seed, 0] if part == "train" else [seed, 1, SPLITS.index(split)])
     tasks = []
     while len(tasks) < count:
         rule = _draw_rule(rng, part, split)
-        task_id = f"synth-{split}-{part}-{len(tasks):05d}-{zlib.crc32(rule.name.encode()) % 10**6:06d}"
+        name = "synth-train" if part == "train" else f"synth-{split}-test"
+        task_id = f"{name}-{len(tasks):05d}-{zlib.crc32(rule.name.encode()) % 10**6:06d}"
         task = make_task(rng, rule, task_id, min_side, max_side)
         if task is not None:
             tasks.append(task)

@@ -25,6 +25,7 @@ from etrm.train.config import TTOConfig
 from etrm.train.distributed import Runtime, gather_objects
 
 PASS_AT = (1, 2, 5)
+PUZZLE_TABLE_KEY = "context_source.table.weight"
 
 
 def autocast_for(device: torch.device) -> contextlib.AbstractContextManager:
@@ -44,7 +45,7 @@ def _records(numpy_batch: dict[str, np.ndarray], labels: torch.Tensor, outputs: 
     exact = (correct.sum(-1) == known.sum(-1)).cpu().numpy()
     has_label = known.any(-1).cpu().numpy()
     predicted, q_halt = predicted.cpu().numpy(), outputs["q_halt_logits"].float().cpu().numpy()
-    halt_step = outputs["halt_step"].cpu().numpy()
+    halt_step, steps_run = outputs["halt_step"].cpu().numpy(), outputs["steps_run"].cpu().numpy()
     records = []
     for row in np.flatnonzero(numpy_batch["valid"]):
         task_index, test_index = int(numpy_batch["task_index"][row]), int(numpy_batch["query_index"][row])
@@ -53,7 +54,7 @@ def _records(numpy_batch: dict[str, np.ndarray], labels: torch.Tensor, outputs: 
         records.append({
             "task_index": task_index, "test_index": test_index, "augmentation_index": aug_index,
             "grid": augmentation.invert(decode_grid(predicted[row], canvas_side)),
-            "q_halt": float(q_halt[row]), "halt_step": int(halt_step[row]),
+            "q_halt": float(q_halt[row]), "halt_step": int(halt_step[row]), "steps_run": int(steps_run[row]),
             "token_accuracy": float(token_accuracy[row]) if has_label[row] else None,
             "exact": bool(exact[row]) if has_label[row] else None,
             **{key: value[row].item() for key, value in extra.items()},
@@ -62,11 +63,13 @@ def _records(numpy_batch: dict[str, np.ndarray], labels: torch.Tensor, outputs: 
 
 
 def predict(model: ACTModel, augmented: AugmentedTasks, *, canvas_side: int, max_demos: int, batch_size: int,
-            runtime: Runtime, num_steps: int | None = None, tto: TTOConfig | None = None) -> list[dict[str, Any]]:
+            runtime: Runtime, num_steps: int | None = None, tto: TTOConfig | None = None,
+            early_stop_confidence: float = 0.0) -> list[dict[str, Any]]:
     """This rank's predictions: one record per (task, test input, augmentation).
 
     With test-time optimisation (`tto.steps > 0`) each item gets two records, from its best
-    (`tto_rank` 0) and second-best (`tto_rank` 1) context by demo loss.
+    (`tto_rank` 0) and second-best (`tto_rank` 1) context by demo loss. `early_stop_confidence`:
+    see `ACTModel.run_fixed_steps`.
     """
     num_steps = num_steps or model.config.halt_max_steps
     enumeration = EvalEnumeration(augmented, canvas_side=canvas_side, max_demos=max_demos)
@@ -77,13 +80,13 @@ def predict(model: ACTModel, augmented: AugmentedTasks, *, canvas_side: int, max
         batch = to_torch(numpy_batch, runtime.device)
         if tto is None or tto.steps == 0:
             with torch.no_grad(), autocast_for(runtime.device):
-                outputs = model.run_fixed_steps(batch, num_steps)
+                outputs = model.run_fixed_steps(batch, num_steps, early_stop_confidence)
             records += _records(numpy_batch, batch["labels"], outputs, augmented, canvas_side)
             continue
         contexts, demo_losses = optimise_contexts(model, batch, tto)
         for rank in (0, 1):
             with torch.no_grad(), autocast_for(runtime.device):
-                outputs = model.decode(batch["inputs"], contexts[:, rank], num_steps)
+                outputs = model.decode(batch["inputs"], contexts[:, rank], num_steps, early_stop_confidence)
             ranks = np.full(len(numpy_batch["valid"]), rank)
             records += _records(numpy_batch, batch["labels"], outputs, augmented, canvas_side, tto_rank=ranks,
                                 demo_loss=demo_losses[:, rank].cpu().numpy())
@@ -134,6 +137,8 @@ def score(records: list[dict[str, Any]], augmented: AugmentedTasks, num_steps: i
         "token_accuracy": float(np.mean([r["token_accuracy"] for r in labelled])) if labelled else None,
         "q_halt_accuracy": float(np.mean([(r["q_halt"] > 0) == r["exact"] for r in labelled])) if labelled else None,
         "mean_act_steps": float(np.mean([r["halt_step"] for r in labelled])) if labelled else None,
+        "mean_steps_run": float(np.mean([r["steps_run"] for r in records if r.get("tto_rank", 0) == 0]))
+        if records else None,
         "halt_step_histogram": _halt_step_histogram(labelled),
         "steps_run": num_steps,
         "per_task": per_task,
@@ -152,14 +157,14 @@ def _halt_step_histogram(records: list[dict[str, Any]]) -> dict[str, dict[str, f
 
 def evaluate(model: ACTModel, augmented: AugmentedTasks, *, canvas_side: int, max_demos: int, batch_size: int,
              runtime: Runtime, out_dir: str | Path | None = None, num_steps: int | None = None,
-             tto: TTOConfig | None = None) -> dict | None:
+             tto: TTOConfig | None = None, early_stop_confidence: float = 0.0) -> dict | None:
     """Predict on every rank, vote and score on rank 0; write eval.json and submission.json there.
 
     Returns the summary on rank 0 and None on the other ranks.
     """
     num_steps = num_steps or model.config.halt_max_steps
     local = predict(model, augmented, canvas_side=canvas_side, max_demos=max_demos, batch_size=batch_size,
-                    runtime=runtime, num_steps=num_steps, tto=tto)
+                    runtime=runtime, num_steps=num_steps, tto=tto, early_stop_confidence=early_stop_confidence)
     gathered = gather_objects(local, runtime)
     if not runtime.is_main:
         return None
@@ -198,18 +203,24 @@ def evaluate_run(target: str | Path, overrides: list[str] | tuple[str, ...] = ()
         tasks = split.train if config.eval.split == "train" else split.test
         blank = None
         if config.model_type == "trm":
-            trained = AugmentedTasks(split.train, config.augmentations_per_task, config.seed)
-            blank = trained.num_ids
+            # The blank row for unseen tasks is the table's last row; taking the size from the
+            # checkpoint keeps it right when another held-out set drops other training tasks.
+            table = state["model"].get(PUZZLE_TABLE_KEY)
+            if table is None:
+                raise EtrmError(f"{checkpoint}: a TRM checkpoint without '{PUZZLE_TABLE_KEY}'")
+            blank = table.shape[0] - 1
         model = build_model(config, num_puzzle_ids=0 if blank is None else blank + 1)
         model.load_state_dict({**state["model"], **state.get("ema", {})})
         model.to(runtime.device)
         if config.model_type == "trm" and config.eval.split == "train":
-            augmented = trained.head(config.eval.num_augmentations)
+            augmented = AugmentedTasks(split.train, config.augmentations_per_task, config.seed).head(
+                config.eval.num_augmentations)
         else:
             augmented = AugmentedTasks(tasks, config.eval.num_augmentations, config.seed, fixed_puzzle_id=blank)
         out_dir = Path(config.eval.out_dir) if config.eval.out_dir else checkpoint.parent
         summary = evaluate(model, augmented, canvas_side=config.canvas_side, max_demos=config.max_demos,
-                           batch_size=config.eval.batch_size, runtime=runtime, out_dir=out_dir, tto=config.tto)
+                           batch_size=config.eval.batch_size, runtime=runtime, out_dir=out_dir, tto=config.tto,
+                           early_stop_confidence=config.eval.early_stop_confidence)
         if summary is not None:
             print(f"{config.eval.split} tasks: {summary['num_tasks']}, pass@1 {summary['pass@1']:.3f}, "
                   f"pass@2 {summary['pass@2']:.3f}, exact match {summary['exact_match'] or 0:.3f}, "

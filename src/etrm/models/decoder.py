@@ -254,12 +254,16 @@ class ACTModel(nn.Module):
         return ACTCarry(latents, steps, halted, data, context_state, forced), outputs
 
     @torch.no_grad()
-    def run_fixed_steps(self, batch: dict[str, Tensor], num_steps: int | None = None) -> dict[str, Tensor]:
+    def run_fixed_steps(self, batch: dict[str, Tensor], num_steps: int | None = None,
+                        early_stop_confidence: float = 0.0) -> dict[str, Tensor]:
         """Evaluation: run every sample for `num_steps` (default halt_max_steps) steps from fresh
         latents. The context is computed once per sample, not at every step.
 
-        Returns the last step's logits, q_halt_logits and q_continue_logits, and `halt_step`: the
-        first step at which q_halt > 0 (the step the model would have stopped at), else num_steps.
+        Returns the last step's logits, q_halt_logits and q_continue_logits, `halt_step` (the
+        first step at which q_halt > 0, the step the model would have stopped at, else the steps
+        run) and `steps_run`. With `early_stop_confidence` > 0 the batch stops as soon as every
+        sample's sigmoid(q_halt) reaches it (one host sync per step; off by default so results
+        stay comparable with the reference protocol).
         """
         num_steps = num_steps or self.config.halt_max_steps
         batch_size = batch["inputs"].shape[0]
@@ -268,7 +272,7 @@ class ACTModel(nn.Module):
         state = self.context_source.initial_state(batch_size, device)
         context, state = self.context_source.step(batch, state, fresh)
         if state is None:
-            return self.decode(batch["inputs"], context, num_steps)
+            return self.decode(batch["inputs"], context, num_steps, early_stop_confidence)
         # A recurrent source refines its context at every step.
         latents = self.decoder.reset_latents(self.decoder.initial_latents(batch_size, device), fresh)
         halt_step = torch.full((batch_size,), num_steps, dtype=torch.int32, device=device)
@@ -277,13 +281,17 @@ class ACTModel(nn.Module):
                 context, state = self.context_source.step(batch, state, ~fresh)
             latents, logits, q_halt, q_continue = self.decoder(latents, batch["inputs"], context)
             halt_step = torch.where((q_halt > 0) & (halt_step == num_steps), step, halt_step)
-        return {"logits": logits, "q_halt_logits": q_halt, "q_continue_logits": q_continue, "halt_step": halt_step}
+            if _all_confident(q_halt, early_stop_confidence):
+                break
+        return _step_outputs(logits, q_halt, q_continue, halt_step, step)
 
-    def decode(self, inputs: Tensor, context: Tensor, num_steps: int) -> dict[str, Tensor]:
+    def decode(self, inputs: Tensor, context: Tensor, num_steps: int,
+               early_stop_confidence: float = 0.0) -> dict[str, Tensor]:
         """Run `num_steps` ACT steps from fresh latents with a fixed context (B, context_len, hidden).
 
         Only the last step builds a graph (when gradients are enabled), so test-time optimisation
-        of the context costs one step's backward. Returns the last step's outputs and `halt_step`.
+        of the context costs one step's backward. Returns the last step's outputs, `halt_step`
+        and `steps_run` (fewer than `num_steps` when early stopping, as in `run_fixed_steps`).
         """
         batch_size, device = inputs.shape[0], inputs.device
         fresh = torch.ones(batch_size, dtype=torch.bool, device=device)
@@ -293,7 +301,9 @@ class ACTModel(nn.Module):
             with torch.set_grad_enabled(torch.is_grad_enabled() and step == num_steps):
                 latents, logits, q_halt, q_continue = self.decoder(latents, inputs, context)
             halt_step = torch.where((q_halt > 0) & (halt_step == num_steps), step, halt_step)
-        return {"logits": logits, "q_halt_logits": q_halt, "q_continue_logits": q_continue, "halt_step": halt_step}
+            if _all_confident(q_halt, early_stop_confidence):
+                break
+        return _step_outputs(logits, q_halt, q_continue, halt_step, step)
 
     @torch.no_grad()
     def halting(self, steps: Tensor, q_halt: Tensor) -> Tensor:
@@ -308,3 +318,16 @@ class ACTModel(nn.Module):
             min_halt_steps = explore * torch.randint_like(steps, low=2, high=max_steps + 1)
             halted = halted & (steps >= min_halt_steps)
         return halted
+
+
+def _all_confident(q_halt: Tensor, confidence: float) -> bool:
+    # Early stopping at evaluation: every sample's halting probability has reached `confidence`.
+    return confidence > 0 and bool((torch.sigmoid(q_halt.float()) >= confidence).all())
+
+
+def _step_outputs(logits: Tensor, q_halt: Tensor, q_continue: Tensor, halt_step: Tensor,
+                  steps_run: int) -> dict[str, Tensor]:
+    halt_step = halt_step.clamp_max(steps_run)
+    steps = torch.full_like(halt_step, steps_run)
+    return {"logits": logits, "q_halt_logits": q_halt, "q_continue_logits": q_continue, "halt_step": halt_step,
+            "steps_run": steps}

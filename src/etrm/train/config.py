@@ -65,6 +65,9 @@ class EvalConfig:
     periodic_splits: str = "train,test"  # what eval_every evaluates during training
     checkpoint: str = ""  # a checkpoint file or run directory (etrm eval)
     out_dir: str = ""  # where eval.json and submission.json go (default: the run directory)
+    # > 0: a batch stops its ACT steps once every sample's sigmoid(q_halt) reaches this; 0: off,
+    # every sample runs halt_max_steps steps as in the reference protocol.
+    early_stop_confidence: float = 0.0
 
 
 @dataclass

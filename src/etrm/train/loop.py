@@ -296,7 +296,8 @@ class Trainer:
             self.model.load_state_dict(self.ema.weights_for(self.model))
         try:
             kwargs = dict(canvas_side=config.canvas_side, max_demos=config.max_demos,
-                          batch_size=config.eval.batch_size, runtime=self.runtime)
+                          batch_size=config.eval.batch_size, runtime=self.runtime,
+                          early_stop_confidence=config.eval.early_stop_confidence)
             if self.enumerated is not None:
                 train_tasks = self.enumerated.head(1)
                 blank = self.enumerated.num_ids if config.model_type == "trm" else None
