@@ -77,7 +77,7 @@ def bench_model(name: str, overrides: list[str], device: torch.device, steps: in
         if config.augmentations_per_task else None
     sampler = TrainSampler(split.train, canvas_side=config.canvas_side, max_demos=config.max_demos,
                            leave_one_out=config.leave_one_out, seed=config.seed, enumerated=enumerated,
-                           translate=config.translate)
+                           augment=config.augment, translate=config.translate)
     torch.manual_seed(0)
     model = build_model(config, num_puzzle_ids=enumerated.num_ids + 1 if config.model_type == "trm" else 0).to(device)
     step_model = torch.compile(model) if device.type == "cuda" else model

@@ -179,6 +179,27 @@ def test_cropped_pair_transformer_equals_masking_the_full_sequence(cls_token, pr
     torch.testing.assert_close(cropped[crop_mask], x[mask], atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("cls_token", [False, True])
+def test_length_groups_give_the_states_of_one_padded_group(cls_token, monkeypatch):
+    # Demos of very different sizes run through the layers in groups of similar length: the
+    # states (and their gradients) equal those of padding every demo to the longest.
+    torch.manual_seed(0)
+    pair = PairTransformer(32, 2, 2.0, 2, SEQ_LEN, VOCAB, cls_token=cls_token)
+    demo_inputs, demo_outputs, _ = demo_batch([9], seed=3, max_side=5)
+    grid_in, grid_out = demo_inputs[0], demo_outputs[0]
+    lengths = ((grid_in != PAD).sum(1) + (grid_out != PAD).sum(1)).tolist()
+    assert len(set(lengths)) > 4  # the groups really differ in length
+    grouped, mask = pair(grid_in, grid_out)
+    grouped_grads = torch.autograd.grad(grouped[mask].square().sum(), list(pair.parameters()))
+    monkeypatch.setattr(PairTransformer, "LENGTH_GROUPS", 1)
+    single, single_mask = pair(grid_in, grid_out)
+    single_grads = torch.autograd.grad(single[mask].square().sum(), list(pair.parameters()))
+    assert torch.equal(mask, single_mask)
+    torch.testing.assert_close(grouped[mask], single[mask], atol=1e-5, rtol=0)
+    for a, b in zip(grouped_grads, single_grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize("pooling", ["mean", "max", "attention", "cls"])
 def test_standard_pooling_modes(pooling):
     encoder = tiny_encoder("standard", pooling=pooling)

@@ -1,6 +1,6 @@
 """Analytic FLOP counts agree with the modules they count."""
 
-from etrm.models.flops import block_flops_per_token, decoder_step_flops, encoder_flops
+from etrm.models.flops import block_flops_per_token, decoder_step_flops, encoder_flops, eval_flops_per_sample
 from etrm.models.layers import PostNormBlock
 from etrm.train.config import load_config
 
@@ -27,3 +27,16 @@ def test_training_step_counts_the_backward_of_the_last_cycle_only():
 def test_encoder_training_costs_three_forwards():
     config = load_config(["preset=overfit-cpu"])
     assert encoder_flops(config, 10, 50.0, train=True) == 3 * encoder_flops(config, 10, 50.0, train=False)
+
+
+def test_evaluation_flops_encoder_once_versus_every_step_and_tto_cost():
+    config = load_config(["preset=overfit-cpu"])
+    step, encoder = decoder_step_flops(config, 1, train=False), encoder_flops(config, 3, 40.0, train=False)
+    assert eval_flops_per_sample(config, 3, 40.0, 16) == 16 * step + encoder
+    assert eval_flops_per_sample(config, 3, 40.0, 16, encoder_every_step=True) == 16 * (step + encoder)
+    trm = load_config(["preset=overfit-cpu", "model_type=trm"])
+    assert eval_flops_per_sample(trm, 3, 40.0, 16, encoder_every_step=True) == 16 * step
+    # TTO: each extra optimisation step adds a demo-loss pass (act_steps steps on 3 demos) and its backward.
+    one, two = (eval_flops_per_sample(config, 3, 40.0, 4, tto_steps=n, tto_act_steps=2) for n in (1, 2))
+    backward = decoder_step_flops(config, 1, train=True) - step
+    assert two - one == 3 * (2 * step + backward)

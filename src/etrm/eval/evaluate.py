@@ -177,15 +177,14 @@ def evaluate(model: ACTModel, augmented: AugmentedTasks, *, canvas_side: int, ma
     return summary
 
 
-def evaluate_run(target: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict | None:
-    """`etrm eval`: evaluate a run directory or checkpoint file with its own saved config.
-
-    Uses the EMA weights when the checkpoint has them. `overrides` may change evaluation
-    settings (`eval.num_augmentations=16`, `halt_max_steps=8`, `max_eval_groups=32`, ...).
+def load_for_eval(target: str | Path, overrides: list[str] | tuple[str, ...] = ()
+                  ) -> tuple[Any, ACTModel, AugmentedTasks, Path]:
+    """A run directory or checkpoint, ready to evaluate with its own saved config + `overrides`:
+    (config, model on the CPU with the EMA weights when there are some, the tasks to evaluate
+    under their augmentation lists, the checkpoint file).
     """
     from etrm.data.splits import few_shot_split
     from etrm.models.build import build_model
-    from etrm.train import distributed
     from etrm.train.checkpoint import CHECKPOINT_NAME, read_checkpoint
     from etrm.train.config import config_from_yaml
 
@@ -196,27 +195,39 @@ def evaluate_run(target: str | Path, overrides: list[str] | tuple[str, ...] = ()
         raise EtrmError(f"{target}: not a run directory or checkpoint (needs {CHECKPOINT_NAME} and config.yaml)")
     config = config_from_yaml(saved_config, overrides)
     state = read_checkpoint(checkpoint)
+    split = few_shot_split(config.train_sources, config.test_sources, config.canvas_side,
+                           config.max_train_groups, config.max_eval_groups, config.leak_policy)
+    tasks = split.train if config.eval.split == "train" else split.test
+    blank = None
+    if config.model_type == "trm":
+        # The blank row for unseen tasks is the table's last row; taking the size from the
+        # checkpoint keeps it right when another held-out set drops other training tasks.
+        table = state["model"].get(PUZZLE_TABLE_KEY)
+        if table is None:
+            raise EtrmError(f"{checkpoint}: a TRM checkpoint without '{PUZZLE_TABLE_KEY}'")
+        blank = table.shape[0] - 1
+    model = build_model(config, num_puzzle_ids=0 if blank is None else blank + 1)
+    model.load_state_dict({**state["model"], **state.get("ema", {})})
+    if config.model_type == "trm" and config.eval.split == "train":
+        augmented = AugmentedTasks(split.train, config.augmentations_per_task, config.seed).head(
+            config.eval.num_augmentations)
+    else:
+        augmented = AugmentedTasks(tasks, config.eval.num_augmentations, config.seed, fixed_puzzle_id=blank)
+    return config, model, augmented, checkpoint
+
+
+def evaluate_run(target: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict | None:
+    """`etrm eval`: evaluate a run directory or checkpoint file with its own saved config.
+
+    Uses the EMA weights when the checkpoint has them. `overrides` may change evaluation
+    settings (`eval.num_augmentations=16`, `halt_max_steps=8`, `max_eval_groups=32`, ...).
+    """
+    from etrm.train import distributed
+
+    config, model, augmented, checkpoint = load_for_eval(target, overrides)
     runtime = distributed.init_runtime(config.device)
     try:
-        split = few_shot_split(config.train_sources, config.test_sources, config.canvas_side,
-                               config.max_train_groups, config.max_eval_groups, config.leak_policy)
-        tasks = split.train if config.eval.split == "train" else split.test
-        blank = None
-        if config.model_type == "trm":
-            # The blank row for unseen tasks is the table's last row; taking the size from the
-            # checkpoint keeps it right when another held-out set drops other training tasks.
-            table = state["model"].get(PUZZLE_TABLE_KEY)
-            if table is None:
-                raise EtrmError(f"{checkpoint}: a TRM checkpoint without '{PUZZLE_TABLE_KEY}'")
-            blank = table.shape[0] - 1
-        model = build_model(config, num_puzzle_ids=0 if blank is None else blank + 1)
-        model.load_state_dict({**state["model"], **state.get("ema", {})})
         model.to(runtime.device)
-        if config.model_type == "trm" and config.eval.split == "train":
-            augmented = AugmentedTasks(split.train, config.augmentations_per_task, config.seed).head(
-                config.eval.num_augmentations)
-        else:
-            augmented = AugmentedTasks(tasks, config.eval.num_augmentations, config.seed, fixed_puzzle_id=blank)
         out_dir = Path(config.eval.out_dir) if config.eval.out_dir else checkpoint.parent
         summary = evaluate(model, augmented, canvas_side=config.canvas_side, max_demos=config.max_demos,
                            batch_size=config.eval.batch_size, runtime=runtime, out_dir=out_dir, tto=config.tto,

@@ -42,3 +42,21 @@ def encoder_flops(config: Any, num_demos: int, cells_per_demo: float, train: boo
     per_token = encoder.num_layers * block_flops_per_token(encoder.hidden_size, encoder.expansion, cells_per_demo)
     forward = num_demos * cells_per_demo * per_token
     return forward * (3 if train else 1)
+
+
+def eval_flops_per_sample(config: Any, num_demos: float, cells_per_demo: float, num_steps: float,
+                          tto_steps: int = 0, tto_act_steps: int = 0, encoder_every_step: bool = False) -> float:
+    """Test-time FLOPs of one (test input, augmentation).
+
+    ETRM runs the encoder once (every step with `encoder_every_step`, as the reference protocol
+    did), then `num_steps` decoder steps. With test-time optimisation (`tto_steps` > 0): each
+    of the steps + 1 demo-loss evaluations runs `tto_act_steps` decoder steps on every demo, the
+    steps backpropagate through the last one, and the two best contexts are decoded at the end.
+    """
+    step_forward = decoder_step_flops(config, 1, train=False)
+    encoder = encoder_flops(config, round(num_demos), cells_per_demo, train=False) if config.model_type == "etrm" else 0
+    if tto_steps == 0:
+        return num_steps * step_forward + encoder * (num_steps if encoder_every_step else 1)
+    backward = decoder_step_flops(config, 1, train=True) - step_forward
+    per_loss = num_demos * tto_act_steps * step_forward
+    return encoder + (tto_steps + 1) * per_loss + tto_steps * num_demos * backward + 2 * num_steps * step_forward

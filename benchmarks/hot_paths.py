@@ -1,0 +1,68 @@
+"""Before / after of the encoder's length groups, side by side in one process.
+
+The ETRM training step (`etrm.bench.bench_model`: samples/s and model FLOP utilisation against
+the measured matmul peak) with the demo pair transformer run on one group padded to the batch's
+longest demo (before) and on `PairTransformer.LENGTH_GROUPS` groups of similar length (after),
+alternating rounds so that both see the same machine state; medians over rounds. Writes the
+`hot_paths` section of BENCHMARKS.md. Run alone on the machine: `python benchmarks/hot_paths.py`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import machine, write_section  # noqa: E402
+
+from etrm.bench import bench_model, matmul_peak  # noqa: E402
+from etrm.models.encoders.common import PairTransformer  # noqa: E402
+
+SETUPS = {"etrm overfit-cpu": ["preset=overfit-cpu"], "etrm synth-cpu": ["preset=synth-cpu"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=4, help="timed training steps per round")
+    args = parser.parse_args()
+    device = torch.device("cpu")
+    after = PairTransformer.LENGTH_GROUPS
+    variants = {"before: one padded group": 1, f"after: {after} length groups": after}
+    peaks, results = [], {(setup, v): [] for setup in SETUPS for v in variants}
+    for _ in range(args.rounds):
+        peaks.append(matmul_peak(device))
+        for setup, overrides in SETUPS.items():
+            for variant, groups in variants.items():
+                PairTransformer.LENGTH_GROUPS = groups
+                results[setup, variant].append(bench_model(setup, overrides, device, args.steps, peaks[-1]))
+    PairTransformer.LENGTH_GROUPS = after
+    peak = statistics.median(peaks)
+    rows = ["| setup | variant | samples/s (median) | MFU (median) | speed-up |", "|---|---|---|---|---|"]
+    for setup in SETUPS:
+        base = None
+        for variant in variants:
+            runs = results[setup, variant]
+            speed = statistics.median(r["samples_per_s"] for r in runs)
+            mfu = statistics.median(r["mfu"] for r in runs)
+            base = base or speed
+            rows.append(f"| {setup} | {variant} | {speed:.1f} | {100 * mfu:.0f}% | {speed / base:.2f}x |")
+    body = f"""## Hot-path changes, before and after (`benchmarks/hot_paths.py`)
+
+Machine: {machine()}, {torch.get_num_threads()} threads; matmul peak {peak / 1e9:.0f} GFLOP/s (median of
+{args.rounds}). {args.rounds} alternating rounds of {args.steps} timed training steps per variant
+(after 2 warm-up steps), medians. Model FLOPs count real demo tokens only, so padding the
+encoder no longer runs shows up as utilisation.
+
+{chr(10).join(rows)}
+"""
+    write_section("hot_paths", body)
+    print(body)
+
+
+if __name__ == "__main__":
+    main()
