@@ -87,8 +87,8 @@ def full_evaluation_estimate(augmentations: int) -> str:
     for name, flops in ((f"reference: {REFERENCE_AUGMENTATIONS} augmentations x {REFERENCE_STEPS} steps, "
                          "encoder every step", reference), (f"{augmentations} augmentations x {REFERENCE_STEPS} steps, "
                                                             "encoder once", chosen)):
-        gpu = " | ".join(f"{flops / (peak * utilisation) / 3600:.2f}" for peak in GPU_PEAKS.values())
-        lines.append(f"| {name} | {flops / 1e15:.1f} | {flops / flops_per_s / 3600:,.0f} | {gpu} |")
+        gpu = " | ".join(f"{flops / (peak * utilisation) / 3600:.3g}" for peak in GPU_PEAKS.values())
+        lines.append(f"| {name} | {flops / 1e15:.3g} | {flops / flops_per_s / 3600:,.3g} | {gpu} |")
     return f"""### Full ARC-AGI-1 evaluation at the reference size (estimate)
 
 {len(tasks)} tasks, {tests} test inputs, {num_demos:.2f} demos per task, {cells:.0f} kept tokens per

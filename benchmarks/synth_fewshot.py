@@ -41,7 +41,7 @@ METHODS = [("ETRM (standard encoder)", "etrm", False), ("ETRM + TTO", "etrm", Tr
            ("TRM + test-time fitting", "trm", True)]
 # One test-time budget for ETRM + TTO and TRM + fitting (the lr was picked on validation tasks,
 # `synth:iid:test` with seed 1, never on the reported held-out tasks).
-TTO = ["tto.steps=30", "tto.lr=0.05", "tto.act_steps=2"]
+TTO = ["tto.steps=30", "tto.lr=0.01", "tto.act_steps=2"]
 
 
 def held_out(split: str, count: int) -> str:

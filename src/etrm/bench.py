@@ -162,7 +162,14 @@ def append_to_benchmarks(results: dict[str, Any], path: Path) -> None:
     text = path.read_text() if path.is_file() else "# Benchmarks\n"
     if "## `etrm bench`" not in text:
         text = text.rstrip() + "\n\n" + header
-    path.write_text(text.rstrip("\n") + "\n" + "\n".join(markdown_rows(results)) + "\n")
+    # Insert after the table's last row: other sections may follow the table.
+    lines = text.splitlines()
+    end = lines.index(header.splitlines()[0]) + 1
+    while end < len(lines) and not lines[end].startswith("|"):
+        end += 1
+    while end < len(lines) and lines[end].startswith("|"):
+        end += 1
+    path.write_text("\n".join(lines[:end] + markdown_rows(results) + lines[end:]) + "\n")
 
 
 def main(device: str, steps: int, only: str, as_json: bool, out: Path) -> None:
