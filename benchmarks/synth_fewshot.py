@@ -148,12 +148,12 @@ def report(count: int, minutes: float) -> None:
         rows.append(f"| {label} ({steps.get(model, '?')} training steps) | "
                     + " | ".join(f"{c['pass@1']:.3f} | {c['pass@2']:.3f}" for c in cells)
                     + f" | {seconds:.2f} | {flops / 1e9:.2f} |")
-    tto = json.loads((OUT / "etrm" / "fewshot.json").read_text()) if (OUT / "etrm" / "fewshot.json").is_file() else {}
     body = f"""## Few-shot generalisation on the synthetic benchmark (`benchmarks/synth_fewshot.py`)
 
 Machine: {machine()}. `preset=synth-cpu`: one training set of 2,000 generated tasks (grids up
 to 8x8; the leak check drops training tasks sharing a pair with the held-out ones), each model
-trained {minutes:g} minutes of wall-clock, alone on the machine; {count} held-out tasks per split,
+trained {minutes:g} minutes of wall-clock (`--threads` torch threads per run; how the runs
+shared the machine is stated under the table); {count} held-out tasks per split,
 identity augmentation only (a dihedral or colour change would move tasks across split
 boundaries), so plain evaluation has one candidate (pass@2 = pass@1) and TTO / fitting give two
 (the two best contexts). TTO and TRM fitting: the same budget (`{' '.join(TTO)}`). FLOPs are
@@ -165,7 +165,6 @@ analytic (`etrm.models.flops.eval_flops_per_sample`).
 """
     write_section("synth_fewshot", body)
     print(body)
-    print(json.dumps(tto, indent=1))
 
 
 def main() -> None:
