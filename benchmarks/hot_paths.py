@@ -1,9 +1,11 @@
-"""Before / after of the encoder's length groups, side by side in one process.
+"""Before / after of the encoder's length groups (and torch.compile on the CPU), side by side.
 
 The ETRM training step (`etrm.bench.bench_model`: samples/s and model FLOP utilisation against
 the measured matmul peak) with the demo pair transformer run on one group padded to the batch's
-longest demo (before) and on `PairTransformer.LENGTH_GROUPS` groups of similar length (after),
-alternating rounds so that both see the same machine state; medians over rounds. Writes the
+longest demo (before), on `PairTransformer.LENGTH_GROUPS` groups of similar length (after), and
+after + `torch.compile` (`etrm.models.build.compile_model`; a new demo shape recompiles inside
+the timed steps, as it would in training), alternating rounds so that all see the same machine
+state; medians over rounds. Writes the
 `hot_paths` section of BENCHMARKS.md. Run alone on the machine: `python benchmarks/hot_paths.py`.
 """
 
@@ -32,14 +34,17 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device("cpu")
     after = PairTransformer.LENGTH_GROUPS
-    variants = {"before: one padded group": 1, f"after: {after} length groups": after}
+    # (length groups, torch.compile on the CPU)
+    variants = {"before: one padded group": (1, False), f"after: {after} length groups": (after, False),
+                f"{after} length groups + torch.compile": (after, True)}
     peaks, results = [], {(setup, v): [] for setup in SETUPS for v in variants}
     for _ in range(args.rounds):
         peaks.append(matmul_peak(device))
         for setup, overrides in SETUPS.items():
-            for variant, groups in variants.items():
+            for variant, (groups, compiled) in variants.items():
                 PairTransformer.LENGTH_GROUPS = groups
-                results[setup, variant].append(bench_model(setup, overrides, device, args.steps, peaks[-1]))
+                results[setup, variant].append(bench_model(setup, overrides, device, args.steps, peaks[-1],
+                                                           compile_step=compiled))
     PairTransformer.LENGTH_GROUPS = after
     peak = statistics.median(peaks)
     rows = ["| setup | variant | samples/s (median) | MFU (median) | speed-up |", "|---|---|---|---|---|"]

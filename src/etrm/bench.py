@@ -23,7 +23,7 @@ from etrm.data.episodes import AugmentedTasks, TrainSampler
 from etrm.data.splits import few_shot_split
 from etrm.data.tensors import to_torch
 from etrm.eval.evaluate import autocast_for, predict
-from etrm.models.build import build_model
+from etrm.models.build import build_model, compile_model
 from etrm.models.flops import decoder_step_flops, encoder_flops
 from etrm.models.losses import act_loss
 from etrm.train.config import load_config
@@ -68,8 +68,11 @@ def _peak_memory_mb(device: torch.device) -> float:
     return int(match.group(1)) / 1024 if match else float("nan")
 
 
-def bench_model(name: str, overrides: list[str], device: torch.device, steps: int, peak: float) -> dict[str, Any]:
-    """Time training steps, the data pipeline and evaluation of one model setup."""
+def bench_model(name: str, overrides: list[str], device: torch.device, steps: int, peak: float,
+                compile_step: bool | None = None) -> dict[str, Any]:
+    """Time training steps, the data pipeline and evaluation of one model setup.
+
+    `compile_step`: torch.compile the training step (default: on CUDA only)."""
     config = load_config([*overrides, "tracker=none", "progress=false", f"device={device.type}"])
     split = few_shot_split(config.train_sources, config.test_sources, config.canvas_side,
                            config.max_train_groups, config.max_eval_groups, config.leak_policy)
@@ -80,7 +83,8 @@ def bench_model(name: str, overrides: list[str], device: torch.device, steps: in
                            augment=config.augment, translate=config.translate)
     torch.manual_seed(0)
     model = build_model(config, num_puzzle_ids=enumerated.num_ids + 1 if config.model_type == "trm" else 0).to(device)
-    step_model = torch.compile(model) if device.type == "cuda" else model
+    if device.type == "cuda" if compile_step is None else compile_step:
+        compile_model(model)
     optimizer = torch.optim.AdamW([p for n, p in model.named_parameters() if "table" not in n], lr=1e-4)
     batch_size = config.global_batch_size
     carry, data_times, step_times, encoder_work = None, [], [], 0.0
@@ -91,7 +95,7 @@ def bench_model(name: str, overrides: list[str], device: torch.device, steps: in
         built = time.perf_counter()
         carry = carry or model.initial_carry(batch)
         with autocast_for(device):
-            carry, outputs = step_model(carry, batch)
+            carry, outputs = model(carry, batch)
             loss, _ = act_loss(outputs, carry.current_data["labels"], carry.halted, config.halt_loss_weight)
         (loss / batch_size).backward()
         optimizer.step()

@@ -42,6 +42,17 @@ def build_model(config: Any, num_puzzle_ids: int = 0) -> ACTModel:
     return ACTModel(source, decoder)
 
 
+def compile_model(model: ACTModel) -> ACTModel:
+    """torch.compile for the training step. ETRM: the whole model. TRM: the decoder only, since
+    inductor cannot compile the sparse puzzle embedding ("Cannot access storage of
+    SparseTensorImpl"). Compiled in place, so parameter names and checkpoints are unchanged."""
+    if isinstance(model.context_source, PuzzleEmbedding):
+        model.decoder.compile()
+    else:
+        model.compile()
+    return model
+
+
 def _check_cycles(saved: dict, config: Any, where: str) -> None:
     # The earlier ETRM ran a decoder trained with L_cycles=4 at L_cycles=6: refuse such drift.
     for ours, theirs in (("h_cycles", "H_cycles"), ("l_cycles", "L_cycles"), ("num_layers", "L_layers"),

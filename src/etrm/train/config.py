@@ -93,7 +93,7 @@ class RunConfig:
     resume: bool = False
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
-    compile: bool = False  # torch.compile on CUDA
+    compile: bool = False  # torch.compile the training step (CUDA or CPU; TRM: the decoder only)
     tracker: str = "tensorboard"  # none | tensorboard | wandb
     progress: bool = True
 

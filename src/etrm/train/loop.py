@@ -25,7 +25,7 @@ from etrm.data.splits import few_shot_split
 from etrm.data.tensors import to_torch
 from etrm.errors import EtrmError
 from etrm.eval.evaluate import autocast_for, evaluate
-from etrm.models.build import build_model, load_pretrained_decoder
+from etrm.models.build import build_model, compile_model, load_pretrained_decoder
 from etrm.models.decoder import ACTCarry, Latents
 from etrm.models.losses import act_loss
 from etrm.train import distributed
@@ -112,7 +112,8 @@ class Trainer:
         if config.load_pretrained_decoder:
             load_pretrained_decoder(self.model, config.load_pretrained_decoder, config)
         distributed.broadcast_parameters(self.model, runtime)
-        self.step_model = torch.compile(self.model) if config.compile and runtime.device.type == "cuda" else self.model
+        if config.compile:
+            compile_model(self.model)
         self.optimizers = build_optimizers(self.model, config)
         self.ema = EMA(self.model, config.ema_rate) if config.ema_rate > 0 else None
         sparse = {id(p) for n, p in self.model.named_parameters() if n.startswith("context_source.table")}
@@ -138,7 +139,7 @@ class Trainer:
                                                  config.lr_schedule, config.lr_min_ratio))
         self._apply_decoder_freeze()
         with autocast_for(self.runtime.device):
-            self.carry, outputs = self.step_model(self.carry, batch)
+            self.carry, outputs = self.model(self.carry, batch)
             loss, metrics = act_loss(outputs, self.carry.current_data["labels"], self.carry.halted,
                                      config.halt_loss_weight, steps=self.carry.steps, forced=self.carry.forced)
         (loss / config.global_batch_size).backward()
