@@ -23,9 +23,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import machine, write_section  # noqa: E402
 
+from etrm.bench import matmul_peak  # noqa: E402
 from etrm.data.episodes import AugmentedTasks, EvalEnumeration  # noqa: E402
 from etrm.eval.evaluate import load_for_eval, predict, score  # noqa: E402
-from etrm.models.flops import eval_flops_per_sample  # noqa: E402
+from etrm.models.flops import eval_flops_per_sample, kept_demo_tokens  # noqa: E402
 from etrm.train.distributed import Runtime  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,12 +43,12 @@ GPU_PEAKS = {"A100": 312e12, "H200": 989e12}
 def demo_statistics(augmented, config) -> tuple[float, float]:
     """Mean real demos per sample and mean kept (non-PAD) tokens per demo, as the encoder sees them."""
     enumeration = EvalEnumeration(augmented.head(1), canvas_side=config.canvas_side, max_demos=config.max_demos)
-    demos = cells = samples = 0
+    demos = cells = samples = 0.0
     for batch in enumeration.batches(256):
-        mask = batch["demo_mask"] & batch["valid"][:, None]
-        kept = (batch["demo_inputs"] != 0).sum(-1) + (batch["demo_outputs"] != 0).sum(-1)
-        demos, cells, samples = demos + mask.sum(), cells + (kept * mask).sum(), samples + batch["valid"].sum()
-    return float(demos / samples), float(cells / demos)
+        batch_demos, batch_cells = kept_demo_tokens(batch["demo_inputs"], batch["demo_outputs"],
+                                                    batch["demo_mask"] & batch["valid"][:, None])
+        demos, cells, samples = demos + batch_demos, cells + batch_cells, samples + float(batch["valid"].sum())
+    return demos / samples, cells / demos
 
 
 def full_evaluation_estimate(augmentations: int) -> str:
@@ -78,8 +79,6 @@ def full_evaluation_estimate(augmentations: int) -> str:
     seconds = time.perf_counter() - start
     sample_demos, sample_cells = demo_statistics(sample, config)
     flops_per_s = len(records) * eval_flops_per_sample(config, sample_demos, sample_cells, 4) / seconds
-    from etrm.bench import matmul_peak
-
     utilisation = flops_per_s / matmul_peak(torch.device("cpu"))
     lines = ["| protocol | PFLOPs for 400 tasks | CPU-hours (this machine) | "
              + " | ".join(f"{gpu} GPU-hours at {100 * utilisation:.0f}% utilisation" for gpu in GPU_PEAKS) + " |",

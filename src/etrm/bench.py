@@ -24,7 +24,7 @@ from etrm.data.splits import few_shot_split
 from etrm.data.tensors import to_torch
 from etrm.eval.evaluate import autocast_for, predict
 from etrm.models.build import build_model, compile_model
-from etrm.models.flops import decoder_step_flops, encoder_flops
+from etrm.models.flops import decoder_step_flops, encoder_flops, kept_demo_tokens
 from etrm.models.losses import act_loss
 from etrm.train.config import load_config
 from etrm.train.distributed import Runtime, select_device
@@ -87,7 +87,7 @@ def bench_model(name: str, overrides: list[str], device: torch.device, steps: in
         compile_model(model)
     optimizer = torch.optim.AdamW([p for n, p in model.named_parameters() if "table" not in n], lr=1e-4)
     batch_size = config.global_batch_size
-    carry, data_times, step_times, encoder_work = None, [], [], 0.0
+    carry, data_times, step_times, demos, cells = None, [], [], 0.0, 0.0
     for step in range(steps + 2):
         start = time.perf_counter()
         numpy_batch = sampler.batch(step, batch_size)
@@ -104,14 +104,14 @@ def bench_model(name: str, overrides: list[str], device: torch.device, steps: in
         if step >= 2:  # warm-up steps (and compilation) are not timed
             data_times.append(built - start)
             step_times.append(time.perf_counter() - built)
-            mask = carry.current_data["demo_mask"]
-            cells = (carry.current_data["demo_inputs"] != 0).sum(-1) + (carry.current_data["demo_outputs"] != 0).sum(-1)
-            encoder_work += float((cells * mask).sum()) if config.model_type == "etrm" else 0.0
+            step_demos, step_cells = kept_demo_tokens(carry.current_data["demo_inputs"],
+                                                      carry.current_data["demo_outputs"],
+                                                      carry.current_data["demo_mask"])
+            demos, cells = demos + step_demos, cells + step_cells
     step_time, data_time = statistics.median(step_times), statistics.median(data_times)
     flops = decoder_step_flops(config, batch_size, train=True)
-    if config.model_type == "etrm":
-        demos = float(carry.current_data["demo_mask"].sum())
-        flops += encoder_flops(config, int(demos), encoder_work / max(demos * len(step_times), 1), train=True)
+    if config.model_type == "etrm":  # per step: the mean demo count, at the mean kept tokens per demo
+        flops += encoder_flops(config, round(demos / len(step_times)), cells / max(demos, 1), train=True)
     eval_tasks = AugmentedTasks(split.test[:4], 2, config.seed,
                                 fixed_puzzle_id=enumerated.num_ids if config.model_type == "trm" else None)
     runtime = Runtime(device)

@@ -40,3 +40,16 @@ def test_evaluation_flops_encoder_once_versus_every_step_and_tto_cost():
     one, two = (eval_flops_per_sample(config, 3, 40.0, 4, tto_steps=n, tto_act_steps=2) for n in (1, 2))
     backward = decoder_step_flops(config, 1, train=True) - step
     assert two - one == 3 * (2 * step + backward)
+
+
+def test_kept_demo_tokens_counts_real_cells_of_real_demos_in_numpy_and_torch():
+    import numpy as np
+    import torch
+
+    from etrm.models.flops import kept_demo_tokens
+
+    inputs = np.array([[[2, 3, 0, 0], [5, 0, 0, 0]], [[4, 4, 4, 0], [9, 9, 9, 9]]])
+    outputs = np.array([[[2, 0, 0, 0], [0, 0, 0, 0]], [[1, 0, 0, 0], [9, 9, 9, 9]]])
+    mask = np.array([[True, False], [True, True]])  # the second demo of sample 0 is padding
+    assert kept_demo_tokens(inputs, outputs, mask) == (3.0, 3 + 4 + 8)
+    assert kept_demo_tokens(*(torch.from_numpy(a) for a in (inputs, outputs, mask))) == (3.0, 15.0)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from etrm.data.encoding import PAD
 from etrm.models.layers import round_up_to_multiple
 
 
@@ -30,6 +31,13 @@ def decoder_step_flops(config: Any, batch_size: int, train: bool) -> float:
     forward = model.h_cycles * (model.l_cycles + 1) * per_call + 2 * tokens * model.hidden_size * 12
     backward = 2 * ((model.l_cycles + 1) * per_call + 2 * tokens * model.hidden_size * 12) if train else 0
     return batch_size * (forward + backward)
+
+
+def kept_demo_tokens(demo_inputs: Any, demo_outputs: Any, demo_mask: Any) -> tuple[float, float]:
+    """(real demos, their non-PAD tokens) of a batch, numpy or torch: what the cropping encoder
+    runs on, the `num_demos` and `num_demos * cells_per_demo` of `encoder_flops`."""
+    kept = (demo_inputs != PAD).sum(-1) + (demo_outputs != PAD).sum(-1)
+    return float(demo_mask.sum()), float((kept * demo_mask).sum())
 
 
 def encoder_flops(config: Any, num_demos: int, cells_per_demo: float, train: bool) -> float:
