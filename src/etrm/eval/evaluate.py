@@ -21,11 +21,11 @@ from etrm.errors import EtrmError
 from etrm.eval.tto import optimise_contexts
 from etrm.eval.voting import pass_at_k, rank_of_truth, vote
 from etrm.models.decoder import ACTModel
+from etrm.models.puzzle_embedding import PUZZLE_TABLE_PARAMETER
 from etrm.train.config import TTOConfig
 from etrm.train.distributed import Runtime, gather_objects
 
 PASS_AT = (1, 2, 5)
-PUZZLE_TABLE_KEY = "context_source.table.weight"
 
 
 def autocast_for(device: torch.device) -> contextlib.AbstractContextManager:
@@ -202,12 +202,15 @@ def load_for_eval(target: str | Path, overrides: list[str] | tuple[str, ...] = (
     if config.model_type == "trm":
         # The blank row for unseen tasks is the table's last row; taking the size from the
         # checkpoint keeps it right when another held-out set drops other training tasks.
-        table = state["model"].get(PUZZLE_TABLE_KEY)
+        table = state["model"].get(PUZZLE_TABLE_PARAMETER)
         if table is None:
-            raise EtrmError(f"{checkpoint}: a TRM checkpoint without '{PUZZLE_TABLE_KEY}'")
+            raise EtrmError(f"{checkpoint}: a TRM checkpoint without '{PUZZLE_TABLE_PARAMETER}'")
         blank = table.shape[0] - 1
     model = build_model(config, num_puzzle_ids=0 if blank is None else blank + 1)
-    model.load_state_dict({**state["model"], **state.get("ema", {})})
+    # The EMA holds dense parameters only; older checkpoints also averaged the puzzle table,
+    # which evaluation reads as trained (as the TRM reference does).
+    ema = {k: v for k, v in state.get("ema", {}).items() if k != PUZZLE_TABLE_PARAMETER}
+    model.load_state_dict({**state["model"], **ema})
     if config.model_type == "trm" and config.eval.split == "train":
         augmented = AugmentedTasks(split.train, config.augmentations_per_task, config.seed).head(
             config.eval.num_augmentations)

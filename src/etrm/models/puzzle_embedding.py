@@ -15,6 +15,10 @@ from torch import Tensor, nn
 
 from etrm.models.decoder import ContextSource
 
+# The table's name in an `ACTModel`'s state dict: trained by sign-SGD, kept out of the dense
+# optimiser and of the EMA.
+PUZZLE_TABLE_PARAMETER = "context_source.table.weight"
+
 
 class PuzzleEmbedding(ContextSource):
     """Context = the row of `batch["puzzle_identifiers"]` in a zero-initialised table (num_ids,

@@ -28,6 +28,7 @@ from etrm.eval.evaluate import autocast_for, evaluate
 from etrm.models.build import build_model, compile_model, load_pretrained_decoder
 from etrm.models.decoder import ACTCarry, Latents
 from etrm.models.losses import act_loss
+from etrm.models.puzzle_embedding import PUZZLE_TABLE_PARAMETER
 from etrm.train import distributed
 from etrm.train.checkpoint import CHECKPOINT_NAME, read_checkpoint, write_checkpoint
 from etrm.train.config import RunConfig, run_directory, to_yaml
@@ -116,7 +117,7 @@ class Trainer:
             compile_model(self.model)
         self.optimizers = build_optimizers(self.model, config)
         self.ema = EMA(self.model, config.ema_rate) if config.ema_rate > 0 else None
-        sparse = {id(p) for n, p in self.model.named_parameters() if n.startswith("context_source.table")}
+        sparse = {id(p) for n, p in self.model.named_parameters() if n == PUZZLE_TABLE_PARAMETER}
         self.dense_params = [p for p in self.model.parameters() if id(p) not in sparse]
         self.encoder_params = [p for n, p in self.model.named_parameters() if n.startswith("context_source.encoder")]
 

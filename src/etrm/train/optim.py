@@ -9,7 +9,7 @@ import torch
 from adam_atan2_pytorch import AdamAtan2
 from torch import nn
 
-from etrm.models.puzzle_embedding import SparseSignSGD
+from etrm.models.puzzle_embedding import PUZZLE_TABLE_PARAMETER, SparseSignSGD
 
 
 def lr_at(step: int, base_lr: float, warmup_steps: int, total_steps: int, schedule: str = "constant",
@@ -31,7 +31,7 @@ def lr_at(step: int, base_lr: float, warmup_steps: int, total_steps: int, schedu
 def build_optimizers(model: nn.Module, config: Any) -> list[torch.optim.Optimizer]:
     """The dense optimiser (Adam-atan2 or AdamW; encoder params at `encoder_lr_scale`) and, for
     TRM, sign-SGD over the puzzle-embedding table. Each param group records its `lr_scale`."""
-    sparse = [p for n, p in model.named_parameters() if n.startswith("context_source.table")]
+    sparse = [p for n, p in model.named_parameters() if n == PUZZLE_TABLE_PARAMETER]
     encoder = [p for n, p in model.named_parameters() if n.startswith("context_source.encoder")]
     taken = {id(p) for p in sparse + encoder}
     decoder = [p for p in model.parameters() if id(p) not in taken]
@@ -57,24 +57,32 @@ def set_learning_rate(optimizers: list[torch.optim.Optimizer], lr: float) -> Non
 
 
 class EMA:
-    """Exponential moving average of the float weights, for evaluation (TRM's rate 0.999)."""
+    """Exponential moving average of the dense parameters, for evaluation (TRM's rate 0.999).
+
+    As in the TRM reference, the puzzle-embedding table is not averaged: evaluation reads it as
+    trained (an averaged table lags the rows sign-SGD just moved, and at ARC-AGI-1 scale its
+    shadow alone would be ~1.8 GB updated every step). Buffers are fixed and not averaged either.
+    """
 
     def __init__(self, model: nn.Module, rate: float):
         self.rate = rate
-        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+        self.shadow = {name: param.detach().clone() for name, param in model.named_parameters()
+                       if name != PUZZLE_TABLE_PARAMETER}
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        for key, value in model.state_dict().items():
-            if key in self.shadow:
-                self.shadow[key].lerp_(value, 1.0 - self.rate)
+        for name, param in model.named_parameters():
+            if name in self.shadow:
+                self.shadow[name].lerp_(param.detach(), 1.0 - self.rate)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.shadow
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        # Checkpoints written before the table left the EMA still hold it (and buffers): skip those.
         for key, value in state.items():
-            self.shadow[key].copy_(value)
+            if key in self.shadow:
+                self.shadow[key].copy_(value)
 
     def weights_for(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """A full state dict for `model` with the averaged float weights."""
