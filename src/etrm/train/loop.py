@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -404,11 +403,3 @@ def train(config: RunConfig) -> dict[str, Any]:
         return Trainer(config, runtime).run()
     finally:
         distributed.shutdown(runtime)
-
-
-def resolve_resume(run_dir: str | Path) -> Path:
-    """The saved config of a run directory to resume."""
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise EtrmError(f"{run_dir}: no config.yaml; not a run directory")
-    return path
