@@ -106,3 +106,53 @@ def test_ema_moves_towards_the_weights_at_its_rate():
         torch.testing.assert_close(value, start[key] + 0.1)
     weights = ema.weights_for(model)
     assert weights.keys() == model.state_dict().keys()
+
+
+def test_adam_atan2_update_is_the_reference_formula_over_several_steps():
+    # The reference: m, v Adam moments; p <- p * (1 - lr * wd) - lr * atan2(m_hat, sqrt(v_hat)),
+    # with no extra factor (adam-atan2-pytorch's default a=1.27 would scale each step).
+    from types import SimpleNamespace
+
+    from etrm.train.optim import build_optimizers
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(5, 3)
+    config = SimpleNamespace(optimizer="adam_atan2", lr=1e-2, beta1=0.9, beta2=0.95, weight_decay=0.1,
+                             encoder_lr_scale=1.0, puzzle_emb_lr=1e-2, puzzle_emb_weight_decay=0.1)
+    (optimizer,) = build_optimizers(model, config)
+    expected = {n: p.detach().clone() for n, p in model.named_parameters()}
+    m = {n: torch.zeros_like(p) for n, p in expected.items()}
+    v = {n: torch.zeros_like(p) for n, p in expected.items()}
+    for step in range(1, 6):
+        grads = {n: torch.randn_like(p) * (0.1 * step) for n, p in expected.items()}
+        for name, param in model.named_parameters():
+            param.grad = grads[name].clone()
+        optimizer.step()
+        for name in expected:
+            m[name] = config.beta1 * m[name] + (1 - config.beta1) * grads[name]
+            v[name] = config.beta2 * v[name] + (1 - config.beta2) * grads[name] ** 2
+            m_hat, v_hat = m[name] / (1 - config.beta1**step), v[name] / (1 - config.beta2**step)
+            expected[name] = (expected[name] * (1 - config.lr * config.weight_decay)
+                              - config.lr * torch.atan2(m_hat, v_hat.sqrt()))
+        for name, param in model.named_parameters():
+            torch.testing.assert_close(param.detach(), expected[name], atol=1e-7, rtol=1e-6,
+                                       msg=f"step {step}, {name}")
+
+
+def test_ema_leaves_the_puzzle_table_out_and_evaluation_reads_it_as_trained(tiny_config, tmp_path):
+    # The TRM reference averages the dense parameters only; the sign-SGD table is evaluated as trained.
+    from etrm.models.puzzle_embedding import PUZZLE_TABLE_PARAMETER
+
+    trainer = Trainer(tiny_config(tmp_path / "trm", "model_type=trm", "augmentations_per_task=2"),
+                      distributed.Runtime(torch.device("cpu")))
+    assert PUZZLE_TABLE_PARAMETER not in trainer.ema.state_dict()
+    assert set(trainer.ema.state_dict()) == {n for n, _ in trainer.model.named_parameters()} - {PUZZLE_TABLE_PARAMETER}
+    for step in range(3):
+        trainer.train_step(to_torch(trainer.sampler.batch(step, trainer.config.global_batch_size), trainer.runtime.device))
+        trainer.step += 1
+    table = trainer.model.context_source.table.weight
+    assert table.abs().sum() > 0  # sign-SGD moved the touched rows
+    weights = trainer.ema.weights_for(trainer.model)
+    assert torch.equal(weights[PUZZLE_TABLE_PARAMETER], table.detach())
+    decoder_weight = "decoder.lm_head.weight"
+    assert not torch.equal(weights[decoder_weight], trainer.model.state_dict()[decoder_weight])  # dense: averaged

@@ -40,7 +40,9 @@ def build_optimizers(model: nn.Module, config: Any) -> list[torch.optim.Optimize
         groups.append({"params": encoder, "lr_scale": config.encoder_lr_scale, "name": "encoder"})
     betas = (config.beta1, config.beta2)
     if config.optimizer == "adam_atan2":
-        dense = AdamAtan2(groups, lr=config.lr, betas=betas, weight_decay=config.weight_decay)
+        # a=1: the reference applies lr * atan2(m_hat, sqrt(v_hat)); the package's default a=1.27
+        # would scale every step by 1.27.
+        dense = AdamAtan2(groups, lr=config.lr, betas=betas, weight_decay=config.weight_decay, a=1.0, b=1.0)
     else:
         dense = torch.optim.AdamW(groups, lr=config.lr, betas=betas, weight_decay=config.weight_decay)
     optimizers: list[torch.optim.Optimizer] = [dense]
