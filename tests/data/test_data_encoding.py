@@ -1,11 +1,11 @@
-"""Grids as token sequences: EOS placement, labels, exact round trips and a decoder that never fails."""
+"""Grids as token sequences: EOS placement, exact round trips and a decoder that never fails."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from etrm.data.encoding import EOS, IGNORE_LABEL, PAD, decode_grid, encode_grid, tokens_to_labels
+from etrm.data.encoding import EOS, IGNORE_LABEL, PAD, decode_grid, encode_grid
 
 SIDE = 30
 
@@ -79,19 +79,6 @@ def test_smaller_canvas():
     assert tokens.shape == (25,)
     np.testing.assert_array_equal(tokens.reshape(5, 5), _expected_canvas(grid, 1, 2, side=5))
     np.testing.assert_array_equal(decode_grid(encode_grid(grid, canvas_side=5), canvas_side=5), grid)
-
-
-def test_labels_ignore_pad_and_keep_eos():
-    grid = np.array([[0, 3], [7, 9]], dtype=np.uint8)
-    tokens = encode_grid(grid)
-    labels = tokens_to_labels(tokens)
-    assert labels.dtype == np.int64 and labels.shape == tokens.shape
-    assert (labels[tokens == PAD] == IGNORE_LABEL).all()
-    assert (labels[tokens == EOS] == EOS).all() and (tokens == EOS).sum() == 4
-    colour = tokens >= 2
-    np.testing.assert_array_equal(labels[colour], tokens[colour].astype(np.int64))
-    assert int((labels != IGNORE_LABEL).sum()) == 4 + 4  # 4 colour cells + 4 EOS
-    assert tokens[0] == 2  # the input was not modified in place
 
 
 def test_every_arc1_grid_round_trips(arc1_training, arc1_evaluation):

@@ -3,7 +3,8 @@
 Tokens: PAD=0, EOS=1, colour c -> c+2 (vocabulary 12). A grid sits in a square canvas
 (30x30 by default, flattened row-major) at some offset; EOS fills the row just below the grid
 and the column just right of it, within the grid's extent, so the model predicts the output's
-shape by predicting where EOS goes. Labels ignore PAD (-100) and keep EOS as a target.
+shape by predicting where EOS goes. Labels ignore PAD (-100) and keep EOS as a target
+(`etrm.data.tensors.to_torch` makes them).
 """
 
 from __future__ import annotations
@@ -59,10 +60,3 @@ def decode_grid(tokens: np.ndarray, canvas_side: int = DEFAULT_CANVAS_SIDE) -> n
             best_area, best_shape = num_rows * usable_cols, (num_rows, usable_cols)
     rows, cols = best_shape
     return (canvas[:rows, :cols].astype(np.int64) - COLOUR_OFFSET).astype(np.uint8)
-
-
-def tokens_to_labels(tokens: np.ndarray) -> np.ndarray:
-    """Training labels from target tokens: PAD positions become IGNORE_LABEL."""
-    labels = tokens.astype(np.int64)
-    labels[tokens == PAD] = IGNORE_LABEL
-    return labels

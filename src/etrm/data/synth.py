@@ -35,7 +35,6 @@ from etrm.errors import DataError
 
 Grid = np.ndarray
 SPLITS = ("iid", "params", "compose")
-DIRECTIONS = ("down", "up", "right", "left")
 
 
 # ----------------------------------------------------------------------------- input grids
