@@ -1,7 +1,8 @@
 """Typed run configuration: dataclass defaults, a preset YAML, dotted command-line overrides.
 
 Three layers, in order: the dataclasses below (the schema and defaults), one preset from
-`configs/preset/NAME.yaml` (`preset=overfit`), then overrides (`lr=3e-4 encoder.num_layers=4`).
+`src/etrm/configs/preset/NAME.yaml` (package data, installed with etrm; `preset=overfit`), then
+overrides (`lr=3e-4 encoder.num_layers=4`).
 Hydra composes them against the schema in struct mode, so a misspelled or unknown key is an
 error, never silently dropped. The resolved config is written beside every run
 (`config.yaml`), and a resumed run reads it back from there.
@@ -9,7 +10,6 @@ error, never silently dropped. The resolved config is written beside every run
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +21,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from etrm.errors import ConfigError
 
-CONFIG_DIR = Path(os.environ.get("ETRM_CONFIG_DIR", Path(__file__).resolve().parents[3] / "configs"))
+# The Hydra configs (run.yaml, preset/*.yaml) ship inside the package, so a wheel install finds them too.
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
 @dataclass
