@@ -232,6 +232,36 @@ def test_translation_keeps_grids_inside_and_pairs_share_an_offset(small_tasks):
     assert len(offsets) > 10 and max(max(o) for o in offsets) > 3
 
 
+def test_translation_leaves_one_in_n_examples_at_the_top_left(small_tasks):
+    # The reference leaves one of a task's n examples (demos + tests) untranslated, at the
+    # evaluation placement. Expected chance of the top-left for an example of a task with n
+    # examples, with h x w the larger of its input and output: 1/n + (1 - 1/n) / ((S-h+1)(S-w+1))
+    # (a translated grid can land there too). The query and the demos are checked separately;
+    # the measured count must be within 4 binomial standard deviations of the expectation.
+    side = 12
+    sampler = _sampler(small_tasks, canvas_side=side, augment=False, translate=True, seed=5)
+    tallies = {"query": [0, 0.0, 0.0], "demo": [0, 0.0, 0.0]}  # at corner, expected, variance
+    for step in range(4 * sampler.steps_per_epoch(16)):
+        batch = sampler.batch(step, 16)
+        for b, (t, q) in enumerate(_rows(batch)):
+            task = small_tasks[t]
+            query, context = _query_and_context(task, q, 10)
+            n = len(task.demos) + len(task.tests)
+            examples = [("query", batch["inputs"][b], query)]
+            examples += [("demo", batch["demo_inputs"][b, d], pair) for d, pair in enumerate(context)]
+            for kind, tokens, (grid_in, grid_out) in examples:
+                height = max(grid_in.shape[0], grid_out.shape[0])
+                width = max(grid_in.shape[1], grid_out.shape[1])
+                chance = 1 / n + (1 - 1 / n) / ((side - height + 1) * (side - width + 1))
+                tally = tallies[kind]
+                tally[0] += _placed(tokens, side)[1] == (0, 0)
+                tally[1] += chance
+                tally[2] += chance * (1 - chance)
+    for kind, (count, expected, variance) in tallies.items():
+        assert expected > 50, kind
+        assert abs(count - expected) < 4 * math.sqrt(variance), (kind, count, expected)
+
+
 def _recover_augmentation(pairs: list[tuple[np.ndarray, np.ndarray]]) -> Augmentation | None:
     """Find one dihedral + colour permutation (0 fixed) taking every original grid to its seen grid."""
     for transform_id in range(8):

@@ -152,7 +152,9 @@ class TrainSampler:
     so a batch depends only on (seed, step, global batch size): resuming needs the step alone.
     Batch `step` covers positions [step * global, (step + 1) * global); rank r takes its own
     contiguous slice, so ranks never share an episode. Each epoch draws, from (seed, epoch),
-    one augmentation and one set of translation offsets per episode.
+    one augmentation and one set of translation offsets per episode; with translation, each
+    example of a task with n examples (demos + tests) is left at the top-left with probability
+    1/n, as in the reference (which leaves one of them untranslated).
     """
 
     def __init__(self, tasks: Sequence[Task], *, canvas_side: int, max_demos: int, leave_one_out: bool,
@@ -165,6 +167,7 @@ class TrainSampler:
         self.canvas_side, self.max_demos, self.seed = canvas_side, max_demos, seed
         self.augment, self.translate, self.enumerated = augment, translate, enumerated
         self.rank, self.world_size = rank, world_size
+        self.examples_per_task = np.asarray([len(t.demos) + len(t.tests) for t in self.tasks])
         self._epoch_cache: dict[int, dict[str, np.ndarray]] = {}
 
     @property
@@ -185,6 +188,8 @@ class TrainSampler:
                 "colours": np.argsort(rng.random((n, NUM_COLOURS - 1)), axis=1) + 1,
                 "choice": rng.random(n),
                 "offsets": rng.random((n, self.max_demos + 1, 2)),
+                # Drawn last, so the draws above (and runs without translation) are unchanged.
+                "untranslated": rng.random((n, self.max_demos + 1)),
             }, **{e: d for e, d in self._epoch_cache.items() if e == epoch - 1}}
         return self._epoch_cache[epoch]
 
@@ -212,7 +217,10 @@ class TrainSampler:
                 augmentations.append(Augmentation(int(draws["dihedral"][episode]), colours))
             else:
                 augmentations.append(Augmentation())
-            offsets.append(draws["offsets"][episode])
+            # As the reference's dataset builder leaves one of a task's n examples untranslated,
+            # each example sits at the top-left (where evaluation puts every grid) with chance 1/n.
+            at_corner = draws["untranslated"][episode] < 1.0 / self.examples_per_task[task_index]
+            offsets.append(np.where(at_corner[:, None], 0.0, draws["offsets"][episode]))
         return encode_episodes(
             self.tasks, self.episodes[chosen], augmentations, self.canvas_side, self.max_demos,
             offset_fractions=np.stack(offsets) if self.translate else None,
