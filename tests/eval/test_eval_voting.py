@@ -81,3 +81,16 @@ def test_pass_at_k_grows_with_k_and_handles_no_tasks():
     scores = [pass_at_k(ranks, k) for k in range(1, 6)]
     assert scores == sorted(scores) and scores[-1] == pytest.approx((1 + 1 + 0 + 1) / 4)
     assert pass_at_k([], 2) == 0.0
+
+
+def test_vote_survives_extreme_halting_logits():
+    # math.exp(-q) overflows for q < -709; the confidence must still be computed and ordered
+    # (sigmoid(-720) < sigmoid(-710), both tiny but non-zero in double precision).
+    from etrm.eval.voting import sigmoid
+
+    grid_a, grid_b = np.zeros((2, 2), dtype=np.uint8), np.ones((2, 2), dtype=np.uint8)
+    candidates = vote([(grid_a, -720.0), (grid_b, -710.0)])
+    assert candidates[0].grid is grid_b and 0 < candidates[1].mean_confidence < candidates[0].mean_confidence
+    assert sigmoid(-1000.0) == 0.0 and sigmoid(1000.0) == 1.0 and sigmoid(0.0) == 0.5
+    assert sigmoid(-30.0) == pytest.approx(1 / (1 + math.exp(30.0)), rel=1e-12)
+    assert sigmoid(30.0) == pytest.approx(1 / (1 + math.exp(-30.0)), rel=1e-12)

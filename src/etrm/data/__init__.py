@@ -1,5 +1,6 @@
 """The data layer: task sources, grid encoding, augmentation, few-shot episodes and batches."""
 
+from etrm.data.augment import Augmentation
 from etrm.data.sources import Task, load_tasks
 
-__all__ = ["Task", "load_tasks"]
+__all__ = ["Augmentation", "Task", "load_tasks"]

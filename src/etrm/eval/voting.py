@@ -18,6 +18,14 @@ class Candidate:
     mean_confidence: float
 
 
+def sigmoid(logit: float) -> float:
+    """1 / (1 + exp(-logit)) without overflow for any finite logit (exp of a negative number only)."""
+    if logit >= 0:
+        return 1.0 / (1.0 + math.exp(-logit))
+    exp = math.exp(logit)
+    return exp / (1.0 + exp)
+
+
 def vote(predictions: Sequence[tuple[np.ndarray, float]]) -> list[Candidate]:
     """Rank distinct grids by vote count, ties broken by mean sigmoid(q_halt) (higher first).
 
@@ -26,7 +34,7 @@ def vote(predictions: Sequence[tuple[np.ndarray, float]]) -> list[Candidate]:
     groups: dict[bytes, list] = {}
     for grid, q_halt in predictions:
         key = bytes(grid.shape) + grid.astype(np.uint8).tobytes()
-        confidence = 1.0 / (1.0 + math.exp(-q_halt))
+        confidence = sigmoid(q_halt)
         if key in groups:
             groups[key][1] += 1
             groups[key][2] += confidence
