@@ -44,7 +44,8 @@ def tiny_trm_state_dict() -> dict[str, torch.Tensor]:
     return {f"_orig_mod.model.inner.{trm_name(name)}": value for name, value in model.state_dict().items()}
 
 
-TINY_ARCH = dict(hidden_size=16, num_heads=2, L_layers=2, seq_len=4, grid_side=2, puzzle_emb_len=2)
+TINY_ARCH = dict(hidden_size=16, num_heads=2, L_layers=2, H_cycles=2, L_cycles=2, seq_len=4, grid_side=2,
+                 puzzle_emb_len=2)
 
 
 def test_state_dict_round_trips_through_trm_names():

@@ -148,7 +148,8 @@ def test_ema_leaves_the_puzzle_table_out_and_evaluation_reads_it_as_trained(tiny
     assert PUZZLE_TABLE_PARAMETER not in trainer.ema.state_dict()
     assert set(trainer.ema.state_dict()) == {n for n, _ in trainer.model.named_parameters()} - {PUZZLE_TABLE_PARAMETER}
     for step in range(3):
-        trainer.train_step(to_torch(trainer.sampler.batch(step, trainer.config.global_batch_size), trainer.runtime.device))
+        batch = trainer.sampler.batch(step, trainer.config.global_batch_size)
+        trainer.train_step(to_torch(batch, trainer.runtime.device))
         trainer.step += 1
     table = trainer.model.context_source.table.weight
     assert table.abs().sum() > 0  # sign-SGD moved the touched rows

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from etrm.errors import ConfigError
 from etrm.models.decoder import ACTModel, DecoderConfig, RecursiveDecoder
@@ -53,34 +52,32 @@ def compile_model(model: ACTModel) -> ACTModel:
     return model
 
 
-def _check_cycles(saved: dict, config: Any, where: str) -> None:
-    # The earlier ETRM ran a decoder trained with L_cycles=4 at L_cycles=6: refuse such drift.
-    for ours, theirs in (("h_cycles", "H_cycles"), ("l_cycles", "L_cycles"), ("num_layers", "L_layers"),
-                         ("hidden_size", "hidden_size")):
-        value = saved.get(ours, saved.get(theirs))
-        if value is not None and value != getattr(config.model, ours):
-            raise ConfigError(f"{where}: pretrained decoder has {ours}={value} but model.{ours}="
-                              f"{getattr(config.model, ours)}; set model.{ours}={value}")
-
-
 def load_pretrained_decoder(model: ACTModel, path: str | Path, config: Any) -> None:
     """Load decoder weights from one of our checkpoints or an official TRM checkpoint.
 
-    Any puzzle embedding in the file is dropped. When the run's saved config (ours:
-    `config.yaml` beside the checkpoint; TRM: `all_config.yaml`) is present, its cycle counts
-    and sizes must match this model's.
+    Any puzzle embedding in the file is dropped. The file's recursion settings (from its own
+    config, or the run's `config.yaml` / TRM's `all_config.yaml` beside it) must equal this
+    model's; a bare file carries none, so the run must state the cycle counts it was trained with
+    (`pretrained_h_cycles`, `pretrained_l_cycles`), and those must equal the model's too.
     """
-    from etrm.models.trm_checkpoint import convert_trm_state_dict
+    from etrm.models.trm_checkpoint import (
+        RECURSION_KEYS,
+        convert_trm_state_dict,
+        resolve_architecture,
+        saved_architecture,
+    )
     from etrm.train.checkpoint import read_checkpoint
 
     path = Path(path)
     file = path / "checkpoint.pt" if path.is_dir() else path
     state = read_checkpoint(file)
-    for name in ("config.yaml", "all_config.yaml"):
-        saved_config = file.parent / name
-        if saved_config.is_file():
-            saved = yaml.safe_load(saved_config.read_text()) or {}
-            _check_cycles({**saved.get("arch", {}), **saved.get("model", {})}, config, str(saved_config))
+    declared = {"H_cycles": config.pretrained_h_cycles, "L_cycles": config.pretrained_l_cycles}
+    arch = resolve_architecture(saved_architecture(state, file), declared, str(file))
+    for ours, theirs in RECURSION_KEYS.items():
+        value = arch.get(theirs)
+        if value is not None and value != getattr(config.model, ours):
+            raise ConfigError(f"{file}: pretrained decoder has {ours}={value} but model.{ours}="
+                              f"{getattr(config.model, ours)}; set model.{ours}={value}")
     if "model" in state:  # one of ours
         weights = {k.removeprefix("decoder."): v for k, v in state["model"].items() if k.startswith("decoder.")}
     else:

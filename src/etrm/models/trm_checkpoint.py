@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from torch import Tensor
 
 from etrm.errors import ConfigError, EtrmError
@@ -89,6 +90,59 @@ def trm_name(our_name: str) -> str:
     return our_name
 
 
+# The cycle counts a decoder must run at: never taken from defaults when a file does not say.
+CYCLE_KEYS = ("H_cycles", "L_cycles")
+# This project's run-config names (`model.*`) -> TRM's, for the settings a loaded decoder must keep.
+RECURSION_KEYS = {"h_cycles": "H_cycles", "l_cycles": "L_cycles", "num_layers": "L_layers",
+                  "hidden_size": "hidden_size"}
+
+
+def saved_architecture(state: dict[str, Any], file: Path | None = None) -> dict[str, Any] | None:
+    """The architecture a checkpoint carries, under TRM's names, or None when it carries none.
+
+    Looked for in the file itself (a "config" entry: TRM names as a dict, or this project's saved
+    run config as YAML text) and beside it (`all_config.yaml` of a TRM run, whose `arch` section
+    holds the names; `config.yaml` of one of our runs, whose `model` section does).
+    """
+    saved = state.get("config")
+    if isinstance(saved, dict):
+        return {k: v for k, v in saved.items() if k in DECODER_ARCH_KEYS or k in OTHER_ARCH_KEYS}
+    if isinstance(saved, str):
+        return _from_run_config(yaml.safe_load(saved) or {})
+    if file is not None:
+        if (file.parent / "all_config.yaml").is_file():
+            arch = (yaml.safe_load((file.parent / "all_config.yaml").read_text()) or {}).get("arch", {})
+            return {k: v for k, v in arch.items() if k in DECODER_ARCH_KEYS or k in OTHER_ARCH_KEYS}
+        if (file.parent / "config.yaml").is_file():
+            return _from_run_config(yaml.safe_load((file.parent / "config.yaml").read_text()) or {})
+    return None
+
+
+def _from_run_config(run_config: dict[str, Any]) -> dict[str, Any]:
+    model = run_config.get("model", {})
+    return {theirs: model[ours] for ours, theirs in RECURSION_KEYS.items() if ours in model}
+
+
+def resolve_architecture(saved: dict[str, Any] | None, given: dict[str, Any], where: str) -> dict[str, Any]:
+    """The architecture to build: what the file says, with `given` (TRM names) agreeing with it.
+
+    A file without a config must be told H_cycles and L_cycles explicitly: a decoder run at other
+    cycle counts than it was trained with computes something else (the earlier implementation ran
+    an L_cycles=4 decoder at 6), and no default can know them. A conflict with the file's config
+    is refused.
+    """
+    if saved is None:
+        missing = [key for key in CYCLE_KEYS if given.get(key) is None]
+        if missing:
+            raise ConfigError(f"{where}: the checkpoint carries no config; give {' and '.join(missing)} "
+                              "explicitly (the cycle counts it was trained with)")
+        return dict(given)
+    for key, value in given.items():
+        if key in saved and value is not None and value != saved[key]:
+            raise ConfigError(f"{where}: the checkpoint's config has {key}={saved[key]}, asked for {key}={value}")
+    return {**saved, **{k: v for k, v in given.items() if v is not None}}
+
+
 def decoder_config_from_arch(arch: dict[str, Any], puzzle_emb_ndim: int) -> DecoderConfig:
     """Map TRM config names to a DecoderConfig; unknown names raise ConfigError."""
     unknown = sorted(set(arch) - set(DECODER_ARCH_KEYS) - OTHER_ARCH_KEYS)
@@ -126,12 +180,16 @@ def load_trm_checkpoint(path_or_state_dict: str | Path | dict[str, Tensor], **ar
     holding a state dict or a dict with the state dict under "state_dict". `arch`: TRM config
     keys (hidden_size, num_heads, expansion, L_layers, H_cycles, L_cycles, seq_len, grid_side,
     puzzle_emb_len, puzzle_emb_ndim, num_puzzle_identifiers, vocab_size, rope_theta,
-    rms_norm_eps, halt_max_steps, halt_exploration_prob); missing ones take DecoderConfig
-    defaults, and the puzzle table's size defaults to the checkpoint's.
+    rms_norm_eps, halt_max_steps, halt_exploration_prob). When the file carries its config (a
+    "config" entry, or `all_config.yaml` beside it), `arch` must agree with it; when it carries
+    none, H_cycles and L_cycles must be given (see `resolve_architecture`). Other keys missing
+    from both take DecoderConfig defaults; the puzzle table's size defaults to the checkpoint's.
     """
-    state = path_or_state_dict
+    state, file = path_or_state_dict, None
     if isinstance(state, str | Path):
-        state = torch.load(state, map_location="cpu", weights_only=True)
+        file = Path(state)
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    arch = resolve_architecture(saved_architecture(state, file), arch, str(file or "state dict"))
     if isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     trm_state = {strip_prefixes(name): tensor for name, tensor in state.items()}

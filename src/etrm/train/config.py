@@ -140,6 +140,10 @@ class RunConfig:
     # decoder initialisation
     load_pretrained_decoder: str = ""  # a TRM checkpoint or one of ours; its puzzle embedding is dropped
     freeze_decoder_steps: int = 0  # -1: frozen throughout
+    # The cycle counts the pretrained decoder was trained with: required when its file carries no
+    # config (a bare official TRM .pt), and they must equal model.h_cycles / model.l_cycles.
+    pretrained_h_cycles: int | None = None
+    pretrained_l_cycles: int | None = None
 
     # cadence
     log_every: int = 10
