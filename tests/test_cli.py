@@ -1,4 +1,4 @@
-"""The `etrm data ...` command line, run as a user would: a subprocess of `python -m etrm`."""
+"""The `etrm data ...` and `etrm train` command lines, run as a user would: a subprocess of `python -m etrm`."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
-from etrm.cli import main
+from etrm.cli import main, preset_purpose
 from etrm.data import load_tasks
+from etrm.train.config import CONFIG_DIR, available_presets
 
 
 def _etrm(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -166,3 +168,44 @@ def test_console_script():
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["test_inputs"] == 419
+
+
+def test_every_preset_yaml_is_global_with_a_purpose():
+    paths = sorted((CONFIG_DIR / "preset").glob("*.yaml"), key=lambda p: p.stem)
+    assert [p.stem for p in paths] == available_presets() and "overfit-cpu" in available_presets()
+    for path in paths:
+        assert path.read_text().splitlines()[0] == "# @package _global_", path.name
+        purpose = preset_purpose(path)
+        assert purpose and not purpose.startswith("#") and "\n" not in purpose, path.name
+    assert preset_purpose(CONFIG_DIR / "preset" / "overfit-cpu.yaml") == (
+        "Phase 1 at CPU size: can the model memorise 32 tasks?")
+
+
+def test_train_help_lists_the_presets_with_their_purpose(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--print-config" in out
+    listed = {line.split()[0] for line in out.split("presets (preset=NAME):", 1)[1].splitlines()
+              if line.startswith("  ") and not line.startswith("   ")}
+    assert listed == set(available_presets())
+    flat = " ".join(out.split())  # the help wraps long purposes over several lines
+    assert "overfit-cpu Phase 1 at CPU size: can the model memorise 32 tasks?" in flat
+    assert "cpu-demo The main job at laptop size:" in flat
+
+
+def test_print_config_resolves_without_running(tmp_path):
+    result = _etrm("train", "--print-config", "preset=overfit-cpu", "lr=3e-4", "encoder.num_layers=3",
+                   f"run_dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    config = OmegaConf.create(result.stdout)
+    assert (config.preset, config.phase, config.lr, config.encoder.num_layers) == ("overfit-cpu", "overfit", 3e-4, 3)
+    assert config.run_dir == str(tmp_path / "run")
+    assert list(tmp_path.iterdir()) == []  # no run directory, no runs/, nothing written
+
+
+def test_print_config_reports_a_bad_key_as_one_line(tmp_path):
+    line = _assert_one_line_error(_etrm("train", "--print-config", "preset=overfit-cpu", "nosuchkey=1", cwd=tmp_path))
+    assert "nosuchkey" in line
+    assert list(tmp_path.iterdir()) == []

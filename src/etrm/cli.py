@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+import shutil
 import sys
-from collections.abc import Sequence
+import textwrap
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from etrm.errors import EtrmError
@@ -69,16 +72,71 @@ def _data_check_split(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from etrm.train.config import config_from_yaml, load_config, run_directory
-    from etrm.train.loop import train
+    from etrm.train.config import config_from_yaml, load_config, run_directory, to_yaml
 
     config = load_config(args.overrides)
     saved = run_directory(config) / "config.yaml"
     if config.resume and saved.is_file():
         # A resumed run keeps its saved configuration; command-line overrides still apply on top.
         config = config_from_yaml(saved, [*args.overrides, "resume=true"])
+    if args.print_config:
+        print(to_yaml(config), end="")
+        return 0
+    from etrm.train.loop import train
+
     train(config)
     return 0
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose epilog may be computed only when its help is shown."""
+
+    epilog_factory: Callable[[], str] | None = None
+
+    def format_help(self) -> str:
+        if self.epilog_factory is not None:
+            self.epilog = self.epilog_factory()
+        return super().format_help()
+
+
+def preset_purpose(path: Path) -> str:
+    """A preset's one-line purpose: the first sentence of the comment under its `# @package` line."""
+    lines = path.read_text().splitlines()
+    if lines and lines[0].startswith("# @package"):
+        lines = lines[1:]
+    comment = []
+    for line in lines:
+        if not line.startswith("#"):
+            break
+        comment.append(line.lstrip("#").strip())
+    text = " ".join(part for part in comment if part)
+    end = re.search(r"[.?!](?=\s|$)", text)
+    return text[:end.end()] if end else text
+
+
+def _width() -> int:
+    return min(max(shutil.get_terminal_size().columns - 2, 60), 120)
+
+
+def _train_description() -> str:
+    text = ("Train TRM or ETRM. The run config is composed from the dataclass defaults, one preset "
+            "(preset=NAME, default: default), then key=value overrides with dotted names (lr=3e-4 "
+            "encoder.num_layers=4 eval.num_augmentations=16); an unknown key is an error. resume=true "
+            "continues the run in its run directory, with its saved config.")
+    return textwrap.fill(text, _width())
+
+
+def _presets_epilog() -> str:
+    from etrm.train.config import CONFIG_DIR, available_presets
+
+    names = available_presets()
+    column = max(len(name) for name in names) + 4
+    lines = ["presets (preset=NAME):"]
+    for name in names:
+        purpose = preset_purpose(CONFIG_DIR / "preset" / f"{name}.yaml") or "(no description)"
+        lines.append(textwrap.fill(purpose, _width(), initial_indent=f"  {name:<{column - 2}}",
+                                   subsequent_indent=" " * column))
+    return "\n".join(lines)
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -174,7 +232,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="etrm", description="ETRM: few-shot ARC with recursive models.")
+    parser = _Parser(prog="etrm", description="ETRM: few-shot ARC with recursive models.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     data = commands.add_parser("data", help="look at task sources").add_subparsers(dest="data_command", required=True)
@@ -205,8 +263,13 @@ def build_parser() -> argparse.ArgumentParser:
     synth.set_defaults(handler=_data_synth)
 
     train = commands.add_parser(
-        "train", help="train TRM or ETRM (Hydra overrides: preset=overfit lr=3e-4 encoder.num_layers=4 ...)")
-    train.add_argument("overrides", nargs="*", help="key=value overrides of the run config")
+        "train", help="train TRM or ETRM (Hydra overrides: preset=overfit lr=3e-4 encoder.num_layers=4 ...)",
+        description=_train_description(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    train.epilog_factory = _presets_epilog
+    train.add_argument("overrides", nargs="*",
+                       help="preset=NAME (one of the presets below) and key=value overrides of the run config")
+    train.add_argument("--print-config", action="store_true",
+                       help="print the resolved run config (YAML) of this command line and exit without training")
     train.set_defaults(handler=_train)
 
     evaluate = commands.add_parser("eval", help="evaluate a run directory or checkpoint by the ARC Prize rules")
