@@ -83,3 +83,37 @@ def test_trm_fitting_starts_from_the_mean_embedding(tiny_eval_config, tmp_path, 
     contexts, _ = optimise_contexts(model, batch, TTOConfig(steps=3))
     assert torch.equal(before, model.context_source.table.weight)
     assert contexts.shape == (batch["inputs"].shape[0], 2, *context.shape[1:])
+
+
+def test_scaled_tto_keeps_the_context_on_the_encoders_scale(trained, batch):
+    # The encoder's output vectors have RMS 1/sqrt(hidden); Adam on the raw context leaves it.
+    start = initial_context(trained, batch)
+    target = start.norm(dim=-1)
+    hidden = start.shape[-1]
+    torch.testing.assert_close(target, torch.ones_like(target), atol=1e-3, rtol=0)  # RMS 1/sqrt(hidden)
+    steps = TTOConfig(steps=20, lr=0.05, act_steps=1)
+    scaled, _ = optimise_contexts(trained, batch, steps)
+    raw, _ = optimise_contexts(trained, batch, TTOConfig(steps=20, lr=0.05, act_steps=1, parameterisation="raw"))
+    for rank in (0, 1):
+        torch.testing.assert_close(scaled[:, rank].norm(dim=-1), target, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(scaled[:, 0], start, atol=1e-4)  # it did move
+    raw_rms = raw[:, 0].pow(2).mean(-1).sqrt()
+    assert float((raw_rms - 1 / hidden**0.5).abs().max()) > 0.01  # the old parameterisation drifts
+
+
+def test_scaled_trm_fitting_moves_one_row_at_the_trained_rows_norm(tiny_eval_config, tmp_path, batch):
+    from etrm.models.puzzle_embedding import PuzzleEmbedding
+
+    torch.manual_seed(0)
+    config = tiny_eval_config(tmp_path, "model_type=trm", "augmentations_per_task=1")
+    model = build_model(config, num_puzzle_ids=5).eval()
+    source = model.context_source
+    assert isinstance(source, PuzzleEmbedding)
+    with torch.no_grad():
+        source.table.weight.normal_()
+    contexts, _ = optimise_contexts(model, batch, TTOConfig(steps=5, lr=0.1, act_steps=1))
+    row_norm = source.table.weight[:-1].norm(dim=-1).mean()
+    filled = source.table.weight.shape[1]
+    flat = contexts[:, 0].flatten(1)
+    torch.testing.assert_close(flat[:, :filled].norm(dim=-1), row_norm.expand(flat.shape[0]), rtol=1e-5, atol=1e-5)
+    assert torch.count_nonzero(flat[:, filled:]) == 0  # the padding positions stay zero, as in training

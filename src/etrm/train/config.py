@@ -79,6 +79,9 @@ class TTOConfig:
     lr: float = 5e-2
     act_steps: int = 2  # ACT steps the decoder runs inside each optimisation step
     grad_clip: float = 1.0  # per-sample gradient norm
+    # scaled: the context stays on the scale the decoder was trained on; raw: Adam moves the
+    # context itself (the earlier behaviour). See etrm.eval.tto.context_parameterisation.
+    parameterisation: str = "scaled"
 
 
 @dataclass
@@ -172,6 +175,7 @@ _CHOICES = {
     "lr_schedule": ("constant", "cosine"),
     "encoder.pooling": ("mean", "max", "attention", "cls"),
     "eval.split": ("test", "train"),
+    "tto.parameterisation": ("scaled", "raw"),
 }
 
 ConfigStore.instance().store(name="run_schema", node=RunConfig)
