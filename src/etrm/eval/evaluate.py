@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from etrm.data.encoding import decode_grid
+from etrm.data.encoding import IGNORE_LABEL, decode_grid
 from etrm.data.episodes import AugmentedTasks, EvalEnumeration
 from etrm.data.tensors import to_torch
 from etrm.errors import EtrmError
@@ -39,7 +39,7 @@ def _records(numpy_batch: dict[str, np.ndarray], labels: torch.Tensor, outputs: 
              augmented: AugmentedTasks, canvas_side: int, **extra: np.ndarray) -> list[dict[str, Any]]:
     """One record per valid row: the prediction inverted to the task's frame, and its scores."""
     predicted = outputs["logits"].argmax(-1)
-    known = labels != -100
+    known = labels != IGNORE_LABEL
     correct = (predicted == labels) & known
     token_accuracy = (correct.sum(-1) / known.sum(-1).clamp_min(1)).cpu().numpy()
     exact = (correct.sum(-1) == known.sum(-1)).cpu().numpy()

@@ -18,8 +18,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from etrm.data.encoding import IGNORE_LABEL, PAD
 from etrm.models.decoder import ACTModel
-from etrm.models.losses import IGNORE_LABEL, stablemax_cross_entropy
+from etrm.models.losses import stablemax_cross_entropy
 from etrm.models.puzzle_embedding import PuzzleEmbedding
 from etrm.train.config import TTOConfig
 
@@ -70,7 +71,7 @@ def demo_loss(model: ACTModel, contexts: Tensor, batch: dict[str, Tensor], act_s
     """Per-sample mean (over its real demos) of the token-mean cross-entropy of demo output given input."""
     owner, slot = batch["demo_mask"].nonzero(as_tuple=True)
     inputs = batch["demo_inputs"][owner, slot]
-    labels = batch["demo_outputs"][owner, slot].masked_fill(batch["demo_outputs"][owner, slot] == 0, IGNORE_LABEL)
+    labels = batch["demo_outputs"][owner, slot].masked_fill(batch["demo_outputs"][owner, slot] == PAD, IGNORE_LABEL)
     logits = model.decode(inputs, contexts[owner], act_steps)["logits"]
     per_demo = stablemax_cross_entropy(logits, labels).sum(-1) / (labels != IGNORE_LABEL).sum(-1).clamp_min(1)
     totals = torch.zeros(contexts.shape[0], dtype=per_demo.dtype, device=per_demo.device).index_add(0, owner, per_demo)

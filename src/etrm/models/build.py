@@ -2,29 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from etrm.data.encoding import VOCAB_SIZE
 from etrm.errors import ConfigError
 from etrm.models.decoder import ACTModel, DecoderConfig, RecursiveDecoder
 from etrm.models.encoders import EncoderContext, build_encoder
 from etrm.models.puzzle_embedding import PuzzleEmbedding
 
-VOCAB_SIZE = 12
-
 
 def decoder_config(config: Any) -> DecoderConfig:
     """The decoder's config from a `RunConfig` (sizes from `model`, halting from the top level)."""
-    model = config.model
-    return DecoderConfig(
-        hidden_size=model.hidden_size, num_heads=model.num_heads, expansion=model.expansion,
-        num_layers=model.num_layers, h_cycles=model.h_cycles, l_cycles=model.l_cycles,
-        seq_len=config.canvas_side**2, context_len=model.context_len, vocab_size=VOCAB_SIZE,
-        rope_theta=model.rope_theta, halt_max_steps=config.halt_max_steps,
-        halt_exploration_prob=config.halt_exploration_prob,
-    )
+    return DecoderConfig(**dataclasses.asdict(config.model), seq_len=config.canvas_side**2,
+                         halt_max_steps=config.halt_max_steps, halt_exploration_prob=config.halt_exploration_prob)
 
 
 def build_model(config: Any, num_puzzle_ids: int = 0) -> ACTModel:

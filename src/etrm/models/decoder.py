@@ -29,7 +29,9 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from etrm.data.encoding import VOCAB_SIZE
 from etrm.models.layers import (
+    RMS_NORM_EPS,
     CosSin,
     Linear,
     PostNormBlock,
@@ -37,23 +39,19 @@ from etrm.models.layers import (
     TokenEmbedding,
     trunc_normal_init_,
 )
+from etrm.train.config import ModelConfig, RunConfig
 
 
 @dataclass
-class DecoderConfig:
-    hidden_size: int = 512
-    num_heads: int = 8
-    expansion: float = 4.0
-    num_layers: int = 2
-    h_cycles: int = 3
-    l_cycles: int = 4
+class DecoderConfig(ModelConfig):
+    """The run config's decoder sizes (`ModelConfig`, which holds their defaults) plus what the
+    decoder takes from elsewhere: the canvas, the vocabulary and the halting settings."""
+
     seq_len: int = 900  # token positions (the flattened canvas)
-    context_len: int = 16  # context positions placed before the tokens
-    vocab_size: int = 12
-    rope_theta: float = 10000.0
-    rms_norm_eps: float = 1e-5
-    halt_max_steps: int = 16
-    halt_exploration_prob: float = 0.1
+    vocab_size: int = VOCAB_SIZE
+    rms_norm_eps: float = RMS_NORM_EPS
+    halt_max_steps: int = RunConfig.halt_max_steps
+    halt_exploration_prob: float = RunConfig.halt_exploration_prob
 
 
 class Latents(NamedTuple):

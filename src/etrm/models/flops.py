@@ -1,16 +1,25 @@
 """Model FLOPs counted analytically from the configuration (multiply-adds x 2).
 
 Counted: every matrix multiply of the transformer blocks (qkv, output projection, SwiGLU),
-attention (QK^T and AV), and the output heads. Not counted: norms, RoPE, softmax, embeddings
-(elementwise work, small beside the matmuls). Backward costs twice the forward of the part
-that builds a graph: one training step of TRM runs H_cycles x (L_cycles + 1) network calls
-forward but backpropagates through the last cycle's L_cycles + 1 calls only; the encoder runs
-forward and backward on every step.
+attention (QK^T and AV), the decoder's answer head and the standard encoder's aggregation (its
+learned queries' cross-attention over the demo vectors, their MLP, the projection to the
+decoder's width), over every position the modules run on: the decoder's whole canvas, and
+the encoder's demos cropped to their real cells and padded, within each of the pair
+transformer's length groups, to the group's longest demo. Not counted: norms, RoPE, softmax,
+embeddings, pooling and the halting head (elementwise work or a few outputs, small beside the
+matmuls). Backward costs twice the forward of the part that builds a graph (the gradient
+matmuls; attention kernels that recompute their scores in the backward do more work, not
+counted): one training step of TRM runs H_cycles x (L_cycles + 1) network calls forward but
+backpropagates through the last cycle's L_cycles + 1 calls only; the encoder runs forward and
+backward on every step. `tests/test_bench.py` checks these counts against
+`torch.utils.flop_counter.FlopCounterMode` over real training steps.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+import numpy as np
 
 from etrm.data.encoding import PAD
 from etrm.models.layers import round_up_to_multiple
@@ -40,15 +49,65 @@ def kept_demo_tokens(demo_inputs: Any, demo_outputs: Any, demo_mask: Any) -> tup
     return float(demo_mask.sum()), float((kept * demo_mask).sum())
 
 
-def encoder_flops(config: Any, num_demos: int, cells_per_demo: float, train: bool) -> float:
-    """The demo encoder's pair transformer over `num_demos` demos of `cells_per_demo` kept tokens.
+def _to_numpy(array: Any) -> np.ndarray:
+    return array.detach().cpu().numpy() if hasattr(array, "detach") else np.asarray(array)
 
-    Only the per-demo transformer is counted (the aggregation over a handful of demo vectors is
-    negligible beside it); cropping makes `cells_per_demo` the real cells, not the canvas.
+
+def _pair_transformer_flops(encoder: Any, lengths: Any) -> float:
+    """Forward FLOPs of the pair transformer over demos of `lengths` kept tokens (+1 for a CLS
+    state), run as `PairTransformer` runs them: sorted by length, in `LENGTH_GROUPS` groups each
+    padded to its own longest demo."""
+    from etrm.models.encoders.common import PairTransformer
+
+    lengths = np.sort(np.asarray(lengths, dtype=np.int64)) + (encoder.pooling == "cls")
+    if lengths.size == 0:
+        return 0.0
+    hidden, expansion = encoder.hidden_size, encoder.expansion
+    total = 0.0
+    for group in np.array_split(lengths, min(PairTransformer.LENGTH_GROUPS, lengths.size)):
+        width = float(group.max())
+        total += group.size * width * block_flops_per_token(hidden, expansion, width)
+    return encoder.num_layers * total
+
+
+def _aggregation_flops(config: Any, num_samples: int, demo_slots: int) -> float:
+    """Forward FLOPs of the standard encoder after the pair transformer, for `num_samples`
+    samples of `demo_slots` demo vectors each (padded slots included: they are projected and
+    masked): context_len learned queries cross-attend over the demo vectors (q, kv and output
+    projections, QK^T and AV), a SwiGLU over the queries, the projection to the decoder's width."""
+    encoder, queries = config.encoder, config.model.context_len
+    hidden = encoder.hidden_size
+    # A block of `queries` tokens attending to `demo_slots` keys, whose k and v come from the demos.
+    query_side = block_flops_per_token(hidden, encoder.expansion, demo_slots) - 2 * 2 * hidden * hidden
+    per_sample = queries * query_side + demo_slots * 2 * 2 * hidden * hidden
+    per_sample += queries * 2 * hidden * config.model.hidden_size
+    return num_samples * per_sample
+
+
+def encoder_flops(config: Any, num_demos: int, cells_per_demo: float, train: bool) -> float:
+    """One sample's demo encoder: the pair transformer over `num_demos` demos of `cells_per_demo`
+    kept tokens each (cropping makes them the real cells, not the canvas), and the aggregation.
+
+    An estimate for demos of equal size; `encoder_batch_flops` counts a batch exactly as it runs.
     """
     encoder = config.encoder
-    per_token = encoder.num_layers * block_flops_per_token(encoder.hidden_size, encoder.expansion, cells_per_demo)
-    forward = num_demos * cells_per_demo * per_token
+    cells = cells_per_demo + (encoder.pooling == "cls")
+    pair = num_demos * cells * encoder.num_layers * block_flops_per_token(encoder.hidden_size, encoder.expansion,
+                                                                          cells)
+    forward = pair + _aggregation_flops(config, 1, num_demos)
+    return forward * (3 if train else 1)
+
+
+def encoder_batch_flops(config: Any, demo_inputs: Any, demo_outputs: Any, demo_mask: Any, train: bool) -> float:
+    """The standard demo encoder (`encoder.type=standard`) over one batch's demos (B, D, L), numpy
+    or torch, as it runs: the real demos only, each cropped to its non-PAD tokens, in length
+    groups (the pair transformer's padding within a group is work done, so it is counted), then
+    the aggregation for every sample over its D demo slots. Training adds the backward (x3)."""
+    demo_inputs, demo_outputs, demo_mask = (_to_numpy(a) for a in (demo_inputs, demo_outputs, demo_mask))
+    real = demo_mask.astype(bool)
+    kept = (demo_inputs != PAD).sum(-1) + (demo_outputs != PAD).sum(-1)
+    forward = _pair_transformer_flops(config.encoder, kept[real])
+    forward += _aggregation_flops(config, real.shape[0], real.shape[1])
     return forward * (3 if train else 1)
 
 

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 CosSin = tuple[Tensor, Tensor]
+RMS_NORM_EPS = 1e-5  # TRM's, for the decoder and every encoder
 
 
 def trunc_normal_init_(tensor: Tensor, std: float = 1.0, lower: float = -2.0, upper: float = 2.0) -> Tensor:

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-IGNORE_LABEL = -100
+from etrm.data.encoding import IGNORE_LABEL
 
 
 def stablemax_log_probs(logits: Tensor) -> Tensor:

@@ -27,7 +27,8 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 @dataclass
 class ModelConfig:
-    """The recursive decoder (TRM's reference sizes by default)."""
+    """The recursive decoder's sizes (TRM's reference sizes by default); the one place of their
+    defaults (`etrm.models.DecoderConfig` extends it)."""
 
     hidden_size: int = 512
     num_heads: int = 8

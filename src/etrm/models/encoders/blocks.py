@@ -13,9 +13,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from etrm.models.layers import Attention, CosSin, Linear, SwiGLU, rms_norm
-
-RMS_NORM_EPS = 1e-5
+from etrm.models.layers import RMS_NORM_EPS, Attention, CosSin, Linear, SwiGLU, rms_norm
 
 
 def masked_mean(x: Tensor, mask: Tensor) -> Tensor:

@@ -14,6 +14,7 @@ from etrm.data.encoding import PAD
 from etrm.models.decoder import ContextSource
 from etrm.models.encoders.blocks import MultiheadAttention, PreNormBlock
 from etrm.models.layers import (
+    RMS_NORM_EPS,
     Linear,
     PostNormBlock,
     RotaryEmbedding,
@@ -24,7 +25,6 @@ from etrm.models.layers import (
 )
 
 ENCODERS: dict[str, Callable[..., nn.Module]] = {}
-RMS_NORM_EPS = 1e-5
 
 
 def register_encoder(name: str) -> Callable:
