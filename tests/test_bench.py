@@ -1,24 +1,125 @@
-"""`etrm bench` measures and reports (a short run on the CPU preset of the TRM baseline)."""
+"""`etrm bench` measures the real training step, and its FLOP count is that of the modules.
+
+The analytic counts of `etrm.models.flops` are checked against `torch.utils.flop_counter.
+FlopCounterMode` run over real `Trainer.train_step` calls of TRM and ETRM. Both sides count
+matrix multiplies and attention only (FlopCounterMode has formulas for mm/addmm/bmm/SDPA and
+nothing else); what the analytic count leaves out is the halting head (two outputs at one
+position) and the encoder's pooling, about 1e-5 of a step here, so they must agree within 0.1%.
+In torch 2.13 FlopCounterMode has no formula for the CPU attention kernel
+(`_scaled_dot_product_flash_attention_for_cpu` and its backward count 0), so the counter gets
+torch's own SDPA formula for it; the backward is counted as its four gradient matmuls (twice
+the forward), as model FLOPs are, without the kernel's recomputation of the scores.
+"""
 
 import json
 import os
 import subprocess
 import sys
 
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+from etrm.data.tensors import to_torch
+from etrm.models.flops import decoder_step_flops, encoder_batch_flops
+from etrm.train.config import load_config
+from etrm.train.distributed import Runtime
+from etrm.train.loop import Trainer
+
+TOLERANCE = 1e-3
+
+_ATEN = torch.ops.aten
+CPU_ATTENTION = {
+    _ATEN._scaled_dot_product_flash_attention_for_cpu: lambda q, k, v, *args, **kwargs: sdpa_flop_count(q, k, v),
+    _ATEN._scaled_dot_product_flash_attention_for_cpu_backward:
+        lambda grad, q, k, v, *args, **kwargs: 2 * sdpa_flop_count(q, k, v),
+}
+
+
+def counted_flops(function, *args) -> tuple[int, dict[str, int]]:
+    """FLOPs FlopCounterMode counts while `function(*args)` runs (CPU attention included)."""
+    with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION) as counter:
+        function(*args)
+    return counter.get_total_flops(), {str(op): n for op, n in counter.get_flop_counts()["Global"].items()}
+
+
+def _expected(config, trainer: Trainer) -> tuple[float, float]:
+    """(decoder, encoder) analytic FLOPs of the step just run (the encoder ran on the carry's demos)."""
+    decoder = decoder_step_flops(config, config.global_batch_size, train=True)
+    if config.model_type != "etrm":
+        return decoder, 0.0
+    data = trainer.carry.current_data
+    return decoder, encoder_batch_flops(config, data["demo_inputs"], data["demo_outputs"], data["demo_mask"],
+                                        train=True)
+
+
+@pytest.mark.parametrize("model_type", ["trm", "etrm"])
+def test_analytic_step_flops_match_the_flop_counter_on_real_training_steps(model_type, tiny, tmp_path):
+    # Hidden 64 (SwiGLU inner 256) and a 2-layer encoder: the decoder's and the encoder's matmuls
+    # are each a large share of the step, so an error in either count shows.
+    config = load_config(tiny(tmp_path / "run", f"model_type={model_type}", "augmentations_per_task=2",
+                              "model.hidden_size=64", "model.num_heads=4", "encoder.num_layers=2",
+                              "halt_exploration_prob=0"))
+    trainer = Trainer(config, Runtime(torch.device("cpu")))
+    for step in range(2):  # the second step runs carried samples (their demos stay in the carry)
+        batch = to_torch(trainer.sampler.batch(step, config.global_batch_size))
+        counted, by_op = counted_flops(trainer.train_step, batch)
+        trainer.step += 1
+        decoder, encoder = _expected(config, trainer)
+        print(f"{model_type} step {step + 1}: counted {counted:.6g}, analytic {decoder + encoder:.6g} "
+              f"(decoder {decoder:.6g}, encoder {encoder:.6g})")
+        assert by_op.get("aten._scaled_dot_product_flash_attention_for_cpu_backward", 0) > 0  # attention counted
+        assert abs(counted - (decoder + encoder)) <= TOLERANCE * counted
+        if model_type == "etrm":
+            assert encoder > 0.15 * counted  # the encoder's count is tested, not drowned by the decoder's
+    assert not (tmp_path / "run").exists()  # construction and train_step write nothing
+
+
+def test_bench_times_trainer_train_step_and_reports_its_counted_flops(tiny, tmp_path, monkeypatch):
+    from etrm import bench
+
+    calls, counts = [], []
+    real_step = Trainer.train_step
+
+    def counting_step(self, batch):
+        calls.append(self)
+        total, _ = counted_flops(real_step, self, batch)
+        counts.append(total)
+
+    monkeypatch.setattr(Trainer, "train_step", counting_step)
+    evaluated, real_predict = [], bench.predict
+
+    def recording_predict(model, *args, **kwargs):
+        evaluated.append(model)
+        return real_predict(model, *args, **kwargs)
+
+    monkeypatch.setattr(bench, "predict", recording_predict)
+    overrides = tiny(tmp_path / "run", "encoder.num_layers=2", "halt_exploration_prob=0")
+    result = bench.bench_model("etrm tiny", overrides, torch.device("cpu"), steps=2, peak=1e9)
+    assert len(calls) == 4 and len({id(t) for t in calls}) == 1  # 2 warm-up + 2 timed steps of one Trainer
+    timed = sum(counts[2:]) / 2
+    assert abs(result["model_flops_per_step"] - timed) <= TOLERANCE * timed
+    assert calls[0].ema is not None  # the run's own step, EMA included
+    assert evaluated and all(model is calls[0].model for model in evaluated)  # evaluation times the trained model
+    assert not (tmp_path / "run").exists()
+
 
 def test_bench_json_and_benchmarks_row(tmp_path):
-    out = tmp_path / "BENCHMARKS.md"
+    out, cwd = tmp_path / "BENCHMARKS.md", tmp_path / "cwd"
+    cwd.mkdir()
     result = subprocess.run([sys.executable, "-m", "etrm", "bench", "--device", "cpu", "--steps", "1", "--only",
                              "trm overfit-cpu", "--json", "--out", str(out)], capture_output=True, text=True,
-                            timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=cwd)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["matmul_peak_flops"] > 1e8
+    assert list(report["models"]) == ["trm overfit-cpu"]
     model = report["models"]["trm overfit-cpu"]
-    for key in ("samples_per_s", "model_flops_per_s", "mfu"):
-        assert model[key] > 0
-    assert abs(model["mfu"] - model["model_flops_per_s"] / report["matmul_peak_flops"]) < 1e-12
+    for key in ("batch_size", "steps_per_s", "samples_per_s", "model_flops_per_step", "model_flops_per_s", "mfu",
+                "data_ms_per_batch", "eval_samples_per_s", "eval_s_per_task_and_augmentation", "peak_memory_mb"):
+        assert model[key] > 0, key
     assert 0 < model["data_share"] < 1
+    assert list(cwd.iterdir()) == []  # the bench's Trainer wrote no run directory
     table = out.read_text()
     assert "## `etrm bench`" in table and "| trm overfit-cpu |" in table
 

@@ -124,10 +124,17 @@ def test_check_split_with_overlap_exits_1():
     assert len({p["held_out"] for p in report["pairs"]}) == report["overlapping_tasks"]
 
 
-def test_check_split_without_overlap_exits_0(conceptarc_prefix):
-    result = _etrm(
-        "data", "check-split", "--train", f"kaggle:{conceptarc_prefix}", "--test", "arc1:evaluation", "--json"
-    )
+def test_check_split_without_overlap_exits_0(tmp_path):
+    # A pair can only match a pair of the same grid shapes, up to transposition (a dihedral
+    # transform at most swaps height and width): training tasks made of 1x29 and 2x29 grids cannot
+    # overlap a held-out set without a grid of those shapes, whatever their colours.
+    shapes = {(1, 29), (29, 1), (2, 29), (29, 2)}
+    assert not any(g.shape in shapes for t in load_tasks("arc1:evaluation") for g in t.grids())
+    row = list(range(10)) * 2 + list(range(9))
+    for name, grid_in, grid_out in (("thin", [row], [row[::-1]]), ("band", [row, row[::-1]], [row[::-1], row])):
+        task = {"train": [{"input": grid_in, "output": grid_out}] * 2, "test": [{"input": grid_in, "output": grid_out}]}
+        (tmp_path / f"{name}.json").write_text(json.dumps(task))
+    result = _etrm("data", "check-split", "--train", f"dir:{tmp_path}", "--test", "arc1:evaluation", "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["overlapping_tasks"] == 0 and report["pairs"] == []

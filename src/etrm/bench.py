@@ -1,7 +1,8 @@
 """`etrm bench`: how fast this machine trains and evaluates TRM and ETRM, in one process and run.
 
 Measured: the machine's matmul peak (float32 `torch.matmul` on CPU, bf16 on CUDA) as the
-yardstick; per model, training steps per second, samples per second, model FLOP/s (counted
+yardstick; per model, the run's own training step (`Trainer.train_step`, compiled on CUDA as
+`compile=true` does) in steps per second, samples per second, model FLOP/s (counted
 analytically: `etrm.models.flops`) and model FLOP utilisation = model FLOP/s / peak; the data
 pipeline's time per batch and its share of the step; evaluation samples per second and seconds
 per task; peak memory. Every figure is a median over timed repeats after warm-up.
@@ -19,15 +20,13 @@ from typing import Any
 
 import torch
 
-from etrm.data.episodes import AugmentedTasks, TrainSampler
-from etrm.data.splits import few_shot_split
+from etrm.data.episodes import AugmentedTasks
 from etrm.data.tensors import to_torch
-from etrm.eval.evaluate import autocast_for, predict
-from etrm.models.build import build_model, compile_model
-from etrm.models.flops import decoder_step_flops, encoder_flops, kept_demo_tokens
-from etrm.models.losses import act_loss
+from etrm.eval.evaluate import predict
+from etrm.models.flops import decoder_step_flops, encoder_batch_flops
 from etrm.train.config import load_config
 from etrm.train.distributed import Runtime, select_device
+from etrm.train.loop import Trainer
 
 # (name, overrides): the CPU preset and the reference size (hidden 512, canvas 30) of each model.
 SETUPS = (
@@ -70,56 +69,46 @@ def _peak_memory_mb(device: torch.device) -> float:
 
 def bench_model(name: str, overrides: list[str], device: torch.device, steps: int, peak: float,
                 compile_step: bool | None = None) -> dict[str, Any]:
-    """Time training steps, the data pipeline and evaluation of one model setup.
+    """Time the real training step (`Trainer.train_step`: the run's optimisers, clipping, schedule
+    and EMA), the data pipeline and evaluation of one model setup.
 
-    `compile_step`: torch.compile the training step (default: on CUDA only)."""
-    config = load_config([*overrides, "tracker=none", "progress=false", f"device={device.type}"])
-    split = few_shot_split(config.train_sources, config.test_sources, config.canvas_side,
-                           config.max_train_groups, config.max_eval_groups, config.leak_policy)
-    enumerated = AugmentedTasks(split.train, config.augmentations_per_task, config.seed) \
-        if config.augmentations_per_task else None
-    sampler = TrainSampler(split.train, canvas_side=config.canvas_side, max_demos=config.max_demos,
-                           leave_one_out=config.leave_one_out, seed=config.seed, enumerated=enumerated,
-                           augment=config.augment, translate=config.translate)
-    torch.manual_seed(0)
-    model = build_model(config, num_puzzle_ids=enumerated.num_ids + 1 if config.model_type == "trm" else 0).to(device)
-    if device.type == "cuda" if compile_step is None else compile_step:
-        compile_model(model)
-    optimizer = torch.optim.AdamW([p for n, p in model.named_parameters() if "table" not in n], lr=1e-4)
-    batch_size = config.global_batch_size
-    carry, data_times, step_times, demos, cells = None, [], [], 0.0, 0.0
+    `compile_step`: torch.compile the training step (`compile=true`; default: on CUDA only)."""
+    compiled = device.type == "cuda" if compile_step is None else compile_step
+    config = load_config([*overrides, "tracker=none", "progress=false", f"device={device.type}",
+                          f"compile={str(compiled).lower()}"])
+    # Constructing a Trainer and calling train_step writes nothing: only Trainer.run touches run_dir.
+    trainer = Trainer(config, Runtime(device))
+    batch_size, pin = config.global_batch_size, device.type == "cuda"
+    data_times, step_times, step_flops = [], [], []
     for step in range(steps + 2):
         start = time.perf_counter()
-        numpy_batch = sampler.batch(step, batch_size)
-        batch = to_torch(numpy_batch, device, pin_memory=device.type == "cuda")
-        built = time.perf_counter()
-        carry = carry or model.initial_carry(batch)
-        with autocast_for(device):
-            carry, outputs = model(carry, batch)
-            loss, _ = act_loss(outputs, carry.current_data["labels"], carry.halted, config.halt_loss_weight)
-        (loss / batch_size).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        batch = to_torch(trainer.sampler.batch(step, batch_size), device, pin_memory=pin)  # as Trainer._fetch
         _sync(device)
+        built = time.perf_counter()
+        trainer.train_step(batch)
+        _sync(device)
+        done = time.perf_counter()
+        trainer.step += 1
         if step >= 2:  # warm-up steps (and compilation) are not timed
             data_times.append(built - start)
-            step_times.append(time.perf_counter() - built)
-            step_demos, step_cells = kept_demo_tokens(carry.current_data["demo_inputs"],
-                                                      carry.current_data["demo_outputs"],
-                                                      carry.current_data["demo_mask"])
-            demos, cells = demos + step_demos, cells + step_cells
+            step_times.append(done - built)
+            flops = decoder_step_flops(config, batch_size, train=True)
+            if config.model_type == "etrm":  # the encoder runs on the demos of the samples in the carry
+                data = trainer.carry.current_data
+                flops += encoder_batch_flops(config, data["demo_inputs"], data["demo_outputs"], data["demo_mask"],
+                                             train=True)
+            step_flops.append(flops)
     step_time, data_time = statistics.median(step_times), statistics.median(data_times)
-    flops = decoder_step_flops(config, batch_size, train=True)
-    if config.model_type == "etrm":  # per step: the mean demo count, at the mean kept tokens per demo
-        flops += encoder_flops(config, round(demos / len(step_times)), cells / max(demos, 1), train=True)
-    eval_tasks = AugmentedTasks(split.test[:4], 2, config.seed,
-                                fixed_puzzle_id=enumerated.num_ids if config.model_type == "trm" else None)
-    runtime = Runtime(device)
+    flops = statistics.fmean(step_flops)
+    model, split = trainer.model, trainer.split
+    fixed_id = trainer.enumerated.num_ids if config.model_type == "trm" else None
+    eval_tasks = AugmentedTasks(split.test[:4], 2, config.seed, fixed_puzzle_id=fixed_id)
     predict(model, eval_tasks, canvas_side=config.canvas_side, max_demos=config.max_demos, batch_size=16,
-            runtime=runtime, num_steps=1)  # warm-up
+            runtime=trainer.runtime, num_steps=1)  # warm-up
+    _sync(device)
     start = time.perf_counter()
     records = predict(model, eval_tasks, canvas_side=config.canvas_side, max_demos=config.max_demos, batch_size=16,
-                      runtime=runtime)
+                      runtime=trainer.runtime)
     _sync(device)
     eval_time = time.perf_counter() - start
     return {
@@ -133,15 +122,16 @@ def bench_model(name: str, overrides: list[str], device: torch.device, steps: in
 
 
 def run_bench(device_preference: str = "auto", steps: int = 5, only: str = "") -> dict[str, Any]:
-    """Measure every setup (or those whose name contains `only`); returns the JSON-ready results."""
+    """Measure every setup (the one named `only`, else those whose name contains it: "trm
+    overfit-cpu" is that setup alone, "overfit-cpu" both models); returns the JSON-ready results."""
     device = select_device(device_preference)
     peak = matmul_peak(device)
     results = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "device": str(device),
                "torch": torch.__version__, "threads": torch.get_num_threads(), "matmul_peak_flops": peak,
                "models": {}}
-    for name, overrides in SETUPS:
-        if only in name:
-            results["models"][name] = bench_model(name, overrides, device, steps, peak)
+    exact = [(name, overrides) for name, overrides in SETUPS if name == only]
+    for name, overrides in exact or [(name, overrides) for name, overrides in SETUPS if only in name]:
+        results["models"][name] = bench_model(name, overrides, device, steps, peak)
     return results
 
 

@@ -33,14 +33,16 @@ def finished_eval_run(tmp_path_factory, tiny_eval_config) -> Path:
 
 
 @pytest.fixture(scope="session")
-def mixed_tasks(conceptarc_prefix):
-    """Three tasks with 3, 1 and 2 test inputs (ConceptARC + ARC-AGI-1 evaluation, 6x6 canvas)."""
-    concept = next(t for t in load_tasks(f"kaggle:{conceptarc_prefix}") if t.fits(CANVAS))
+def mixed_tasks():
+    """Three tasks with 3, 1 and 2 test inputs (6x6 canvas): the one ARC-AGI-1 training task of
+    that size with three (27a28665; ConceptARC's shape, without the shared data folder), and
+    two ARC-AGI-1 evaluation tasks."""
+    triple = next(t for t in load_tasks("arc1:training") if t.fits(CANVAS) and len(t.tests) == 3)
     arc = [t for t in load_tasks("arc1:evaluation") if t.fits(CANVAS)]
     single = next(t for t in arc if len(t.tests) == 1)
     double = next(t for t in arc if len(t.tests) == 2)
-    assert [len(t.tests) for t in (concept, single, double)] == [3, 1, 2]
-    return [concept, single, double]
+    assert [len(t.tests) for t in (triple, single, double)] == [3, 1, 2]
+    return [triple, single, double]
 
 
 @pytest.fixture(scope="session")

@@ -13,9 +13,8 @@ FIXTURE = Path(__file__).resolve().parents[2].parent / "shared/fixtures/trm_refe
 
 
 @pytest.fixture(scope="module")
-def reference() -> dict:
-    if not FIXTURE.exists():
-        pytest.skip(f"TRM reference fixture not found at {FIXTURE}")
+def reference(require_shared) -> dict:
+    require_shared("the TRM reference fixture", FIXTURE)  # skips locally, fails under ETRM_REQUIRE_SHARED
     return torch.load(FIXTURE, weights_only=True)
 
 

@@ -3,6 +3,9 @@
 Facts section 6: bug 1 (the encoder got gradients only from just-reset samples), bug 2 (an
 encoder that detached its output got none), bug 3 (carried samples trained against the new
 batch's labels) and bug 8 (padded demos took part in the encoding).
+
+The tasks are small ARC-AGI-1 tasks re-split to three test inputs each (ConceptARC's shape,
+`three_test_source` in tests/conftest.py), so nothing here needs the shared data folder.
 """
 
 from __future__ import annotations
@@ -25,14 +28,14 @@ CANVAS = 6
 
 
 @pytest.fixture(scope="module")
-def conceptarc_small(conceptarc_prefix):
-    tasks = [t for t in load_tasks(f"kaggle:{conceptarc_prefix}") if t.fits(CANVAS)]
+def three_test_tasks(three_test_source):
+    tasks = [t for t in load_tasks(three_test_source) if t.fits(CANVAS)]
     assert len(tasks) >= 2 and all(len(t.tests) == 3 for t in tasks)
     return tasks
 
 
 @pytest.mark.parametrize("encoder_type", sorted(ENCODERS))
-def test_every_encoder_parameter_gets_a_gradient_at_every_act_step(encoder_type, conceptarc_small, tiny_config,
+def test_every_encoder_parameter_gets_a_gradient_at_every_act_step(encoder_type, three_test_tasks, tiny_config,
                                                                     tmp_path):
     config = tiny_config(tmp_path, f"encoder.type={encoder_type}", "halt_max_steps=4", "halt_exploration_prob=0")
     torch.manual_seed(0)
@@ -40,7 +43,7 @@ def test_every_encoder_parameter_gets_a_gradient_at_every_act_step(encoder_type,
     encoder = model.context_source.encoder
     named = list(encoder.named_parameters())
     assert named
-    sampler = TrainSampler(conceptarc_small, canvas_side=CANVAS, max_demos=config.max_demos, leave_one_out=True,
+    sampler = TrainSampler(three_test_tasks, canvas_side=CANVAS, max_demos=config.max_demos, leave_one_out=True,
                            seed=0)
     carry, steps_without_reset = None, 0
     for step in range(7):
@@ -144,12 +147,12 @@ def test_context_ignores_padded_demos_and_other_samples(encoder_type, tiny_confi
     torch.testing.assert_close(logits_together, logits_alone, atol=1e-4, rtol=1e-4)
 
 
-def test_samples_kept_running_by_exploration_are_marked_forced(tiny_config, tmp_path, conceptarc_small):
+def test_samples_kept_running_by_exploration_are_marked_forced(tiny_config, tmp_path, three_test_tasks):
     config = tiny_config(tmp_path, "halt_exploration_prob=1.0", "halt_max_steps=4")
     model = build_model(config)
     with torch.no_grad():
         model.decoder.q_head.bias.fill_(5.0)  # every sample wants to halt at once
-    sampler = TrainSampler(conceptarc_small, canvas_side=CANVAS, max_demos=config.max_demos, leave_one_out=True,
+    sampler = TrainSampler(three_test_tasks, canvas_side=CANVAS, max_demos=config.max_demos, leave_one_out=True,
                            seed=0)
     batch = to_torch(sampler.batch(0, 8))
     torch.manual_seed(0)
@@ -169,12 +172,12 @@ def test_samples_kept_running_by_exploration_are_marked_forced(tiny_config, tmp_
 
 @pytest.mark.parametrize("encoder_type", ["standard", "recurrent"])
 def test_early_stopping_at_evaluation_is_off_by_default_and_stops_once_all_are_confident(
-        encoder_type, conceptarc_small, tiny_config, tmp_path):
+        encoder_type, three_test_tasks, tiny_config, tmp_path):
     config = tiny_config(tmp_path, f"encoder.type={encoder_type}", "halt_max_steps=4")
     torch.manual_seed(0)
     model = build_model(config).eval()
     episodes = np.array([[i, 0] for i in range(2)])
-    batch = to_torch(encode_episodes(conceptarc_small[:2], episodes, [Augmentation()] * 2, CANVAS, config.max_demos))
+    batch = to_torch(encode_episodes(three_test_tasks[:2], episodes, [Augmentation()] * 2, CANVAS, config.max_demos))
     with torch.no_grad():
         # The fresh q-head says "continue" (bias -5): nothing stops early, with or without the switch.
         assert model.run_fixed_steps(batch)["steps_run"].tolist() == [4, 4]
@@ -189,14 +192,14 @@ def test_early_stopping_at_evaluation_is_off_by_default_and_stops_once_all_are_c
 
 
 @pytest.mark.parametrize("model_type", ["trm", "etrm"])
-def test_compiled_training_step_matches_eager(model_type, conceptarc_small, tiny_config, tmp_path):
+def test_compiled_training_step_matches_eager(model_type, three_test_tasks, tiny_config, tmp_path):
     # torch.compile of the TRM's whole model fails on its sparse embedding: compile_model compiles
     # the decoder only there. Same losses and gradients as eager, parameter names unchanged.
     from etrm.models.build import compile_model
 
     config = tiny_config(tmp_path, f"model_type={model_type}", "halt_exploration_prob=0", "augmentations_per_task=2")
-    enumerated = AugmentedTasks(conceptarc_small, 2)
-    sampler = TrainSampler(conceptarc_small, canvas_side=CANVAS, max_demos=config.max_demos, leave_one_out=True,
+    enumerated = AugmentedTasks(three_test_tasks, 2)
+    sampler = TrainSampler(three_test_tasks, canvas_side=CANVAS, max_demos=config.max_demos, leave_one_out=True,
                            seed=0, enumerated=enumerated)
     batch = to_torch(sampler.batch(0, 4))
     results = []

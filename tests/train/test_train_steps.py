@@ -1,5 +1,9 @@
 """Step accounting from the real episodes (facts section 6, bug 6: one query per task was
-assumed, ConceptARC has three, and runs stopped early without a word)."""
+assumed, ConceptARC has three, and runs stopped early without a word).
+
+The multi-query tasks are small ARC-AGI-1 tasks re-split to three test inputs each (ConceptARC's
+shape, `three_test_source` in tests/conftest.py), so nothing here needs the shared data folder.
+"""
 
 from __future__ import annotations
 
@@ -18,8 +22,11 @@ from etrm.train.metrics import read_metrics
 
 
 @pytest.fixture(scope="module")
-def conceptarc(conceptarc_prefix):
-    return load_tasks(f"kaggle:{conceptarc_prefix}")
+def three_test_tasks(three_test_source):
+    tasks = load_tasks(three_test_source)
+    assert len(tasks) >= 5 and all(len(t.tests) == 3 for t in tasks)
+    assert any(len(t.demos) < 2 for t in tasks)  # a lone demo, never held out by leave-one-out
+    return tasks
 
 
 def _expected_episodes(tasks, leave_one_out: bool) -> int:
@@ -31,16 +38,16 @@ def _expected_episodes(tasks, leave_one_out: bool) -> int:
 
 @pytest.mark.parametrize("leave_one_out", [False, True])
 @pytest.mark.parametrize("global_batch", [1, 7, 32, 256])
-def test_steps_per_epoch_counts_every_test_input(conceptarc, leave_one_out, global_batch):
-    sampler = TrainSampler(conceptarc, canvas_side=30, max_demos=10, leave_one_out=leave_one_out, seed=0)
-    expected = _expected_episodes(conceptarc, leave_one_out)
-    assert expected > len(conceptarc)  # several queries per task
+def test_steps_per_epoch_counts_every_test_input(three_test_tasks, leave_one_out, global_batch):
+    sampler = TrainSampler(three_test_tasks, canvas_side=30, max_demos=10, leave_one_out=leave_one_out, seed=0)
+    expected = _expected_episodes(three_test_tasks, leave_one_out)
+    assert expected > len(three_test_tasks)  # several queries per task
     assert sampler.num_episodes == expected
     assert sampler.steps_per_epoch(global_batch) == math.ceil(expected / global_batch)
 
 
-def test_one_epoch_of_batches_visits_every_test_input_of_multi_test_tasks(conceptarc):
-    small = [t for t in conceptarc if t.fits(6)]
+def test_one_epoch_of_batches_visits_every_test_input_of_multi_test_tasks(three_test_tasks):
+    small = [t for t in three_test_tasks if t.fits(6)]
     sampler = TrainSampler(small, canvas_side=6, max_demos=10, leave_one_out=False, seed=3)
     batch_size = 4
     seen = []
@@ -52,15 +59,15 @@ def test_one_epoch_of_batches_visits_every_test_input_of_multi_test_tasks(concep
     assert sorted(seen) == sorted(expected)
 
 
-def test_a_run_performs_exactly_max_steps_optimiser_steps(conceptarc_prefix, conceptarc, tiny_config, tmp_path,
+def test_a_run_performs_exactly_max_steps_optimiser_steps(three_test_source, three_test_tasks, tiny_config, tmp_path,
                                                           capsys):
     max_steps = 7
-    config = tiny_config(tmp_path / "run", f"train_sources=kaggle:{conceptarc_prefix}", "max_train_groups=null",
+    config = tiny_config(tmp_path / "run", f"train_sources={three_test_source}", "max_train_groups=null",
                          f"max_steps={max_steps}", "checkpoint_every=100", "final_eval=false")
     trainer = Trainer(config, distributed.Runtime(torch.device("cpu")))
     trainer.run()
     out = capsys.readouterr().out
-    fitting = [t for t in conceptarc if t.fits(config.canvas_side)]
+    fitting = [t for t in three_test_tasks if t.fits(config.canvas_side)]
     episodes = _expected_episodes(fitting, config.leave_one_out)
     steps_per_epoch = math.ceil(episodes / config.global_batch_size)
     assert re.search(rf"training episodes: {episodes} \({steps_per_epoch} steps per epoch", out), out
