@@ -80,8 +80,8 @@ def demo_batch(num_demos: list[int], seed: int, width: int | None = None, max_si
 
 
 def encode(encoder, demos) -> tuple[torch.Tensor, torch.Tensor | None]:
-    context = encoder(*demos)
-    return context, getattr(encoder, "auxiliary_loss", None)
+    output = encoder.encode(*demos)
+    return output.context, output.auxiliary_loss
 
 
 @pytest.mark.parametrize("kind", KIND_IDS)
@@ -203,7 +203,7 @@ def test_length_groups_give_the_states_of_one_padded_group(cls_token, monkeypatc
 @pytest.mark.parametrize("pooling", ["mean", "max", "attention", "cls"])
 def test_standard_pooling_modes(pooling):
     encoder = tiny_encoder("standard", pooling=pooling)
-    assert (encoder.pair.cls is not None) == (pooling == "cls")
+    assert (encoder.demos.pair.cls is not None) == (pooling == "cls")
     demos = demo_batch([3, 2], seed=7, width=4)
     encoder.eval()
     with torch.no_grad():
@@ -246,12 +246,11 @@ def test_gaussian_kl_is_zero_at_the_prior_and_positive_elsewhere():
 def test_auxiliary_loss_is_the_weighted_per_sample_kl(kind):
     encoder = tiny_encoder(kind, kl_weight=0.25).train()
     demos = demo_batch([3, 1, 2], seed=9)
-    encoder(*demos)
-    weighted = encoder.auxiliary_loss
+    weighted = encoder.encode(*demos).auxiliary_loss
     unweighted = tiny_encoder(kind, kl_weight=1.0).train()
-    unweighted(*demos)  # same seed, same weights: same mu and logvar
+    unweighted_loss = unweighted.encode(*demos).auxiliary_loss  # same seed, same weights: same mu and logvar
     assert weighted.shape == (3,) and (weighted > 0).all()
-    torch.testing.assert_close(weighted, 0.25 * unweighted.auxiliary_loss)
+    torch.testing.assert_close(weighted, 0.25 * unweighted_loss)
 
 
 # ---- through the ACT model, as training runs it -------------------------------------------
@@ -324,10 +323,10 @@ def test_recurrent_step_resets_exactly_the_marked_samples():
     with torch.no_grad():
         state = encoder.initial_state(3, torch.device("cpu"))
         assert torch.equal(state, encoder.E_init.expand(3, -1, -1))
-        fresh_context, state = encoder.step(*demos, state, torch.ones(3, dtype=torch.bool))
+        fresh_context, state, _ = encoder.encode(*demos, state, torch.ones(3, dtype=torch.bool))
         torch.testing.assert_close(fresh_context, encoder(*demos), atol=0, rtol=0)
-        _, refined = encoder.step(*demos, state, torch.zeros(3, dtype=torch.bool))
-        context, mixed = encoder.step(*demos, refined, torch.tensor([True, False, True]))
+        _, refined, _ = encoder.encode(*demos, state, torch.zeros(3, dtype=torch.bool))
+        context, mixed, _ = encoder.encode(*demos, refined, torch.tensor([True, False, True]))
     torch.testing.assert_close(context[[0, 2]], fresh_context[[0, 2]], atol=1e-6, rtol=0)
     torch.testing.assert_close(mixed[[0, 2]], state[[0, 2]], atol=1e-6, rtol=0)
     assert not torch.allclose(mixed[1], state[1])

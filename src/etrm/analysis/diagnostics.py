@@ -42,8 +42,7 @@ def probe_contexts(context_source: ContextSource, tasks: Sequence[Task], num_aug
     was_training = context_source.training
     context_source.eval()
     with torch.no_grad():
-        state = context_source.initial_state(len(episodes), device)
-        context, _ = context_source.step(batch, state, torch.ones(len(episodes), dtype=torch.bool, device=device))
+        context = context_source(batch)
     context_source.train(was_training)
     return context.float().reshape(len(kept), num_augmentations, -1).cpu()
 

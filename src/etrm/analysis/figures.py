@@ -115,7 +115,7 @@ def context_tsne(run_dir: Path, out: Path, num_tasks: int = 12, num_augmentation
 
     from etrm.analysis.diagnostics import probe_contexts
     from etrm.data.splits import few_shot_split
-    from etrm.models.build import build_model
+    from etrm.models.build import build_model, load_evaluation_weights
     from etrm.train.checkpoint import read_checkpoint
     from etrm.train.config import config_from_yaml
 
@@ -124,7 +124,7 @@ def context_tsne(run_dir: Path, out: Path, num_tasks: int = 12, num_augmentation
         return None
     state = read_checkpoint(run_dir / "checkpoint.pt")
     model = build_model(config)
-    model.load_state_dict({**state["model"], **state.get("ema", {})})
+    load_evaluation_weights(model, state)
     split = few_shot_split(config.train_sources, config.test_sources, config.canvas_side,
                            config.max_train_groups, config.max_eval_groups, "warn")
     contexts = probe_contexts(model.context_source, split.train[:num_tasks], num_augmentations,

@@ -184,7 +184,7 @@ def load_for_eval(target: str | Path, overrides: list[str] | tuple[str, ...] = (
     under their augmentation lists, the checkpoint file).
     """
     from etrm.data.splits import few_shot_split
-    from etrm.models.build import build_model
+    from etrm.models.build import build_model, load_evaluation_weights
     from etrm.train.checkpoint import CHECKPOINT_NAME, read_checkpoint
     from etrm.train.config import config_from_yaml
 
@@ -207,10 +207,7 @@ def load_for_eval(target: str | Path, overrides: list[str] | tuple[str, ...] = (
             raise EtrmError(f"{checkpoint}: a TRM checkpoint without '{PUZZLE_TABLE_PARAMETER}'")
         blank = table.shape[0] - 1
     model = build_model(config, num_puzzle_ids=0 if blank is None else blank + 1)
-    # The EMA holds dense parameters only; older checkpoints also averaged the puzzle table,
-    # which evaluation reads as trained (as the TRM reference does).
-    ema = {k: v for k, v in state.get("ema", {}).items() if k != PUZZLE_TABLE_PARAMETER}
-    model.load_state_dict({**state["model"], **ema})
+    load_evaluation_weights(model, state)
     if config.model_type == "trm" and config.eval.split == "train":
         augmented = AugmentedTasks(split.train, config.augmentations_per_task, config.seed).head(
             config.eval.num_augmentations)

@@ -32,7 +32,7 @@ def initial_context(model: ACTModel, batch: dict[str, Tensor]) -> Tensor:
     if isinstance(source, PuzzleEmbedding):
         return source.rows_to_context(_mean_row(source).expand(batch_size, -1)).clone()
     fresh = torch.ones(batch_size, dtype=torch.bool, device=batch["inputs"].device)
-    return source.step(batch, source.initial_state(batch_size, fresh.device), fresh)[0]
+    return source.step(batch, source.initial_state(batch_size, fresh.device), fresh).context
 
 
 def _mean_row(source: PuzzleEmbedding) -> Tensor:

@@ -11,8 +11,8 @@ import torch
 from etrm.data.encoding import VOCAB_SIZE
 from etrm.errors import ConfigError
 from etrm.models.decoder import ACTModel, DecoderConfig, RecursiveDecoder
-from etrm.models.encoders import EncoderContext, build_encoder
-from etrm.models.puzzle_embedding import PuzzleEmbedding
+from etrm.models.encoders import EncoderContext, build_encoder, rename_legacy_keys
+from etrm.models.puzzle_embedding import PUZZLE_TABLE_PARAMETER, PuzzleEmbedding
 
 
 def decoder_config(config: Any) -> DecoderConfig:
@@ -33,6 +33,14 @@ def build_model(config: Any, num_puzzle_ids: int = 0) -> ACTModel:
         source = EncoderContext(build_encoder(config.encoder, hidden, context_len, config.canvas_side**2,
                                               VOCAB_SIZE))
     return ACTModel(source, decoder)
+
+
+def load_evaluation_weights(model: ACTModel, state: dict[str, Any]) -> None:
+    """Load a checkpoint's weights for evaluation: its EMA over the trained weights where it has
+    one (the puzzle table as trained: older checkpoints also averaged it), names written before
+    a module renamed its parameters mapped to today's."""
+    ema = {k: v for k, v in state.get("ema", {}).items() if k != PUZZLE_TABLE_PARAMETER}
+    model.load_state_dict(rename_legacy_keys(model, {**state["model"], **ema}))
 
 
 def compile_model(model: ACTModel) -> ACTModel:

@@ -61,25 +61,34 @@ class Latents(NamedTuple):
     z_L: Tensor  # reasoning state (the paper's z)
 
 
-class ContextSource(nn.Module):
-    """Protocol: a module mapping a batch (dict of tensors) to the decoder's context
-    (B, context_len, hidden). TRM uses a per-puzzle embedding; ETRM an encoder over the demos."""
+class ContextOutput(NamedTuple):
+    """What a context source gives one ACT step."""
 
-    def forward(self, batch: dict[str, Tensor]) -> Tensor:
-        raise NotImplementedError
+    context: Tensor  # (B, context_len, hidden)
+    state: Tensor | None = None  # a recurrent source's next per-sample state (ETRM-squared's z_E), detached
+    auxiliary_loss: Tensor | None = None  # (B,) extra per-sample loss, already weighted (kl_weight * KL)
+
+
+class ContextSource(nn.Module):
+    """The one part in which TRM and ETRM differ: where the decoder's context comes from.
+
+    Contract: `step(batch, state, reset)` gives one ACT step's `ContextOutput` for a batch (dict
+    of tensors); `reset` (B,) marks the samples that are new in their slot. A stateless source
+    ignores `state` and `reset`; a recurrent one keeps a per-sample state in the ACT carry,
+    starting from `initial_state`. Calling the module gives a new sample's context.
+    """
 
     def initial_state(self, batch_size: int, device: torch.device) -> Tensor | None:
-        """A recurrent source's per-sample state (ETRM-squared's z_E); None for stateless sources."""
+        """A recurrent source's per-sample state; None for stateless sources."""
         return None
 
-    def step(self, batch: dict[str, Tensor], state: Tensor | None, reset: Tensor) -> tuple[Tensor, Tensor | None]:
-        """One ACT step's context and the source's next state; `reset` (B,) marks fresh samples.
-        Stateless sources just encode the batch."""
-        return self(batch), None
+    def step(self, batch: dict[str, Tensor], state: Tensor | None, reset: Tensor) -> ContextOutput:
+        raise NotImplementedError
 
-    def auxiliary_loss(self) -> Tensor | None:
-        """Per-sample extra loss (B,) of the last call, already weighted (e.g. kl_weight * KL)."""
-        return None
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        first = next(iter(batch.values()))
+        fresh = torch.ones(first.shape[0], dtype=torch.bool, device=first.device)
+        return self.step(batch, self.initial_state(first.shape[0], first.device), fresh).context
 
 
 class RecursiveDecoder(nn.Module):
@@ -236,8 +245,8 @@ class ACTModel(nn.Module):
         steps = torch.where(carry.halted, 0, carry.steps)
         data = merge_new_samples(carry.current_data, batch, take_new=carry.halted)
 
-        context, context_state = self.context_source.step(data, carry.context_state, carry.halted)
-        latents, logits, q_halt, q_continue = self.decoder(latents, data["inputs"], context)
+        source = self.context_source.step(data, carry.context_state, carry.halted)
+        latents, logits, q_halt, q_continue = self.decoder(latents, data["inputs"], source.context)
 
         steps = steps + 1
         halted = self.halting(steps, q_halt)
@@ -246,10 +255,9 @@ class ACTModel(nn.Module):
         if self.training:
             forced = forced | ((q_halt > 0) & ~halted).detach()
         outputs = {"logits": logits, "q_halt_logits": q_halt, "q_continue_logits": q_continue}
-        auxiliary = self.context_source.auxiliary_loss()
-        if auxiliary is not None:
-            outputs["auxiliary_loss"] = auxiliary
-        return ACTCarry(latents, steps, halted, data, context_state, forced), outputs
+        if source.auxiliary_loss is not None:
+            outputs["auxiliary_loss"] = source.auxiliary_loss
+        return ACTCarry(latents, steps, halted, data, source.state, forced), outputs
 
     @torch.no_grad()
     def run_fixed_steps(self, batch: dict[str, Tensor], num_steps: int | None = None,
@@ -267,8 +275,8 @@ class ACTModel(nn.Module):
         batch_size = batch["inputs"].shape[0]
         device = batch["inputs"].device
         fresh = torch.ones(batch_size, dtype=torch.bool, device=device)
-        state = self.context_source.initial_state(batch_size, device)
-        context, state = self.context_source.step(batch, state, fresh)
+        context, state, _ = self.context_source.step(batch, self.context_source.initial_state(batch_size, device),
+                                                     fresh)
         if state is None:
             return self.decode(batch["inputs"], context, num_steps, early_stop_confidence)
         # A recurrent source refines its context at every step.
@@ -276,7 +284,7 @@ class ACTModel(nn.Module):
         halt_step = torch.full((batch_size,), num_steps, dtype=torch.int32, device=device)
         for step in range(1, num_steps + 1):
             if step > 1:
-                context, state = self.context_source.step(batch, state, ~fresh)
+                context, state, _ = self.context_source.step(batch, state, ~fresh)
             latents, logits, q_halt, q_continue = self.decoder(latents, batch["inputs"], context)
             halt_step = torch.where((q_halt > 0) & (halt_step == num_steps), step, halt_step)
             if _all_confident(q_halt, early_stop_confidence):

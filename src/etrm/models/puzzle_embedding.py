@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from etrm.models.decoder import ContextSource
+from etrm.models.decoder import ContextOutput, ContextSource
 
 # The table's name in an `ACTModel`'s state dict: trained by sign-SGD, kept out of the dense
 # optimiser and of the EMA.
@@ -35,8 +35,8 @@ class PuzzleEmbedding(ContextSource):
         self.table = nn.Embedding(num_ids, emb_ndim, sparse=True)
         nn.init.zeros_(self.table.weight)
 
-    def forward(self, batch: dict[str, Tensor]) -> Tensor:
-        return self.rows_to_context(self.table(batch["puzzle_identifiers"].long()))
+    def step(self, batch: dict[str, Tensor], state: Tensor | None, reset: Tensor) -> ContextOutput:
+        return ContextOutput(self.rows_to_context(self.table(batch["puzzle_identifiers"].long())))
 
     def rows_to_context(self, rows: Tensor) -> Tensor:
         """(B, emb_ndim) embedding rows -> (B, context_len, hidden) context, zero-padded."""

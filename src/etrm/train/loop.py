@@ -26,6 +26,7 @@ from etrm.errors import EtrmError
 from etrm.eval.evaluate import autocast_for, evaluate
 from etrm.models.build import build_model, compile_model, load_pretrained_decoder
 from etrm.models.decoder import ACTCarry, Latents
+from etrm.models.encoders import rename_legacy_keys
 from etrm.models.losses import act_loss
 from etrm.models.puzzle_embedding import PUZZLE_TABLE_PARAMETER
 from etrm.train import distributed
@@ -353,9 +354,9 @@ class Trainer:
         if state["num_episodes"] != self.sampler.num_episodes:
             raise EtrmError(f"{self.checkpoint_path}: the data changed ({state['num_episodes']} training episodes "
                             f"then, {self.sampler.num_episodes} now); cannot resume exactly")
-        self.model.load_state_dict(state["model"])
+        self.model.load_state_dict(rename_legacy_keys(self.model, state["model"]))
         if self.ema is not None and state["ema"]:
-            self.ema.load_state_dict(state["ema"])
+            self.ema.load_state_dict(rename_legacy_keys(self.model, state["ema"]))
         for optimizer, saved in zip(self.optimizers, state["optimizers"], strict=True):
             optimizer.load_state_dict(saved)
         self.step = state["step"]

@@ -1,8 +1,9 @@
 """Demonstration encoders: (demo inputs, demo outputs, demo mask) -> context (B, context_len, hidden).
 
 Every encoder registers itself under a name (`encoder.type` in the config) and is built by
-`build_encoder`. `EncoderContext` adapts any of them to the decoder's `ContextSource` (a
-recurrent encoder's state rides in the ACT carry through its `initial_state` / `step` hooks).
+`build_encoder`; each is a `DemoEncoder` (its contract: `encode(...) -> ContextOutput`).
+`EncoderContext` adapts any of them to the decoder's `ContextSource` (a recurrent encoder's
+state rides in the ACT carry).
 
 standard: per-pair transformer, pooled, cross-attention over the demos (the baseline);
 variational: standard + a Gaussian bottleneck (KL as auxiliary loss);
@@ -14,7 +15,14 @@ hierarchical: cells -> grid vectors -> demo vectors -> context;
 recurrent: ETRM-squared, a latent z_E refined from the demos at every ACT step.
 """
 
-from etrm.models.encoders.common import ENCODERS, EncoderContext, build_encoder, register_encoder
+from etrm.models.encoders.common import (
+    ENCODERS,
+    DemoEncoder,
+    EncoderContext,
+    build_encoder,
+    register_encoder,
+    rename_legacy_keys,
+)
 from etrm.models.encoders.cross_demo import CrossDemoEncoder
 from etrm.models.encoders.hierarchical import HierarchicalEncoder
 from etrm.models.encoders.hybrid import HybridEncoder
@@ -27,6 +35,7 @@ from etrm.models.encoders.variational import VariationalEncoder, gaussian_kl
 __all__ = [
     "ENCODERS",
     "CrossDemoEncoder",
+    "DemoEncoder",
     "EncoderContext",
     "HierarchicalEncoder",
     "HybridEncoder",
@@ -38,4 +47,5 @@ __all__ = [
     "build_encoder",
     "gaussian_kl",
     "register_encoder",
+    "rename_legacy_keys",
 ]

@@ -11,14 +11,13 @@ import torch
 from torch import Tensor, nn
 
 from etrm.data.encoding import PAD
-from etrm.models.decoder import ContextSource
-from etrm.models.encoders.blocks import MultiheadAttention, PreNormBlock
+from etrm.models.decoder import ContextOutput, ContextSource
+from etrm.models.encoders.blocks import AttentionBlock, PreNormBlock
 from etrm.models.layers import (
     RMS_NORM_EPS,
     Linear,
     PostNormBlock,
     RotaryEmbedding,
-    SwiGLU,
     TokenEmbedding,
     rms_norm,
     trunc_normal_init_,
@@ -37,7 +36,7 @@ def register_encoder(name: str) -> Callable:
     return add
 
 
-def build_encoder(config: Any, decoder_hidden: int, context_len: int, seq_len: int, vocab_size: int) -> nn.Module:
+def build_encoder(config: Any, decoder_hidden: int, context_len: int, seq_len: int, vocab_size: int) -> DemoEncoder:
     """Build the encoder named by `config.type` (an `EncoderConfig`)."""
     if config.type not in ENCODERS:
         from etrm.errors import ConfigError
@@ -183,48 +182,73 @@ class DemoVectors(nn.Module):
 
 class SetCrossAttention(nn.Module):
     """`context_len` learned queries attend over the demo vectors (padded demos masked), then a
-    post-norm MLP: a permutation-invariant summary of the demo set."""
+    post-norm MLP: the attention block with learned queries, a permutation-invariant summary of
+    the demo set."""
+
+    LEGACY_KEYS = {"attention.": "block.attention.", "mlp.": "block.mlp."}  # before the shared block
 
     def __init__(self, hidden: int, num_heads: int, expansion: float, context_len: int):
         super().__init__()
         self.queries = nn.Parameter(torch.randn(context_len, hidden) / math.sqrt(hidden))
-        self.attention = MultiheadAttention(hidden, num_heads)
-        self.mlp = SwiGLU(hidden, expansion)
+        self.block = AttentionBlock(hidden, num_heads, expansion)
 
     def forward(self, demo_vectors: Tensor, demo_mask: Tensor) -> Tensor:
-        queries = self.queries.unsqueeze(0).expand(demo_vectors.shape[0], -1, -1)
-        context = rms_norm(queries + self.attention(queries, demo_vectors, demo_mask), RMS_NORM_EPS)
-        return rms_norm(context + self.mlp(context), RMS_NORM_EPS)
+        return self.block(self.queries.expand(demo_vectors.shape[0], -1, -1), demo_vectors, demo_mask)
+
+
+def rename_legacy_keys(model: nn.Module, state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A state dict (model or EMA) written before a module renamed its parameters, under today's
+    names: each module class that renamed some lists them in `LEGACY_KEYS` (old -> new prefix,
+    relative to the module). Names already current pass through unchanged."""
+    renames = [(f"{prefix}.{old}" if prefix else old, f"{prefix}.{new}" if prefix else new)
+               for prefix, module in model.named_modules()
+               for old, new in getattr(type(module), "LEGACY_KEYS", {}).items()]
+    renamed = {}
+    for key, value in state.items():
+        for old, new in renames:
+            if key.startswith(old):
+                key = new + key.removeprefix(old)
+                break
+        renamed[key] = value
+    return renamed
+
+
+class DemoEncoder(nn.Module):
+    """The contract of every demonstration encoder.
+
+    `encode(demo_inputs, demo_outputs (B, D, L), demo_mask (B, D), state, reset)` returns a
+    `ContextOutput`: the context (B, context_len, decoder hidden) at the token embeddings' scale
+    (`match_token_scale`), padded demos and PAD cells ignored; a variational encoder adds its
+    weighted per-sample KL as `auxiliary_loss`; a recurrent one (ETRM-squared) overrides
+    `initial_state`, restarts the samples marked in `reset` (B,) from it and returns its next
+    state. Stateless encoders ignore `state` and `reset`. Calling the module gives a new sample's
+    context alone.
+    """
+
+    def initial_state(self, batch_size: int, device: torch.device) -> Tensor | None:
+        return None
+
+    def encode(self, demo_inputs: Tensor, demo_outputs: Tensor, demo_mask: Tensor, state: Tensor | None = None,
+               reset: Tensor | None = None) -> ContextOutput:
+        raise NotImplementedError
+
+    def forward(self, demo_inputs: Tensor, demo_outputs: Tensor, demo_mask: Tensor) -> Tensor:
+        batch_size, device = demo_mask.shape[0], demo_mask.device
+        fresh = torch.ones(batch_size, dtype=torch.bool, device=device)
+        return self.encode(demo_inputs, demo_outputs, demo_mask, self.initial_state(batch_size, device), fresh).context
 
 
 class EncoderContext(ContextSource):
     """ETRM's context source: encode the batch's demos afresh at every call (every ACT step), so
-    every sample's loss reaches the encoder at every step.
+    every sample's loss reaches the encoder at every step; a recurrent encoder's state rides in
+    the ACT carry."""
 
-    A recurrent encoder (one with `initial_state(batch_size, device)` and `step(demo_inputs,
-    demo_outputs, demo_mask, state, reset)`, e.g. ETRM-squared's) keeps its per-sample state in
-    the ACT carry through the `initial_state` / `step` hooks below.
-    """
-
-    def __init__(self, encoder: nn.Module):
+    def __init__(self, encoder: DemoEncoder):
         super().__init__()
         self.encoder = encoder
 
-    def forward(self, batch: dict[str, Tensor]) -> Tensor:
-        return self.encoder(batch["demo_inputs"], batch["demo_outputs"], batch["demo_mask"])
-
-    @property
-    def recurrent(self) -> bool:
-        return hasattr(self.encoder, "initial_state") and hasattr(self.encoder, "step")
-
     def initial_state(self, batch_size: int, device: torch.device) -> Tensor | None:
-        return self.encoder.initial_state(batch_size, device) if self.recurrent else None
+        return self.encoder.initial_state(batch_size, device)
 
-    def step(self, batch: dict[str, Tensor], state: Tensor | None, reset: Tensor) -> tuple[Tensor, Tensor | None]:
-        if not self.recurrent:
-            return self(batch), None
-        return self.encoder.step(batch["demo_inputs"], batch["demo_outputs"], batch["demo_mask"], state, reset)
-
-    def auxiliary_loss(self) -> Tensor | None:
-        # Variational encoders keep their last weighted per-sample KL here.
-        return getattr(self.encoder, "auxiliary_loss", None)
+    def step(self, batch: dict[str, Tensor], state: Tensor | None, reset: Tensor) -> ContextOutput:
+        return self.encoder.encode(batch["demo_inputs"], batch["demo_outputs"], batch["demo_mask"], state, reset)

@@ -14,13 +14,20 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from etrm.models.decoder import ContextOutput
 from etrm.models.encoders.blocks import AttentionBlock
-from etrm.models.encoders.common import DemoVectors, SetCrossAttention, match_token_scale, register_encoder
+from etrm.models.encoders.common import (
+    DemoEncoder,
+    DemoVectors,
+    SetCrossAttention,
+    match_token_scale,
+    register_encoder,
+)
 from etrm.models.layers import Linear
 
 
 @register_encoder("cross_demo")
-class CrossDemoEncoder(nn.Module):
+class CrossDemoEncoder(DemoEncoder):
     """Per-demo vectors, masked self-attention across demos, cross-attention aggregation."""
 
     def __init__(self, config: Any, *, decoder_hidden: int, context_len: int, seq_len: int, vocab_size: int):
@@ -33,8 +40,9 @@ class CrossDemoEncoder(nn.Module):
         self.aggregate = SetCrossAttention(hidden, config.num_heads, config.expansion, context_len)
         self.project = Linear(hidden, decoder_hidden)
 
-    def forward(self, demo_inputs: Tensor, demo_outputs: Tensor, demo_mask: Tensor) -> Tensor:
+    def encode(self, demo_inputs: Tensor, demo_outputs: Tensor, demo_mask: Tensor, state: Tensor | None = None,
+               reset: Tensor | None = None) -> ContextOutput:
         x = self.demos(demo_inputs, demo_outputs, demo_mask)
         for layer in self.exchange:
             x = layer(x, x, demo_mask)
-        return match_token_scale(self.project(self.aggregate(x, demo_mask)))
+        return ContextOutput(match_token_scale(self.project(self.aggregate(x, demo_mask))))

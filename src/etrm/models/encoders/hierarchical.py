@@ -20,8 +20,9 @@ import torch
 from torch import Tensor, nn
 
 from etrm.data.encoding import PAD
+from etrm.models.decoder import ContextOutput
 from etrm.models.encoders.common import (
-    RMS_NORM_EPS,
+    DemoEncoder,
     MaskedPooling,
     PairTransformer,
     SetCrossAttention,
@@ -29,7 +30,7 @@ from etrm.models.encoders.common import (
     match_token_scale,
     register_encoder,
 )
-from etrm.models.layers import Linear, SwiGLU, rms_norm
+from etrm.models.layers import RMS_NORM_EPS, Linear, SwiGLU, rms_norm
 
 
 class GridPairCombiner(nn.Module):
@@ -47,7 +48,7 @@ class GridPairCombiner(nn.Module):
 
 
 @register_encoder("hierarchical")
-class HierarchicalEncoder(nn.Module):
+class HierarchicalEncoder(DemoEncoder):
     """Grid vectors from a shared grid transformer, paired into demo vectors, cross-attended."""
 
     def __init__(self, config: Any, *, decoder_hidden: int, context_len: int, seq_len: int, vocab_size: int):
@@ -67,6 +68,7 @@ class HierarchicalEncoder(nn.Module):
         vector_in, vector_out = self.pool(states, mask).chunk(2)
         return self.combine(vector_in, vector_out)
 
-    def forward(self, demo_inputs: Tensor, demo_outputs: Tensor, demo_mask: Tensor) -> Tensor:
+    def encode(self, demo_inputs: Tensor, demo_outputs: Tensor, demo_mask: Tensor, state: Tensor | None = None,
+               reset: Tensor | None = None) -> ContextOutput:
         demo_vectors = encode_real_demos(self.encode_demo, demo_inputs, demo_outputs, demo_mask)
-        return match_token_scale(self.project(self.aggregate(demo_vectors, demo_mask)))
+        return ContextOutput(match_token_scale(self.project(self.aggregate(demo_vectors, demo_mask))))

@@ -11,15 +11,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch import Tensor, nn
+from torch import Tensor
 
-from etrm.models.encoders.common import SetCrossAttention, match_token_scale, register_encoder
+from etrm.models.decoder import ContextOutput
+from etrm.models.encoders.common import DemoEncoder, SetCrossAttention, match_token_scale, register_encoder
 from etrm.models.encoders.lpn import LatentPerDemo
 from etrm.models.layers import Linear
 
 
 @register_encoder("hybrid")
-class HybridEncoder(nn.Module):
+class HybridEncoder(DemoEncoder):
     """LPN latents per demo + cross-attention set aggregation. Exactly invariant to demo order,
     padded demos and PAD cells (variational: in evaluation)."""
 
@@ -30,10 +31,9 @@ class HybridEncoder(nn.Module):
         self.latents = LatentPerDemo(config, seq_len, vocab_size)
         self.aggregate = SetCrossAttention(hidden, config.num_heads, config.expansion, context_len)
         self.project = Linear(hidden, decoder_hidden)
-        self.auxiliary_loss: Tensor | None = None
 
-    def forward(self, demo_inputs: Tensor, demo_outputs: Tensor, demo_mask: Tensor) -> Tensor:
+    def encode(self, demo_inputs: Tensor, demo_outputs: Tensor, demo_mask: Tensor, state: Tensor | None = None,
+               reset: Tensor | None = None) -> ContextOutput:
         latents, kl = self.latents(demo_inputs, demo_outputs, demo_mask)
-        if kl is not None:
-            self.auxiliary_loss = self.kl_weight * kl
-        return match_token_scale(self.project(self.aggregate(latents, demo_mask)))
+        context = match_token_scale(self.project(self.aggregate(latents, demo_mask)))
+        return ContextOutput(context, auxiliary_loss=None if kl is None else self.kl_weight * kl)

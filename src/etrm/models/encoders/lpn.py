@@ -6,8 +6,8 @@ demo's latent. The latents are averaged over the real demos and a linear map tur
 context_len x decoder_hidden.
 
 With `encoder.variational=true` each demo gets a Gaussian posterior (mu, logvar clamped to
-[-10, 10]); training samples one latent per demo, evaluation takes the mean of the mus. After
-every call `auxiliary_loss` holds, per sample, the KL to N(0, I) (summed over the latent
+[-10, 10]); training samples one latent per demo, evaluation takes the mean of the mus. The
+output's `auxiliary_loss` is, per sample, the KL to N(0, I) (summed over the latent
 dimensions) averaged over the sample's real demos, times `encoder.kl_weight`.
 
 `LatentPerDemo` is shared with the hybrid encoder.
@@ -20,8 +20,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from etrm.models.decoder import ContextOutput
 from etrm.models.encoders.blocks import masked_mean
 from etrm.models.encoders.common import (
+    DemoEncoder,
     PairTransformer,
     encode_real_demos,
     match_token_scale,
@@ -60,7 +62,7 @@ class LatentPerDemo(nn.Module):
 
 
 @register_encoder("lpn")
-class LPNEncoder(nn.Module):
+class LPNEncoder(DemoEncoder):
     """LPN-style latents per demo, masked mean over demos, linear map to the context. Exactly
     invariant to demo order, padded demos and PAD cells (variational: in evaluation)."""
 
@@ -70,11 +72,10 @@ class LPNEncoder(nn.Module):
         self.kl_weight = config.kl_weight
         self.latents = LatentPerDemo(config, seq_len, vocab_size)
         self.project = Linear(config.hidden_size, context_len * decoder_hidden)
-        self.auxiliary_loss: Tensor | None = None
 
-    def forward(self, demo_inputs: Tensor, demo_outputs: Tensor, demo_mask: Tensor) -> Tensor:
+    def encode(self, demo_inputs: Tensor, demo_outputs: Tensor, demo_mask: Tensor, state: Tensor | None = None,
+               reset: Tensor | None = None) -> ContextOutput:
         latents, kl = self.latents(demo_inputs, demo_outputs, demo_mask)
-        if kl is not None:
-            self.auxiliary_loss = self.kl_weight * kl
         z = masked_mean(latents, demo_mask)
-        return match_token_scale(self.project(z).view(-1, self.context_len, self.decoder_hidden))
+        context = match_token_scale(self.project(z).view(-1, self.context_len, self.decoder_hidden))
+        return ContextOutput(context, auxiliary_loss=None if kl is None else self.kl_weight * kl)

@@ -12,7 +12,7 @@ Design:
   detached, the context ``match_token_scale(project(z_E))`` does not: every parameter is trained
   at every step (the earlier version detached its output and never trained: facts 6.2).
 - `EncoderContext` carries the state through the ACT model's `initial_state` / `step` hooks;
-  a plain call runs one step from the init. No positions are used over the demos, so the
+  a plain call runs one step from the init (the `DemoEncoder` contract). No positions are used over the demos, so the
   context is invariant to their order; padded demos and PAD cells are masked.
 """
 
@@ -23,9 +23,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from etrm.models.encoders.blocks import RMS_NORM_EPS, MultiheadAttention
-from etrm.models.encoders.common import DemoVectors, match_token_scale, register_encoder
-from etrm.models.layers import Linear, SwiGLU, rms_norm, trunc_normal_init_
+from etrm.models.decoder import ContextOutput
+from etrm.models.encoders.blocks import MultiheadAttention
+from etrm.models.encoders.common import DemoEncoder, DemoVectors, match_token_scale, register_encoder
+from etrm.models.layers import RMS_NORM_EPS, Linear, SwiGLU, rms_norm, trunc_normal_init_
 
 
 class SlotUpdate(nn.Module):
@@ -45,7 +46,7 @@ class SlotUpdate(nn.Module):
 
 
 @register_encoder("recurrent")
-class RecurrentEncoder(nn.Module):
+class RecurrentEncoder(DemoEncoder):
     """ETRM-squared: demo vectors refine a carried latent z_E; context = projected z_E."""
 
     def __init__(self, config: Any, *, decoder_hidden: int, context_len: int, seq_len: int, vocab_size: int):
@@ -73,17 +74,13 @@ class RecurrentEncoder(nn.Module):
             z = self.update(z, demos, demo_mask)
         return z
 
-    def step(self, demo_inputs: Tensor, demo_outputs: Tensor, demo_mask: Tensor, state: Tensor | None,
-             reset: Tensor) -> tuple[Tensor, Tensor]:
-        """One ACT step: z_E <- init where `reset` (B,), refine from the demos. Returns the context
-        (B, context_len, decoder_hidden), with gradients, and the new z_E, detached."""
+    def encode(self, demo_inputs: Tensor, demo_outputs: Tensor, demo_mask: Tensor, state: Tensor | None = None,
+               reset: Tensor | None = None) -> ContextOutput:
+        """One ACT step: z_E <- init where `reset` (B,) (everywhere without a state), refine from
+        the demos. The context (B, context_len, decoder_hidden) keeps its gradients; the new z_E
+        is detached."""
         init = self.E_init.to(demo_mask.device).expand(demo_mask.shape[0], -1, -1)
         z = init if state is None else torch.where(reset.view(-1, 1, 1), init, state.to(init.dtype))
         demos = self.demos(demo_inputs, demo_outputs, demo_mask)
         z = self.refine(z, demos, demo_mask)
-        return match_token_scale(self.project(z)), z.detach()
-
-    def forward(self, demo_inputs: Tensor, demo_outputs: Tensor, demo_mask: Tensor) -> Tensor:
-        """The context of a first step (from the init state)."""
-        fresh = torch.ones(demo_mask.shape[0], dtype=torch.bool, device=demo_mask.device)
-        return self.step(demo_inputs, demo_outputs, demo_mask, None, fresh)[0]
+        return ContextOutput(match_token_scale(self.project(z)), state=z.detach())

@@ -17,8 +17,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from etrm.models.decoder import ContextOutput
 from etrm.models.encoders.blocks import AttentionBlock
-from etrm.models.encoders.common import DemoVectors, match_token_scale, register_encoder
+from etrm.models.encoders.common import DemoEncoder, DemoVectors, match_token_scale, register_encoder
 from etrm.models.layers import Linear
 
 
@@ -41,7 +42,7 @@ class ISAB(nn.Module):
 
 
 @register_encoder("set_transformer")
-class SetTransformerEncoder(nn.Module):
+class SetTransformerEncoder(DemoEncoder):
     """Per-demo vectors, ISAB blocks over the demo set, PMA with context_len seeds."""
 
     def __init__(self, config: Any, *, decoder_hidden: int, context_len: int, seq_len: int, vocab_size: int):
@@ -55,9 +56,10 @@ class SetTransformerEncoder(nn.Module):
         self.pool = AttentionBlock(hidden, config.num_heads, config.expansion)  # PMA
         self.project = Linear(hidden, decoder_hidden)
 
-    def forward(self, demo_inputs: Tensor, demo_outputs: Tensor, demo_mask: Tensor) -> Tensor:
+    def encode(self, demo_inputs: Tensor, demo_outputs: Tensor, demo_mask: Tensor, state: Tensor | None = None,
+               reset: Tensor | None = None) -> ContextOutput:
         x = self.demos(demo_inputs, demo_outputs, demo_mask)
         for block in self.blocks:
             x = block(x, demo_mask)
         context = self.pool(self.seeds.to(x.dtype).expand(x.shape[0], -1, -1), x, demo_mask)
-        return match_token_scale(self.project(context))
+        return ContextOutput(match_token_scale(self.project(context)))

@@ -3,7 +3,7 @@
 Design: demo vectors (per-pair transformer + pooling) -> learned queries cross-attend over them
 -> the mean over the context positions gives one vector per sample -> mu, logvar (logvar clamped
 to [-10, 10]) -> z = mu + sigma * eps in training, z = mu in evaluation -> a linear map of z to
-context_len x decoder_hidden. After every call `auxiliary_loss` holds the per-sample KL to
+context_len x decoder_hidden. Its output's `auxiliary_loss` is the per-sample KL to
 N(0, I) (summed over the latent dimensions) times `encoder.kl_weight`, shape (B,); the ACT loss
 adds its sum, and the trainer divides the whole loss by the global batch once.
 """
@@ -15,7 +15,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from etrm.models.decoder import ContextOutput
 from etrm.models.encoders.common import (
+    DemoEncoder,
     DemoVectors,
     SetCrossAttention,
     match_token_scale,
@@ -51,7 +53,7 @@ class GaussianHead(nn.Module):
 
 
 @register_encoder("variational")
-class VariationalEncoder(nn.Module):
+class VariationalEncoder(DemoEncoder):
     """Standard encoder + Gaussian bottleneck; invariant to demo order, padded demos and PAD cells
     (exactly in evaluation; in training up to the noise draw)."""
 
@@ -64,13 +66,12 @@ class VariationalEncoder(nn.Module):
         self.aggregate = SetCrossAttention(hidden, config.num_heads, config.expansion, context_len)
         self.posterior = GaussianHead(hidden, hidden)
         self.project = Linear(hidden, context_len * decoder_hidden)
-        self.auxiliary_loss: Tensor | None = None
 
-    def forward(self, demo_inputs: Tensor, demo_outputs: Tensor, demo_mask: Tensor) -> Tensor:
+    def encode(self, demo_inputs: Tensor, demo_outputs: Tensor, demo_mask: Tensor, state: Tensor | None = None,
+               reset: Tensor | None = None) -> ContextOutput:
         demo_vectors = self.demos(demo_inputs, demo_outputs, demo_mask)
         summary = self.aggregate(demo_vectors, demo_mask).mean(1)
         mu, logvar = self.posterior(summary)
-        self.auxiliary_loss = self.kl_weight * gaussian_kl(mu, logvar)
         z = sample_gaussian(mu, logvar, self.training)
         context = self.project(z).view(-1, self.context_len, self.decoder_hidden)
-        return match_token_scale(context)
+        return ContextOutput(match_token_scale(context), auxiliary_loss=self.kl_weight * gaussian_kl(mu, logvar))
