@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import machine, write_section  # noqa: E402
+from report import machine, section_rows, section_text, write_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,12 +58,25 @@ def main() -> None:
                                   Path(args.out) / f"overfit-cpu-{model_type}", args.overrides)
     rows = ["| model | steps | s/step (median) | final train token acc. | final train exact match | verdict |",
             "|---|---|---|---|---|---|"]
-    for model_type, result in results.items():
-        summary, train = result["summary"], result["train"]
+    curve = ["| model | step | minutes | train token accuracy | train exact match |", "|---|---|---|---|---|"]
+    kept = [m for m in ("etrm", "trm") if m not in results and section_rows("overfit_cpu", m)]
+    for model_type in ("etrm", "trm"):
+        if model_type in kept:  # not re-measured this time: its rows stay as they stand
+            own = section_rows("overfit_cpu", model_type)
+            rows.append(own[0])
+            curve += own[1:]
+            continue
+        if model_type not in results:
+            continue
+        summary, train = results[model_type]["summary"], results[model_type]["train"]
         seconds = sorted(r["seconds_per_step"] for r in train)[len(train) // 2]
         rows.append(f"| {model_type} | {summary['steps']} | {seconds:.2f} | "
                     f"{summary['train_eval']['token_accuracy']:.3f} | {summary['train_eval']['exact_match']:.3f} | "
                     f"{summary.get('verdict', '-')} |")
+        curve += curve_table({model_type: results[model_type]}).splitlines()[2:]
+    earlier = re.search(r"Machine: (.*?\d{4}-\d{2}-\d{2})", section_text("overfit_cpu"))
+    history = (f"Rows of {', '.join(kept)}: kept from the section's earlier run "
+               f"({earlier[1] if earlier else 'machine not recorded'}); the others measured now.") if kept else ""
     body = f"""## Phase 1 at CPU size (`benchmarks/overfit_cpu.py`)
 
 Machine: {machine()}. `preset=overfit-cpu` {' '.join(args.overrides)}, {args.minutes:g} minutes of
@@ -74,7 +88,9 @@ Target: ETRM above 90% train token accuracy within 30 minutes.
 
 Curve (evaluations every {args.eval_every} steps):
 
-{curve_table(results)}
+{chr(10).join(curve)}
+
+{history}
 """
     write_section("overfit_cpu", body)
     print(body)

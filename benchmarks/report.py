@@ -36,3 +36,16 @@ def write_section(name: str, body: str) -> None:
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     BENCHMARKS.write_text(text)
+
+
+def section_text(name: str) -> str:
+    """The current text of this benchmark's section of BENCHMARKS.md ("" when it has none)."""
+    text = BENCHMARKS.read_text() if BENCHMARKS.is_file() else ""
+    match = re.search(re.escape(f"<!-- begin {name} -->") + r"(.*?)" + re.escape(f"<!-- end {name} -->"), text, re.S)
+    return match[1] if match else ""
+
+
+def section_rows(name: str, first_cell: str) -> list[str]:
+    """The table rows of the section whose first cell is `first_cell`: a script re-measuring some
+    of its models keeps the rows of the others as they stand."""
+    return [line for line in section_text(name).splitlines() if line.startswith(f"| {first_cell} |")]
