@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from etrm.data.augment import DIHEDRAL_INVERSE, Augmentation, augmentation_list, dihedral
-from etrm.data.sources import Task
+from etrm.data.tasks import Task
 
 GENERIC = np.arange(1, 13, dtype=np.uint8).reshape(3, 4) % 10  # non-square, no symmetry
 

@@ -12,7 +12,7 @@ import torch
 from etrm.data.augment import Augmentation, dihedral
 from etrm.data.encoding import IGNORE_LABEL, PAD, decode_grid, encode_grid
 from etrm.data.episodes import AugmentedTasks, TrainSampler, encode_episodes, training_episodes
-from etrm.data.sources import Task
+from etrm.data.tasks import Task
 from etrm.data.tensors import to_torch
 
 SIDE = 30

@@ -10,7 +10,7 @@ import pytest
 
 from etrm.data.augment import Augmentation, dihedral
 from etrm.data.leaks import find_leaks, remove_leaks
-from etrm.data.sources import Task
+from etrm.data.tasks import Task
 from etrm.errors import DataError
 
 

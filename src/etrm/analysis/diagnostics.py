@@ -22,7 +22,7 @@ import torch
 
 from etrm.data.augment import NUM_DIHEDRAL
 from etrm.data.episodes import AugmentedTasks, encode_episodes
-from etrm.data.sources import Task
+from etrm.data.tasks import Task
 from etrm.data.tensors import to_torch
 from etrm.models.decoder import ContextSource
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from etrm.data.sources import NUM_COLOURS, Task
+from etrm.data.tasks import NUM_COLOURS, Task
 
 NUM_DIHEDRAL = 8
 # Inverse of each dihedral transform id (rotations 1 and 3 swap; flips and transposes are involutions).

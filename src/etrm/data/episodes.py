@@ -26,7 +26,7 @@ import numpy as np
 
 from etrm.data.augment import NUM_DIHEDRAL, Augmentation, augmentation_list, dihedral
 from etrm.data.encoding import COLOUR_OFFSET, place_grid
-from etrm.data.sources import NUM_COLOURS, Task
+from etrm.data.tasks import NUM_COLOURS, Task
 
 Batch = dict[str, np.ndarray]
 

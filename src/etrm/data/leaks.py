@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from etrm.data.augment import NUM_DIHEDRAL, dihedral
-from etrm.data.sources import NUM_COLOURS, Task
+from etrm.data.tasks import NUM_COLOURS, Task
 from etrm.errors import DataError
 
 LEAK_POLICIES = ("drop", "warn", "error")

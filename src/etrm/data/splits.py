@@ -13,7 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from etrm.data.leaks import LeakReport, remove_leaks
-from etrm.data.sources import Task, load_tasks
+from etrm.data.sources import load_tasks
+from etrm.data.tasks import Task
 
 
 def fitting_subset(tasks: list[Task], canvas_side: int, max_groups: int | None) -> tuple[list[Task], int]:

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from etrm.data.augment import dihedral
-from etrm.data.sources import MAX_GRID_SIDE, Task
+from etrm.data.tasks import MAX_GRID_SIDE, Task
 from etrm.errors import DataError
 
 Grid = np.ndarray
