@@ -75,6 +75,32 @@ def test_analytic_step_flops_match_the_flop_counter_on_real_training_steps(model
     assert not (tmp_path / "run").exists()  # construction and train_step write nothing
 
 
+def test_evaluation_flops_per_sample_match_the_flop_counter(tiny, tmp_path):
+    # One test input of a task whose demos are all 3x3 -> 3x3 (equal kept tokens: the per-sample
+    # estimate `eval_flops_per_sample` is then exact), run as evaluation runs it: the encoder
+    # once, then halt_max_steps decoder steps without gradients.
+    from etrm.data import load_tasks
+    from etrm.data.episodes import AugmentedTasks, EvalEnumeration
+    from etrm.models.build import build_model
+    from etrm.models.flops import eval_flops_per_sample, kept_demo_tokens
+
+    config = load_config(tiny(tmp_path / "run", "model.hidden_size=64", "model.num_heads=4", "encoder.num_layers=2"))
+    task = next(t for t in load_tasks("arc1:training") if t.id == "0d3d703e")
+    assert {(i.shape, o.shape) for i, o in task.demos} == {((3, 3), (3, 3))}
+    batch = to_torch(next(EvalEnumeration(AugmentedTasks([task], 1, 0), canvas_side=6, max_demos=10).batches(1)))
+    # Frozen parameters: FlopCounterMode's module tracker trips on views of parameters that require
+    # grad under no_grad (the encoder's expanded queries); evaluation computes no gradient anyway.
+    model = build_model(config).eval().requires_grad_(False)
+    counted, _ = counted_flops(model.run_fixed_steps, batch)
+    demos, cells = kept_demo_tokens(batch["demo_inputs"], batch["demo_outputs"], batch["demo_mask"])
+    expected = eval_flops_per_sample(config, demos, cells / demos, config.halt_max_steps)
+    print(f"evaluation of one sample: counted {counted:.6g}, analytic {expected:.6g}")
+    assert abs(counted - expected) <= TOLERANCE * counted
+    exact = config.halt_max_steps * decoder_step_flops(config, 1, train=False) + encoder_batch_flops(
+        config, batch["demo_inputs"], batch["demo_outputs"], batch["demo_mask"], train=False)
+    assert abs(counted - exact) <= TOLERANCE * counted
+
+
 def test_bench_times_trainer_train_step_and_reports_its_counted_flops(tiny, tmp_path, monkeypatch):
     from etrm import bench
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from etrm.data import load_tasks
+
 
 def test_etrm_eval_writes_eval_and_submission(finished_eval_run, etrm_cli, tmp_path):
     for name in ("eval.json", "submission.json"):
@@ -26,7 +28,11 @@ def test_etrm_eval_out_dir_and_train_split(finished_eval_run, etrm_cli, tmp_path
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((out / "eval.json").read_text())
     assert summary["num_tasks"] == 4  # the run's max_train_groups
-    assert (out / "submission.json").is_file()
+    # The training split: the first ARC-AGI-1 training tasks that fit the 6x6 canvas (none of the
+    # small ones overlaps the evaluation set), each answered once per test input.
+    training = [t for t in load_tasks("arc1:training") if t.fits(6)][:4]
+    submission = json.loads((out / "submission.json").read_text())
+    assert {task_id: len(entries) for task_id, entries in submission.items()} == {t.id: len(t.tests) for t in training}
 
 
 def test_etrm_eval_of_a_missing_run_is_one_line(etrm_cli, tmp_path):

@@ -68,11 +68,37 @@ def test_act_loss_metrics_count_only_halted_samples_but_loss_covers_all():
     assert torch.equal(total_all, total_none)
 
 
-def test_act_loss_backpropagates_to_logits_and_q_halt():
-    logits = torch.randn(2, 3, 4, requires_grad=True)
-    q_halt = torch.zeros(2, requires_grad=True)
-    total, _ = act_loss({"logits": logits, "q_halt_logits": q_halt}, torch.randint(0, 4, (2, 3)),
-                        torch.ones(2, dtype=torch.bool))
-    total.backward()
-    assert logits.grad is not None and logits.grad.abs().sum() > 0
-    assert q_halt.grad is not None and q_halt.grad.abs().sum() > 0
+def _loss_by_hand(logits: torch.Tensor, labels: torch.Tensor, q_halt: torch.Tensor, weight: float) -> torch.Tensor:
+    # The same definition as the hand computation above, written with plain tensor ops (float64):
+    # stablemax s(x) = x + 1 for x >= 0 else 1 / (1 - x); per sample the mean token CE over its
+    # valid labels; plus weight x BCE(q_halt, every valid token predicted).
+    s = torch.where(logits >= 0, logits + 1, 1 / (1 - torch.where(logits >= 0, 0.0, logits)))
+    probability = s / s.sum(-1, keepdim=True)
+    valid = labels != IGNORE_LABEL
+    picked = probability.gather(-1, labels.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+    token_loss = torch.where(valid, -picked.log(), 0.0)
+    lm = (token_loss.sum(-1) / valid.sum(-1).clamp_min(1)).sum()
+    correct = ((logits.argmax(-1) == labels) | ~valid).all(-1).to(q_halt.dtype)
+    bce = -(correct * torch.sigmoid(q_halt).log() + (1 - correct) * (1 - torch.sigmoid(q_halt)).log())
+    return lm + weight * bce.sum()
+
+
+def test_act_loss_gradients_match_the_loss_written_by_hand():
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 5, 4, generator=generator, dtype=torch.float64)
+    labels = torch.randint(0, 4, (3, 5), generator=generator)
+    labels[0, 1:3] = IGNORE_LABEL
+    labels[1, 0] = int(logits[1, 0].argmax())  # some tokens right, the rest wrong
+    q_halt = torch.tensor([0.3, -1.2, 2.0], dtype=torch.float64)
+    grads = []
+    for loss in (lambda lg, q: act_loss({"logits": lg, "q_halt_logits": q}, labels, torch.ones(3, dtype=torch.bool),
+                                        halt_loss_weight=0.5)[0],
+                 lambda lg, q: _loss_by_hand(lg, labels, q, 0.5)):
+        lg, q = logits.clone().requires_grad_(), q_halt.clone().requires_grad_()
+        loss(lg, q).backward()
+        grads.append((lg.grad, q.grad))
+    (logits_grad, q_grad), (expected_logits_grad, expected_q_grad) = grads
+    torch.testing.assert_close(logits_grad.double(), expected_logits_grad, rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(q_grad.double(), expected_q_grad, rtol=1e-6, atol=1e-9)
+    assert bool(expected_logits_grad[0, 1:3].eq(0).all())  # ignored tokens get no gradient
+    assert bool(expected_logits_grad.abs().sum() > 0) and bool(expected_q_grad.abs().min() > 0)

@@ -68,11 +68,15 @@ def test_non_finite_gradient_with_finite_loss_is_caught_before_saving(tiny_confi
     config = tiny_config(tmp_path / "run", "checkpoint_every=2", "log_every=10", "max_steps=6")
     with pytest.raises(TrainingDiverged) as caught:
         train(config)
-    assert f"step {bad_step}" in str(caught.value)
+    message = str(caught.value)
+    assert f"step {bad_step}" in message
     path = tmp_path / "run" / "checkpoint.pt"
-    if path.is_file():
+    last_good = (bad_step - 1) // 2 * 2  # checkpoint_every=2: the last checkpoint step before the bad one
+    if last_good == 0:  # the bad step is the first checkpoint step: nothing may be written
+        assert not path.exists() and "no checkpoint was written" in message
+    else:
         state = read_checkpoint(path)
-        assert state["step"] < bad_step
+        assert state["step"] == last_good and f"(step {last_good}) is kept" in message
         assert _all_finite(state)
 
 

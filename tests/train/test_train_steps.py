@@ -7,6 +7,7 @@ shape, `three_test_source` in tests/conftest.py), so nothing here needs the shar
 
 from __future__ import annotations
 
+import json
 import math
 import re
 
@@ -84,7 +85,8 @@ def test_a_run_performs_exactly_max_steps_optimiser_steps(three_test_source, thr
 def test_finished_run_logs_every_step_and_saves_the_last(finished_run):
     records = read_metrics(finished_run, "train")
     state = read_checkpoint(finished_run / "checkpoint.pt")
-    assert records[-1]["step"] == state["step"] == len(records)
+    assert [r["step"] for r in records] == list(range(1, 7))  # the tiny run: max_steps=6, log_every=1
+    assert state["step"] == 6
     assert [h["step"] for h in state["history"]] == [r["step"] for r in records]
 
 
@@ -92,4 +94,5 @@ def test_train_function_returns_the_summary(tiny_config, tmp_path):
     config = tiny_config(tmp_path / "run", "max_steps=2", "final_eval=false")
     summary = train(config)
     assert summary["steps"] == 2
-    assert (tmp_path / "run" / "summary.json").is_file()
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == 2
+    assert [r["step"] for r in read_metrics(tmp_path / "run", "train")] == [1, 2]
