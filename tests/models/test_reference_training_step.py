@@ -23,9 +23,8 @@ METRIC_NAMES = {"count": "count", "accuracy": "token_accuracy", "exact_accuracy"
 
 
 @pytest.fixture(scope="module")
-def reference() -> dict:
-    if not FIXTURE.is_file():
-        pytest.skip(f"TRM reference training fixture not found at {FIXTURE}")
+def reference(require_shared) -> dict:
+    require_shared("the TRM reference training fixture", FIXTURE)  # skips locally, fails under ETRM_REQUIRE_SHARED
     return torch.load(FIXTURE, weights_only=True)
 
 
