@@ -43,14 +43,15 @@ def counted_flops(function, *args) -> tuple[int, dict[str, int]]:
     return counter.get_total_flops(), {str(op): n for op, n in counter.get_flop_counts()["Global"].items()}
 
 
-def _expected(config, trainer: Trainer) -> tuple[float, float]:
-    """(decoder, encoder) analytic FLOPs of the step just run (the encoder ran on the carry's demos)."""
+def _expected(config, trainer: Trainer, padded: bool = True) -> tuple[float, float]:
+    """(decoder, encoder) analytic FLOPs of the step just run (the encoder ran on the carry's demos);
+    `padded`: the work that runs (the counter's view), else the model FLOPs MFU is made of."""
     decoder = decoder_step_flops(config, config.global_batch_size, train=True)
     if config.model_type != "etrm":
         return decoder, 0.0
     data = trainer.carry.current_data
     return decoder, encoder_batch_flops(config, data["demo_inputs"], data["demo_outputs"], data["demo_mask"],
-                                        train=True)
+                                        train=True, padded=padded)
 
 
 @pytest.mark.parametrize("model_type", ["trm", "etrm"])
@@ -97,20 +98,21 @@ def test_evaluation_flops_per_sample_match_the_flop_counter(tiny, tmp_path):
     print(f"evaluation of one sample: counted {counted:.6g}, analytic {expected:.6g}")
     assert abs(counted - expected) <= TOLERANCE * counted
     exact = config.halt_max_steps * decoder_step_flops(config, 1, train=False) + encoder_batch_flops(
-        config, batch["demo_inputs"], batch["demo_outputs"], batch["demo_mask"], train=False)
+        config, batch["demo_inputs"], batch["demo_outputs"], batch["demo_mask"], train=False, padded=True)
     assert abs(counted - exact) <= TOLERANCE * counted
 
 
 def test_bench_times_trainer_train_step_and_reports_its_counted_flops(tiny, tmp_path, monkeypatch):
     from etrm import bench
 
-    calls, counts = [], []
+    calls, counts, useful = [], [], []
     real_step = Trainer.train_step
 
     def counting_step(self, batch):
         calls.append(self)
         total, _ = counted_flops(real_step, self, batch)
         counts.append(total)
+        useful.append(sum(_expected(self.config, self, padded=False)))
 
     monkeypatch.setattr(Trainer, "train_step", counting_step)
     evaluated, real_predict = [], bench.predict
@@ -123,8 +125,11 @@ def test_bench_times_trainer_train_step_and_reports_its_counted_flops(tiny, tmp_
     overrides = tiny(tmp_path / "run", "encoder.num_layers=2", "halt_exploration_prob=0")
     result = bench.bench_model("etrm tiny", overrides, torch.device("cpu"), steps=2, peak=1e9)
     assert len(calls) == 4 and len({id(t) for t in calls}) == 1  # 2 warm-up + 2 timed steps of one Trainer
-    timed = sum(counts[2:]) / 2
-    assert abs(result["model_flops_per_step"] - timed) <= TOLERANCE * timed
+    # MFU counts model FLOPs: each demo at its own length, not the length groups' padding, which
+    # the counter sees as work done.
+    timed, timed_useful = sum(counts[2:]) / 2, sum(useful[2:]) / 2
+    assert abs(result["model_flops_per_step"] - timed_useful) <= TOLERANCE * timed_useful
+    assert timed_useful < timed
     assert calls[0].ema is not None  # the run's own step, EMA included
     assert evaluated and all(model is calls[0].model for model in evaluated)  # evaluation times the trained model
     assert not (tmp_path / "run").exists()

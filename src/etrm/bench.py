@@ -20,7 +20,6 @@ from typing import Any
 
 import torch
 
-from etrm.data.episodes import AugmentedTasks
 from etrm.data.tensors import to_torch
 from etrm.eval.evaluate import predict
 from etrm.models.flops import decoder_step_flops, encoder_batch_flops
@@ -93,16 +92,15 @@ def bench_model(name: str, overrides: list[str], device: torch.device, steps: in
             data_times.append(built - start)
             step_times.append(done - built)
             flops = decoder_step_flops(config, batch_size, train=True)
-            if config.model_type == "etrm":  # the encoder runs on the demos of the samples in the carry
+            if not trainer.data.is_trm:  # the encoder runs on the demos of the samples in the carry
                 data = trainer.carry.current_data
                 flops += encoder_batch_flops(config, data["demo_inputs"], data["demo_outputs"], data["demo_mask"],
                                              train=True)
             step_flops.append(flops)
     step_time, data_time = statistics.median(step_times), statistics.median(data_times)
     flops = statistics.fmean(step_flops)
-    model, split = trainer.model, trainer.split
-    fixed_id = trainer.enumerated.num_ids if config.model_type == "trm" else None
-    eval_tasks = AugmentedTasks(split.test[:4], 2, config.seed, fixed_puzzle_id=fixed_id)
+    model = trainer.model
+    eval_tasks = trainer.data.held_out(2, trainer.data.split.test[:4])
     predict(model, eval_tasks, canvas_side=config.canvas_side, max_demos=config.max_demos, batch_size=16,
             runtime=trainer.runtime, num_steps=1)  # warm-up
     _sync(device)

@@ -151,7 +151,7 @@ def _model_info(args: argparse.Namespace) -> int:
     from etrm.train.config import load_config
 
     config = load_config(args.overrides)
-    model = build_model(config, num_puzzle_ids=1 if config.model_type == "trm" else 0)
+    model = build_model(config, num_puzzle_ids=1 if config.model_type == "trm" else 0)  # sizes only: one row
 
     def count(module) -> int:
         return sum(p.numel() for p in module.parameters())

@@ -22,7 +22,7 @@ def test_trm_baseline_trains_and_updates_only_the_rows_it_used(tiny_config, tmp_
     config = tiny_config(tmp_path / "trm", "model_type=trm", "augmentations_per_task=4", "halt_exploration_prob=0")
     trainer = Trainer(config, CPU)
     table_rows = trainer.model.context_source.table.weight.shape[0]
-    assert table_rows == trainer.enumerated.num_ids + 1  # one row per (task, augmentation) + the blank row
+    assert table_rows == trainer.data.enumerated.num_ids + 1  # one row per (task, augmentation) + the blank row
     used, offered = set(), set()
     original_step = trainer.train_step
 

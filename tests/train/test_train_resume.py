@@ -14,9 +14,9 @@ import time
 import pytest
 import torch
 
+from etrm.models import run_data
 from etrm.models.build import build_model
 from etrm.train import checkpoint as checkpoint_module
-from etrm.train import loop
 from etrm.train.checkpoint import CheckpointReadError, read_checkpoint, write_checkpoint
 from etrm.train.loop import Trainer, train
 from etrm.train.metrics import read_metrics
@@ -60,7 +60,7 @@ def _eager_to_halt(monkeypatch) -> None:
             model.decoder.q_head.bias[0] = 2.0
         return model
 
-    monkeypatch.setattr(loop, "build_model", build)
+    monkeypatch.setattr(run_data, "build_model", build)  # what Trainer builds its model with
 
 
 def test_resume_mid_log_window_is_exact(tiny_config, tmp_path, monkeypatch):

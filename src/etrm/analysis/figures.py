@@ -114,20 +114,14 @@ def context_tsne(run_dir: Path, out: Path, num_tasks: int = 12, num_augmentation
     from sklearn.manifold import TSNE
 
     from etrm.analysis.diagnostics import probe_contexts
-    from etrm.data.splits import few_shot_split
-    from etrm.models.build import build_model, load_evaluation_weights
-    from etrm.train.checkpoint import read_checkpoint
+    from etrm.eval.evaluate import load_for_eval
+    from etrm.models.run_data import split_of
     from etrm.train.config import config_from_yaml
 
-    config = config_from_yaml(run_dir / "config.yaml")
-    if config.model_type != "etrm":
+    if config_from_yaml(run_dir / "config.yaml").model_type == "trm":
         return None
-    state = read_checkpoint(run_dir / "checkpoint.pt")
-    model = build_model(config)
-    load_evaluation_weights(model, state)
-    split = few_shot_split(config.train_sources, config.test_sources, config.canvas_side,
-                           config.max_train_groups, config.max_eval_groups, "warn")
-    contexts = probe_contexts(model.context_source, split.train[:num_tasks], num_augmentations,
+    config, model, _, _ = load_for_eval(run_dir, ["leak_policy=warn"])
+    contexts = probe_contexts(model.context_source, split_of(config).train[:num_tasks], num_augmentations,
                               config.canvas_side, config.max_demos, torch.device("cpu"), config.seed)
     tasks, augs = contexts.shape[:2]
     points = TSNE(n_components=2, perplexity=min(10, tasks * augs - 1), init="pca", random_state=0)
@@ -144,7 +138,7 @@ def context_tsne(run_dir: Path, out: Path, num_tasks: int = 12, num_augmentation
 
 def prediction_sheets(run_dir: Path, out: Path, max_tasks: int = 6) -> list[Path]:
     """For held-out tasks: demos, test input, truth and the two voted attempts, marked right/wrong."""
-    from etrm.data.splits import few_shot_split
+    from etrm.models.run_data import split_of
     from etrm.train.config import config_from_yaml
 
     submission_path = run_dir / "submission.json"
@@ -152,9 +146,7 @@ def prediction_sheets(run_dir: Path, out: Path, max_tasks: int = 6) -> list[Path
         return []
     submission = json.loads(submission_path.read_text())
     config = config_from_yaml(run_dir / "config.yaml")
-    split = few_shot_split(config.train_sources, config.test_sources, config.canvas_side,
-                           config.max_train_groups, config.max_eval_groups, "warn")
-    tasks = {task.id: task for task in split.test if task.id in submission}
+    tasks = {task.id: task for task in split_of(config, "warn").test if task.id in submission}
     ranked = sorted(tasks, key=lambda task_id: not _solved(tasks[task_id], submission[task_id]))
     paths = []
     for task_id in ranked[:max_tasks]:

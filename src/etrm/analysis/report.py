@@ -60,7 +60,7 @@ def _grid_html(grid: np.ndarray | None, label: str, css: str = "") -> str:
 
 
 def _task_cards(run_dir: Path) -> list[str]:
-    from etrm.data.splits import few_shot_split
+    from etrm.models.run_data import split_of
     from etrm.train.config import config_from_yaml
 
     submission_path, eval_path = run_dir / "submission.json", run_dir / "eval.json"
@@ -69,10 +69,8 @@ def _task_cards(run_dir: Path) -> list[str]:
     submission = json.loads(submission_path.read_text())
     per_task = json.loads(eval_path.read_text())["per_task"]
     config = config_from_yaml(run_dir / "config.yaml")
-    split = few_shot_split(config.train_sources, config.test_sources, config.canvas_side,
-                           config.max_train_groups, config.max_eval_groups, "warn")
     cards = []
-    for task in split.test:
+    for task in split_of(config, "warn").test:
         if task.id not in per_task:
             continue
         solved = per_task[task.id]["pass@2"] > 0

@@ -183,8 +183,8 @@ def load_for_eval(target: str | Path, overrides: list[str] | tuple[str, ...] = (
     (config, model on the CPU with the EMA weights when there are some, the tasks to evaluate
     under their augmentation lists, the checkpoint file).
     """
-    from etrm.data.splits import few_shot_split
-    from etrm.models.build import build_model, load_evaluation_weights
+    from etrm.models.build import load_evaluation_weights
+    from etrm.models.run_data import run_data
     from etrm.train.checkpoint import CHECKPOINT_NAME, read_checkpoint
     from etrm.train.config import config_from_yaml
 
@@ -195,24 +195,16 @@ def load_for_eval(target: str | Path, overrides: list[str] | tuple[str, ...] = (
         raise EtrmError(f"{target}: not a run directory or checkpoint (needs {CHECKPOINT_NAME} and config.yaml)")
     config = config_from_yaml(saved_config, overrides)
     state = read_checkpoint(checkpoint)
-    split = few_shot_split(config.train_sources, config.test_sources, config.canvas_side,
-                           config.max_train_groups, config.max_eval_groups, config.leak_policy)
-    tasks = split.train if config.eval.split == "train" else split.test
-    blank = None
-    if config.model_type == "trm":
-        # The blank row for unseen tasks is the table's last row; taking the size from the
-        # checkpoint keeps it right when another held-out set drops other training tasks.
-        table = state["model"].get(PUZZLE_TABLE_PARAMETER)
-        if table is None:
-            raise EtrmError(f"{checkpoint}: a TRM checkpoint without '{PUZZLE_TABLE_PARAMETER}'")
-        blank = table.shape[0] - 1
-    model = build_model(config, num_puzzle_ids=0 if blank is None else blank + 1)
+    table = state["model"].get(PUZZLE_TABLE_PARAMETER)
+    if config.model_type == "trm" and table is None:
+        raise EtrmError(f"{checkpoint}: a TRM checkpoint without '{PUZZLE_TABLE_PARAMETER}'")
+    data = run_data(config, table_rows=None if table is None else table.shape[0])
+    model = data.build_model()
     load_evaluation_weights(model, state)
-    if config.model_type == "trm" and config.eval.split == "train":
-        augmented = AugmentedTasks(split.train, config.augmentations_per_task, config.seed).head(
-            config.eval.num_augmentations)
+    if config.eval.split == "train":
+        augmented = data.training_test_pairs(config.eval.num_augmentations)
     else:
-        augmented = AugmentedTasks(tasks, config.eval.num_augmentations, config.seed, fixed_puzzle_id=blank)
+        augmented = data.held_out(config.eval.num_augmentations)
     return config, model, augmented, checkpoint
 
 

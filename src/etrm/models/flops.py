@@ -53,10 +53,10 @@ def _to_numpy(array: Any) -> np.ndarray:
     return array.detach().cpu().numpy() if hasattr(array, "detach") else np.asarray(array)
 
 
-def _pair_transformer_flops(encoder: Any, lengths: Any) -> float:
+def _pair_transformer_flops(encoder: Any, lengths: Any, padded: bool) -> float:
     """Forward FLOPs of the pair transformer over demos of `lengths` kept tokens (+1 for a CLS
-    state), run as `PairTransformer` runs them: sorted by length, in `LENGTH_GROUPS` groups each
-    padded to its own longest demo."""
+    state). `padded`: as `PairTransformer` runs them, sorted by length in `LENGTH_GROUPS` groups
+    each padded to its own longest demo; otherwise each demo at its own length (the useful work)."""
     from etrm.models.encoders.common import PairTransformer
 
     lengths = np.sort(np.asarray(lengths, dtype=np.int64)) + (encoder.pooling == "cls")
@@ -64,9 +64,10 @@ def _pair_transformer_flops(encoder: Any, lengths: Any) -> float:
         return 0.0
     hidden, expansion = encoder.hidden_size, encoder.expansion
     total = 0.0
-    for group in np.array_split(lengths, min(PairTransformer.LENGTH_GROUPS, lengths.size)):
-        width = float(group.max())
-        total += group.size * width * block_flops_per_token(hidden, expansion, width)
+    groups = np.array_split(lengths, min(PairTransformer.LENGTH_GROUPS, lengths.size)) if padded else lengths
+    for group in groups:
+        width = float(np.max(group))
+        total += np.size(group) * width * block_flops_per_token(hidden, expansion, width)
     return encoder.num_layers * total
 
 
@@ -98,15 +99,17 @@ def encoder_flops(config: Any, num_demos: int, cells_per_demo: float, train: boo
     return forward * (3 if train else 1)
 
 
-def encoder_batch_flops(config: Any, demo_inputs: Any, demo_outputs: Any, demo_mask: Any, train: bool) -> float:
+def encoder_batch_flops(config: Any, demo_inputs: Any, demo_outputs: Any, demo_mask: Any, train: bool,
+                        padded: bool = False) -> float:
     """The standard demo encoder (`encoder.type=standard`) over one batch's demos (B, D, L), numpy
-    or torch, as it runs: the real demos only, each cropped to its non-PAD tokens, in length
-    groups (the pair transformer's padding within a group is work done, so it is counted), then
-    the aggregation for every sample over its D demo slots. Training adds the backward (x3)."""
+    or torch: the real demos only, each cropped to its non-PAD tokens, then the aggregation for
+    every sample over its D demo slots. Training adds the backward (x3). Model FLOPs (the
+    default) count each demo at its own length; `padded=True` counts what runs, the padding of
+    the pair transformer's length groups included (what `FlopCounterMode` sees)."""
     demo_inputs, demo_outputs, demo_mask = (_to_numpy(a) for a in (demo_inputs, demo_outputs, demo_mask))
     real = demo_mask.astype(bool)
     kept = (demo_inputs != PAD).sum(-1) + (demo_outputs != PAD).sum(-1)
-    forward = _pair_transformer_flops(config.encoder, kept[real])
+    forward = _pair_transformer_flops(config.encoder, kept[real], padded)
     forward += _aggregation_flops(config, real.shape[0], real.shape[1])
     return forward * (3 if train else 1)
 

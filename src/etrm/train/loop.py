@@ -19,16 +19,16 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from etrm.analysis.diagnostics import collapse_metrics, probe_contexts, retrieval_at_chance
-from etrm.data.episodes import AugmentedTasks, TrainSampler
-from etrm.data.splits import few_shot_split
+from etrm.data.episodes import TrainSampler
 from etrm.data.tensors import to_torch
 from etrm.errors import EtrmError
 from etrm.eval.evaluate import autocast_for, evaluate
-from etrm.models.build import build_model, compile_model, load_pretrained_decoder
+from etrm.models.build import compile_model, load_pretrained_decoder
 from etrm.models.decoder import ACTCarry, Latents
 from etrm.models.encoders import rename_legacy_keys
 from etrm.models.losses import act_loss
 from etrm.models.puzzle_embedding import PUZZLE_TABLE_PARAMETER
+from etrm.models.run_data import run_data
 from etrm.train import distributed
 from etrm.train.checkpoint import CHECKPOINT_NAME, read_checkpoint, write_checkpoint
 from etrm.train.config import RunConfig, run_directory, to_yaml
@@ -95,21 +95,15 @@ class Trainer:
         self.config, self.runtime = config, runtime
         self.run_dir = run_directory(config)
         self.checkpoint_path = self.run_dir / CHECKPOINT_NAME
-        self.split = few_shot_split(config.train_sources, config.test_sources, config.canvas_side,
-                                    config.max_train_groups, config.max_eval_groups, config.leak_policy)
-        is_trm = config.model_type == "trm"
-        self.enumerated = (AugmentedTasks(self.split.train, config.augmentations_per_task, config.seed)
-                           if config.augmentations_per_task else None)
+        self.data = run_data(config)
         self.sampler = TrainSampler(
-            self.split.train, canvas_side=config.canvas_side, max_demos=config.max_demos,
+            self.data.split.train, canvas_side=config.canvas_side, max_demos=config.max_demos,
             leave_one_out=config.leave_one_out, seed=config.seed, augment=config.augment,
-            translate=config.translate, enumerated=self.enumerated, rank=runtime.rank,
+            translate=config.translate, enumerated=self.data.enumerated, rank=runtime.rank,
             world_size=runtime.world_size)
 
         torch.manual_seed(config.seed)
-        # TRM: one row per (training task, augmentation) plus one blank row for unseen tasks.
-        num_ids = self.enumerated.num_ids + 1 if is_trm else 0
-        self.model = build_model(config, num_puzzle_ids=num_ids).to(runtime.device)
+        self.model = self.data.build_model().to(runtime.device)
         if config.load_pretrained_decoder:
             load_pretrained_decoder(self.model, config.load_pretrained_decoder, config)
         distributed.broadcast_parameters(self.model, runtime)
@@ -179,7 +173,7 @@ class Trainer:
                 drop_records_after(self.run_dir, self.step)  # the killed run's later steps are redone
         if runtime.is_main:
             (self.run_dir / "config.yaml").write_text(to_yaml(config))
-            for line in self.split.summary(config.canvas_side):
+            for line in self.data.split.summary(config.canvas_side):
                 print(line)
             print(f"training episodes: {self.sampler.num_episodes} "
                   f"({self.sampler.steps_per_epoch(config.global_batch_size)} steps per epoch at global batch "
@@ -274,9 +268,9 @@ class Trainer:
     def log_diagnostics(self) -> dict[str, float] | None:
         """Collapse diagnostics of ETRM's encoder on the probe set; warn when retrieval is at chance."""
         config = self.config
-        if config.model_type != "etrm" or not self.runtime.is_main:
+        if self.data.is_trm or not self.runtime.is_main:
             return None
-        probe = self.split.train[: config.diagnostics_tasks]
+        probe = self.data.split.train[: config.diagnostics_tasks]
         contexts = probe_contexts(self.model.context_source, probe, config.diagnostics_augmentations,
                                   config.canvas_side, config.max_demos, self.runtime.device, config.seed)
         if contexts.shape[0] < 2:
@@ -300,18 +294,11 @@ class Trainer:
             kwargs = dict(canvas_side=config.canvas_side, max_demos=config.max_demos,
                           batch_size=config.eval.batch_size, runtime=self.runtime,
                           early_stop_confidence=config.eval.early_stop_confidence)
-            if self.enumerated is not None:
-                train_tasks = self.enumerated.head(1)
-                blank = self.enumerated.num_ids if config.model_type == "trm" else None
-            else:
-                train_tasks = AugmentedTasks(self.split.train, 1, config.seed)
-                blank = None
             if "train" in splits:
-                results["train"] = evaluate(self.model, train_tasks, out_dir=None, **kwargs)
-            if "test" in splits and self.split.test:
-                test_tasks = AugmentedTasks(self.split.test, config.eval.num_augmentations, config.seed,
-                                            fixed_puzzle_id=blank)
-                results["test"] = evaluate(self.model, test_tasks, out_dir=self.run_dir, tto=config.tto, **kwargs)
+                results["train"] = evaluate(self.model, self.data.training_test_pairs(), out_dir=None, **kwargs)
+            if "test" in splits and self.data.split.test:
+                results["test"] = evaluate(self.model, self.data.held_out(config.eval.num_augmentations),
+                                           out_dir=self.run_dir, tto=config.tto, **kwargs)
         finally:
             self.model.load_state_dict(raw)
         if self.runtime.is_main and self.logger is not None:
