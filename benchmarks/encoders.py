@@ -28,8 +28,8 @@ ENCODERS = {  # name in the table -> preset
 
 
 def parameters(preset: str) -> tuple[int, int]:
+    from etrm.core.config import load_config
     from etrm.models.build import build_model
-    from etrm.train.config import load_config
 
     model = build_model(load_config([f"preset={preset}"]))
     encoder = sum(p.numel() for p in model.context_source.parameters())

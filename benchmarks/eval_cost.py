@@ -24,10 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import machine, write_section  # noqa: E402
 
 from etrm.bench import matmul_peak  # noqa: E402
+from etrm.core.distributed import Runtime  # noqa: E402
 from etrm.data.episodes import AugmentedTasks, EvalEnumeration  # noqa: E402
 from etrm.eval.evaluate import load_for_eval, predict, score  # noqa: E402
 from etrm.models.flops import eval_flops_per_sample, kept_demo_tokens  # noqa: E402
-from etrm.train.distributed import Runtime  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE_AUGMENTATIONS, REFERENCE_STEPS = 1000, 16
@@ -55,9 +55,9 @@ def full_evaluation_estimate(augmentations: int) -> str:
     """ARC-AGI-1 evaluation (400 tasks) at the reference size: FLOPs of the reference protocol
     and of `augmentations` x 16 steps with the encoder once, the CPU's measured evaluation
     FLOP/s at that size, and GPU-hours at the same utilisation."""
+    from etrm.core.config import load_config
     from etrm.data.splits import few_shot_split
     from etrm.models.build import build_model
-    from etrm.train.config import load_config
 
     config = load_config([*REFERENCE_SIZE, "tracker=none"])
     split = few_shot_split(config.train_sources, config.test_sources, config.canvas_side, None, None, "warn")

@@ -58,9 +58,9 @@ def train(model: str, minutes: float, threads: int) -> None:
 def evaluate_model(model: str, tto: list[str], count: int, threads: int) -> None:
     import torch
 
+    from etrm.core.distributed import Runtime
     from etrm.eval.evaluate import evaluate, load_for_eval
     from etrm.models.flops import eval_flops_per_sample
-    from etrm.train.distributed import Runtime
 
     torch.set_num_threads(threads)
     results = {}
@@ -96,8 +96,8 @@ def tsne_figure(count: int) -> None:
     import torch
     from sklearn.manifold import TSNE
 
-    from etrm.analysis.diagnostics import probe_contexts
     from etrm.data.synth import FAMILIES, rule_of
+    from etrm.eval.diagnostics import probe_contexts
     from etrm.eval.evaluate import load_for_eval
 
     config, net, _, _ = load_for_eval(OUT / "etrm")

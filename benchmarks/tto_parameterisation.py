@@ -24,11 +24,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import machine, write_section  # noqa: E402
 
+from etrm.core.distributed import Runtime  # noqa: E402
 from etrm.data.episodes import EvalEnumeration  # noqa: E402
 from etrm.data.tensors import to_torch  # noqa: E402
 from etrm.eval.evaluate import load_for_eval, predict, score  # noqa: E402
 from etrm.eval.tto import initial_context, optimise_contexts  # noqa: E402
-from etrm.train.distributed import Runtime  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -20,10 +20,10 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+from etrm.core.config import load_config
+from etrm.core.distributed import Runtime
 from etrm.data.tensors import to_torch
 from etrm.models.flops import decoder_step_flops, encoder_batch_flops
-from etrm.train.config import load_config
-from etrm.train.distributed import Runtime
 from etrm.train.loop import Trainer
 
 TOLERANCE = 1e-3

@@ -11,8 +11,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from etrm.cli import main, preset_purpose
+from etrm.core.config import CONFIG_DIR, available_presets
 from etrm.data import load_tasks
-from etrm.train.config import CONFIG_DIR, available_presets
 
 
 def _etrm(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:

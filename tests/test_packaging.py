@@ -90,7 +90,7 @@ def test_wheel_install_trains_from_another_directory(tmp_path):
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    probe = "import etrm, etrm.train.config as c; print(etrm.__file__); print(c.CONFIG_DIR)"
+    probe = "import etrm, etrm.core.config as c; print(etrm.__file__); print(c.CONFIG_DIR)"
     package_file, config_dir = _run([str(python), "-c", probe], cwd=elsewhere, env=env).stdout.split()
     installed = Path(purelib).resolve()
     assert Path(package_file).resolve().is_relative_to(installed), package_file

@@ -20,11 +20,11 @@ from typing import Any
 
 import torch
 
+from etrm.core.config import load_config
+from etrm.core.distributed import Runtime, select_device
 from etrm.data.tensors import to_torch
 from etrm.eval.evaluate import predict
 from etrm.models.flops import decoder_step_flops, encoder_batch_flops
-from etrm.train.config import load_config
-from etrm.train.distributed import Runtime, select_device
 from etrm.train.loop import Trainer
 
 # (name, overrides): the CPU preset and the reference size (hidden 512, canvas 30) of each model.

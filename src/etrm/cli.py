@@ -15,7 +15,7 @@ import textwrap
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from etrm.errors import EtrmError
+from etrm.core.errors import EtrmError
 
 
 def _data_stats(args: argparse.Namespace) -> int:
@@ -72,7 +72,7 @@ def _data_check_split(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from etrm.train.config import config_from_yaml, load_config, run_directory, to_yaml
+    from etrm.core.config import config_from_yaml, load_config, run_directory, to_yaml
 
     config = load_config(args.overrides)
     saved = run_directory(config) / "config.yaml"
@@ -127,7 +127,7 @@ def _train_description() -> str:
 
 
 def _presets_epilog() -> str:
-    from etrm.train.config import CONFIG_DIR, available_presets
+    from etrm.core.config import CONFIG_DIR, available_presets
 
     names = available_presets()
     column = max(len(name) for name in names) + 4
@@ -147,8 +147,8 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _model_info(args: argparse.Namespace) -> int:
+    from etrm.core.config import load_config
     from etrm.models.build import build_model
-    from etrm.train.config import load_config
 
     config = load_config(args.overrides)
     model = build_model(config, num_puzzle_ids=1 if config.model_type == "trm" else 0)  # sizes only: one row

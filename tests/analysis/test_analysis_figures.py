@@ -7,8 +7,8 @@ import sys
 import pytest
 
 from etrm.analysis.figures import analyze
-from etrm.errors import EtrmError
-from etrm.train.config import load_config
+from etrm.core.config import load_config
+from etrm.core.errors import EtrmError
 from etrm.train.loop import train
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -6,7 +6,7 @@ import shutil
 import pytest
 
 from etrm.analysis.report import compare, write_report
-from etrm.train.config import load_config
+from etrm.core.config import load_config
 from etrm.train.loop import train
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -8,10 +8,10 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
+from etrm.core.errors import DataError
 from etrm.data.augment import Augmentation, dihedral
 from etrm.data.leaks import find_leaks, remove_leaks
 from etrm.data.tasks import Task
-from etrm.errors import DataError
 
 
 def _known_pairs(task: Task) -> list[tuple[np.ndarray, np.ndarray]]:

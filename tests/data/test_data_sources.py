@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from etrm.core.errors import DataError
 from etrm.data import load_tasks
 from etrm.data.sources import split_sources
-from etrm.errors import DataError
 
 
 def _counts(tasks) -> tuple[int, int, int]:

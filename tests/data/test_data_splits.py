@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from etrm.core.errors import DataError
 from etrm.data.leaks import find_leaks
 from etrm.data.splits import few_shot_split, fitting_subset
-from etrm.errors import DataError
 
 
 def _largest_side(task) -> int:

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from etrm.core.errors import DataError
 from etrm.data import load_tasks
 from etrm.data.synth import (
     COMPOSABLE,
@@ -14,7 +15,6 @@ from etrm.data.synth import (
     synth_tasks,
     write_kaggle,
 )
-from etrm.errors import DataError
 
 
 def _steps(task):

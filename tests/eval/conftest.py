@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from etrm.core.config import load_config
 from etrm.data import load_tasks
-from etrm.train.config import load_config
 
 CANVAS = 6
 

@@ -16,13 +16,13 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from etrm.core.distributed import Runtime
 from etrm.data import load_tasks
 from etrm.data.episodes import AugmentedTasks
 from etrm.data.tensors import to_torch
 from etrm.eval.evaluate import PASS_AT, evaluate, predict
 from etrm.models.build import build_model
 from etrm.models.decoder import DecoderConfig
-from etrm.train.distributed import Runtime
 
 CPU = Runtime(torch.device("cpu"))
 CANVAS = 6

@@ -4,14 +4,14 @@ import numpy as np
 import pytest
 import torch
 
+from etrm.core.checkpoint import read_checkpoint
+from etrm.core.config import TTOConfig
+from etrm.core.distributed import Runtime
 from etrm.data.episodes import AugmentedTasks, EvalEnumeration
 from etrm.data.tensors import to_torch
 from etrm.eval.evaluate import evaluate, predict
 from etrm.eval.tto import demo_loss, initial_context, optimise_contexts
 from etrm.models.build import build_model
-from etrm.train.checkpoint import read_checkpoint
-from etrm.train.config import TTOConfig
-from etrm.train.distributed import Runtime
 
 CANVAS = 6
 CPU = Runtime(torch.device("cpu"))

@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from etrm.errors import ConfigError
+from etrm.core.errors import ConfigError
 from etrm.models import ACTModel, DecoderConfig, PuzzleEmbedding, RecursiveDecoder, load_trm_checkpoint
 from etrm.models.trm_checkpoint import trm_name
 
@@ -51,8 +51,8 @@ def test_trm_file_with_a_config_beside_it_takes_and_checks_it(tmp_path):
 
 
 def test_pretrained_decoder_from_a_bare_file_needs_the_cycles(tmp_path, tiny):
-    from etrm.train.config import load_config
-    from etrm.train.distributed import Runtime
+    from etrm.core.config import load_config
+    from etrm.core.distributed import Runtime
     from etrm.train.loop import Trainer
 
     # A decoder of the tiny run's shape (hidden 32, 2 layers, canvas 6, context 16), saved bare.

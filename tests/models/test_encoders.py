@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from etrm.cli import main
+from etrm.core.config import EncoderConfig, available_presets, load_config
 from etrm.data.encoding import PAD, encode_grid
 from etrm.models import act_loss
 from etrm.models.build import build_model
@@ -23,7 +24,6 @@ from etrm.models.encoders import ENCODERS, build_encoder, gaussian_kl
 from etrm.models.encoders.blocks import PreNormBlock
 from etrm.models.encoders.common import PairTransformer
 from etrm.models.layers import PostNormBlock, rms_norm
-from etrm.train.config import EncoderConfig, available_presets, load_config
 
 CANVAS = 6
 SEQ_LEN = CANVAS * CANVAS

@@ -1,8 +1,8 @@
 """Analytic FLOP counts agree with the modules they count."""
 
+from etrm.core.config import load_config
 from etrm.models.flops import block_flops_per_token, decoder_step_flops, encoder_flops, eval_flops_per_sample
 from etrm.models.layers import PostNormBlock
-from etrm.train.config import load_config
 
 
 def test_block_matmul_flops_are_twice_its_parameters():

@@ -9,8 +9,8 @@ are copied from a checkpoint that commit wrote.
 import pytest
 import torch
 
+from etrm.core.config import load_config
 from etrm.models.build import build_model, load_evaluation_weights
-from etrm.train.config import load_config
 
 OLD_NAMES = (  # as they stand in a checkpoint of commit a1e7923 (hidden 16, one encoder layer)
     "context_source.encoder.pair.input_embed.weight",

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from etrm.errors import ConfigError
+from etrm.core.errors import ConfigError
 from etrm.models import ACTModel, DecoderConfig, PuzzleEmbedding, RecursiveDecoder, load_trm_checkpoint
 from etrm.models.trm_checkpoint import CheckpointError, trm_name
 

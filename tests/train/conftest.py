@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from etrm.train.config import RunConfig, load_config
+from etrm.core.config import RunConfig, load_config
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from etrm.core import distributed
 from etrm.data import load_tasks
 from etrm.data.augment import Augmentation
 from etrm.data.episodes import AugmentedTasks, TrainSampler, encode_episodes
@@ -21,7 +22,7 @@ from etrm.data.tensors import to_torch
 from etrm.models.build import build_model
 from etrm.models.encoders import ENCODERS
 from etrm.models.losses import act_loss
-from etrm.train import distributed, loop
+from etrm.train import loop
 from etrm.train.loop import Trainer
 
 CANVAS = 6

@@ -8,10 +8,10 @@ import json
 import pytest
 import torch
 
-from etrm.errors import ConfigError
+from etrm.core import distributed
+from etrm.core.checkpoint import read_checkpoint
+from etrm.core.errors import ConfigError
 from etrm.eval.evaluate import evaluate_run
-from etrm.train import distributed
-from etrm.train.checkpoint import read_checkpoint
 from etrm.train.loop import Trainer, train
 from etrm.train.metrics import read_metrics
 

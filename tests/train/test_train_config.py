@@ -8,9 +8,9 @@ import dataclasses
 import pytest
 import torch
 
-from etrm.errors import ConfigError
+from etrm.core.config import CONFIG_DIR, ModelConfig, RunConfig, available_presets, load_config
+from etrm.core.errors import ConfigError
 from etrm.models.build import build_model, decoder_config
-from etrm.train.config import CONFIG_DIR, ModelConfig, RunConfig, available_presets, load_config
 
 
 @pytest.mark.parametrize(("override", "key"), [("lrr=1", "lrr"), ("encoder.poolin=mean", "encoder.poolin"),

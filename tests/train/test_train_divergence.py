@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from etrm.cli import main
-from etrm.train.checkpoint import read_checkpoint
+from etrm.core.checkpoint import read_checkpoint
 from etrm.train.loop import Trainer, TrainingDiverged, train
 
 

@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
+from etrm.core import distributed
 from etrm.data.tensors import to_torch
-from etrm.train import distributed
 from etrm.train.loop import Trainer
 from etrm.train.optim import EMA, lr_at
 

@@ -14,10 +14,10 @@ import time
 import pytest
 import torch
 
+from etrm.core import checkpoint as checkpoint_module
+from etrm.core.checkpoint import CheckpointReadError, read_checkpoint, write_checkpoint
 from etrm.models import run_data
 from etrm.models.build import build_model
-from etrm.train import checkpoint as checkpoint_module
-from etrm.train.checkpoint import CheckpointReadError, read_checkpoint, write_checkpoint
 from etrm.train.loop import Trainer, train
 from etrm.train.metrics import read_metrics
 

@@ -14,10 +14,10 @@ import re
 import pytest
 import torch
 
+from etrm.core import distributed
+from etrm.core.checkpoint import read_checkpoint
 from etrm.data import load_tasks
 from etrm.data.episodes import TrainSampler
-from etrm.train import distributed
-from etrm.train.checkpoint import read_checkpoint
 from etrm.train.loop import Trainer, train
 from etrm.train.metrics import read_metrics
 

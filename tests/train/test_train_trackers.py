@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from etrm.train.config import load_config
+from etrm.core.config import load_config
 from etrm.train.loop import train
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from etrm.errors import EtrmError
+from etrm.core.errors import EtrmError
 from etrm.workflow.queue import parse_jobs, run_queue
 
 

@@ -4,8 +4,8 @@ import re
 
 import pytest
 
-from etrm.errors import EtrmError
-from etrm.train.config import load_config
+from etrm.core.config import load_config
+from etrm.core.errors import EtrmError
 from etrm.train.loop import train
 from etrm.workflow.record import write_record
 

@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from etrm.analysis.drawing import draw_grid  # noqa: E402
-from etrm.errors import EtrmError  # noqa: E402
+from etrm.core.errors import EtrmError  # noqa: E402
 from etrm.train.metrics import read_metrics  # noqa: E402
 
 
@@ -113,10 +113,10 @@ def context_tsne(run_dir: Path, out: Path, num_tasks: int = 12, num_augmentation
     import torch
     from sklearn.manifold import TSNE
 
-    from etrm.analysis.diagnostics import probe_contexts
+    from etrm.core.config import config_from_yaml
+    from etrm.eval.diagnostics import probe_contexts
     from etrm.eval.evaluate import load_for_eval
     from etrm.models.run_data import split_of
-    from etrm.train.config import config_from_yaml
 
     if config_from_yaml(run_dir / "config.yaml").model_type == "trm":
         return None
@@ -138,8 +138,8 @@ def context_tsne(run_dir: Path, out: Path, num_tasks: int = 12, num_augmentation
 
 def prediction_sheets(run_dir: Path, out: Path, max_tasks: int = 6) -> list[Path]:
     """For held-out tasks: demos, test input, truth and the two voted attempts, marked right/wrong."""
+    from etrm.core.config import config_from_yaml
     from etrm.models.run_data import split_of
-    from etrm.train.config import config_from_yaml
 
     submission_path = run_dir / "submission.json"
     if not submission_path.is_file():

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from etrm.analysis.drawing import ARC_PALETTE
-from etrm.errors import EtrmError
+from etrm.core.errors import EtrmError
 
 COMPARE_COLUMNS = (
     ("run", lambda s: s["run_name"]), ("model", lambda s: s["model_type"]), ("encoder", lambda s: s["encoder"] or "-"),
@@ -60,8 +60,8 @@ def _grid_html(grid: np.ndarray | None, label: str, css: str = "") -> str:
 
 
 def _task_cards(run_dir: Path) -> list[str]:
+    from etrm.core.config import config_from_yaml
     from etrm.models.run_data import split_of
-    from etrm.train.config import config_from_yaml
 
     submission_path, eval_path = run_dir / "submission.json", run_dir / "eval.json"
     if not (submission_path.is_file() and eval_path.is_file()):

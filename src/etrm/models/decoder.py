@@ -29,6 +29,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from etrm.core.config import ModelConfig, RunConfig
 from etrm.data.encoding import VOCAB_SIZE
 from etrm.models.layers import (
     RMS_NORM_EPS,
@@ -39,7 +40,6 @@ from etrm.models.layers import (
     TokenEmbedding,
     trunc_normal_init_,
 )
-from etrm.train.config import ModelConfig, RunConfig
 
 
 @dataclass

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from etrm.core.config import RunConfig
 from etrm.data.episodes import AugmentedTasks
 from etrm.data.splits import FewShotSplit, few_shot_split
 from etrm.data.tasks import Task
 from etrm.models.build import build_model
 from etrm.models.decoder import ACTModel
-from etrm.train.config import RunConfig
 
 
 def split_of(config: RunConfig, leak_policy: str | None = None) -> FewShotSplit:

@@ -16,7 +16,7 @@ import torch
 import yaml
 from torch import Tensor
 
-from etrm.errors import ConfigError, EtrmError
+from etrm.core.errors import ConfigError, EtrmError
 from etrm.models.decoder import ACTModel, DecoderConfig, RecursiveDecoder
 from etrm.models.puzzle_embedding import PuzzleEmbedding
 

@@ -1,1 +1,1 @@
-"""Training: typed config, optimisation, checkpoints, metrics, and the loop."""
+"""Training: optimisation, metrics, verdicts, and the loop (the run config lives in `etrm.core`)."""

@@ -18,20 +18,21 @@ import torch
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from etrm.analysis.diagnostics import collapse_metrics, probe_contexts, retrieval_at_chance
+from etrm.core import distributed
+from etrm.core.checkpoint import CHECKPOINT_NAME, read_checkpoint, write_checkpoint
+from etrm.core.config import RunConfig, run_directory, to_yaml
+from etrm.core.distributed import autocast_for
+from etrm.core.errors import EtrmError
 from etrm.data.episodes import TrainSampler
 from etrm.data.tensors import to_torch
-from etrm.errors import EtrmError
-from etrm.eval.evaluate import autocast_for, evaluate
+from etrm.eval.diagnostics import collapse_metrics, probe_contexts, retrieval_at_chance
+from etrm.eval.evaluate import evaluate
 from etrm.models.build import compile_model, load_pretrained_decoder
 from etrm.models.decoder import ACTCarry, Latents
 from etrm.models.encoders import rename_legacy_keys
 from etrm.models.losses import act_loss
 from etrm.models.puzzle_embedding import PUZZLE_TABLE_PARAMETER
 from etrm.models.run_data import run_data
-from etrm.train import distributed
-from etrm.train.checkpoint import CHECKPOINT_NAME, read_checkpoint, write_checkpoint
-from etrm.train.config import RunConfig, run_directory, to_yaml
 from etrm.train.metrics import MetricsLogger, drop_records_after
 from etrm.train.optim import EMA, build_optimizers, lr_at, set_learning_rate
 from etrm.train.verdict import verdict

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from etrm.errors import ConfigError
+from etrm.core.errors import ConfigError
 
 
 class MetricsLogger:

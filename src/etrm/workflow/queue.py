@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from etrm.errors import EtrmError
+from etrm.core.errors import EtrmError
 
 JOB_LINE = re.compile(r"^\[(?P<status>[ x!-])\] (?P<command>.*?)(?:\s+# (?P<note>.*))?$")
 PENDING, RUNNING, DONE, FAILED = " ", "-", "x", "!"

@@ -14,8 +14,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from etrm.errors import EtrmError
-from etrm.train.config import RunConfig, config_from_yaml
+from etrm.core.config import RunConfig, config_from_yaml
+from etrm.core.errors import EtrmError
 from etrm.train.metrics import read_metrics
 
 # Shown in the configuration list when a run changed them from the dataclass defaults.

@@ -39,7 +39,7 @@ def register_encoder(name: str) -> Callable:
 def build_encoder(config: Any, decoder_hidden: int, context_len: int, seq_len: int, vocab_size: int) -> DemoEncoder:
     """Build the encoder named by `config.type` (an `EncoderConfig`)."""
     if config.type not in ENCODERS:
-        from etrm.errors import ConfigError
+        from etrm.core.errors import ConfigError
 
         raise ConfigError(f"encoder.type '{config.type}' is not one of {', '.join(sorted(ENCODERS))}")
     return ENCODERS[config.type](config, decoder_hidden=decoder_hidden, context_len=context_len,

@@ -1,10 +1,12 @@
-"""Process group and device setup for one process or a torchrun job (NCCL on GPU, gloo on CPU).
+"""Where a process runs: device, rank and world size for one process or a torchrun job (NCCL on
+GPU, gloo on CPU), the collectives the loop needs, and the autocast of that device.
 
 Kept out of the model files: models never see torch.distributed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -12,7 +14,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from etrm.errors import ConfigError
+from etrm.core.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,13 @@ class Runtime:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
+
+
+def autocast_for(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA; plain float32 elsewhere."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def select_device(preference: str) -> torch.device:

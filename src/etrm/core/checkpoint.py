@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from etrm.errors import EtrmError
+from etrm.core.errors import EtrmError
 
 CHECKPOINT_NAME = "checkpoint.pt"
 

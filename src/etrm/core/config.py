@@ -19,7 +19,7 @@ from hydra.errors import HydraException
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from etrm.errors import ConfigError
+from etrm.core.errors import ConfigError
 
 # The Hydra configs (run.yaml, preset/*.yaml) ship inside the package, so a wheel install finds them too.
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"

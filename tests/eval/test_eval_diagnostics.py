@@ -2,10 +2,10 @@
 
 import torch
 
-from etrm.analysis.diagnostics import collapse_metrics, probe_contexts, retrieval_at_chance
+from etrm.core.config import load_config
 from etrm.data import load_tasks
+from etrm.eval.diagnostics import collapse_metrics, probe_contexts, retrieval_at_chance
 from etrm.models.build import build_model
-from etrm.train.config import load_config
 
 
 def test_separated_tasks_are_retrieved_and_grouped_by_original_task():
