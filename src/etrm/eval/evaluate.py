@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from etrm.core.config import TTOConfig
+from etrm.core.config import RunConfig, TTOConfig
 from etrm.core.distributed import Runtime, autocast_for, gather_objects
 from etrm.core.errors import EtrmError
 from etrm.data.encoding import IGNORE_LABEL, decode_grid
@@ -170,7 +170,7 @@ def evaluate(model: ACTModel, augmented: AugmentedTasks, *, canvas_side: int, ma
 
 
 def load_for_eval(target: str | Path, overrides: list[str] | tuple[str, ...] = ()
-                  ) -> tuple[Any, ACTModel, AugmentedTasks, Path]:
+                  ) -> tuple[RunConfig, ACTModel, AugmentedTasks, Path]:
     """A run directory or checkpoint, ready to evaluate with its own saved config + `overrides`:
     (config, model on the CPU with the EMA weights when there are some, the tasks to evaluate
     under their augmentation lists, the checkpoint file).

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from etrm.core.config import RunConfig
 from etrm.core.errors import ConfigError
 from etrm.data.encoding import VOCAB_SIZE
 from etrm.models.decoder import ACTModel, DecoderConfig, RecursiveDecoder
@@ -15,13 +16,13 @@ from etrm.models.encoders import EncoderContext, build_encoder, rename_legacy_ke
 from etrm.models.puzzle_embedding import PUZZLE_TABLE_PARAMETER, PuzzleEmbedding
 
 
-def decoder_config(config: Any) -> DecoderConfig:
+def decoder_config(config: RunConfig) -> DecoderConfig:
     """The decoder's config from a `RunConfig` (sizes from `model`, halting from the top level)."""
     return DecoderConfig(**dataclasses.asdict(config.model), seq_len=config.canvas_side**2,
                          halt_max_steps=config.halt_max_steps, halt_exploration_prob=config.halt_exploration_prob)
 
 
-def build_model(config: Any, num_puzzle_ids: int = 0) -> ACTModel:
+def build_model(config: RunConfig, num_puzzle_ids: int = 0) -> ACTModel:
     """TRM (`model_type=trm`: a learned embedding per (task, augmentation)) or ETRM (an encoder)."""
     decoder = RecursiveDecoder(decoder_config(config))
     hidden, context_len = config.model.hidden_size, config.model.context_len
@@ -54,7 +55,7 @@ def compile_model(model: ACTModel) -> ACTModel:
     return model
 
 
-def load_pretrained_decoder(model: ACTModel, path: str | Path, config: Any) -> None:
+def load_pretrained_decoder(model: ACTModel, path: str | Path, config: RunConfig) -> None:
     """Load decoder weights from one of our checkpoints or an official TRM checkpoint.
 
     Any puzzle embedding in the file is dropped. The file's recursion settings (from its own

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from etrm.core.config import RunConfig
 from etrm.data.encoding import PAD
 from etrm.models.layers import round_up_to_multiple
 
@@ -32,7 +33,7 @@ def block_flops_per_token(hidden: int, expansion: float, attended: float) -> flo
     return 2 * matmuls + 4 * attended * hidden
 
 
-def decoder_step_flops(config: Any, batch_size: int, train: bool) -> float:
+def decoder_step_flops(config: RunConfig, batch_size: int, train: bool) -> float:
     """One ACT step of the decoder for a batch (forward, plus the backward that runs in training)."""
     model = config.model
     tokens = model.context_len + config.canvas_side**2
@@ -71,7 +72,7 @@ def _pair_transformer_flops(encoder: Any, lengths: Any, padded: bool) -> float:
     return encoder.num_layers * total
 
 
-def _aggregation_flops(config: Any, num_samples: int, demo_slots: int) -> float:
+def _aggregation_flops(config: RunConfig, num_samples: int, demo_slots: int) -> float:
     """Forward FLOPs of the standard encoder after the pair transformer, for `num_samples`
     samples of `demo_slots` demo vectors each (padded slots included: they are projected and
     masked): context_len learned queries cross-attend over the demo vectors (q, kv and output
@@ -85,7 +86,7 @@ def _aggregation_flops(config: Any, num_samples: int, demo_slots: int) -> float:
     return num_samples * per_sample
 
 
-def encoder_flops(config: Any, num_demos: int, cells_per_demo: float, train: bool) -> float:
+def encoder_flops(config: RunConfig, num_demos: int, cells_per_demo: float, train: bool) -> float:
     """One sample's demo encoder: the pair transformer over `num_demos` demos of `cells_per_demo`
     kept tokens each (cropping makes them the real cells, not the canvas), and the aggregation.
 
@@ -99,7 +100,7 @@ def encoder_flops(config: Any, num_demos: int, cells_per_demo: float, train: boo
     return forward * (3 if train else 1)
 
 
-def encoder_batch_flops(config: Any, demo_inputs: Any, demo_outputs: Any, demo_mask: Any, train: bool,
+def encoder_batch_flops(config: RunConfig, demo_inputs: Any, demo_outputs: Any, demo_mask: Any, train: bool,
                         padded: bool = False) -> float:
     """The standard demo encoder (`encoder.type=standard`) over one batch's demos (B, D, L), numpy
     or torch: the real demos only, each cropped to its non-PAD tokens, then the aggregation for
@@ -114,7 +115,7 @@ def encoder_batch_flops(config: Any, demo_inputs: Any, demo_outputs: Any, demo_m
     return forward * (3 if train else 1)
 
 
-def eval_flops_per_sample(config: Any, num_demos: float, cells_per_demo: float, num_steps: float,
+def eval_flops_per_sample(config: RunConfig, num_demos: float, cells_per_demo: float, num_steps: float,
                           tto_steps: int = 0, tto_act_steps: int = 0, encoder_every_step: bool = False) -> float:
     """Test-time FLOPs of one (test input, augmentation).
 

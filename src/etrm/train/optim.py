@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 from adam_atan2_pytorch import AdamAtan2
 from torch import nn
 
+from etrm.core.config import RunConfig
 from etrm.models.puzzle_embedding import PUZZLE_TABLE_PARAMETER, SparseSignSGD
 
 
@@ -28,7 +28,7 @@ def lr_at(step: int, base_lr: float, warmup_steps: int, total_steps: int, schedu
     return base_lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def build_optimizers(model: nn.Module, config: Any) -> list[torch.optim.Optimizer]:
+def build_optimizers(model: nn.Module, config: RunConfig) -> list[torch.optim.Optimizer]:
     """The dense optimiser (Adam-atan2 or AdamW; encoder params at `encoder_lr_scale`) and, for
     TRM, sign-SGD over the puzzle-embedding table. Each param group records its `lr_scale`."""
     sparse = [p for n, p in model.named_parameters() if n == PUZZLE_TABLE_PARAMETER]

@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from etrm.core.config import RunConfig
+
 
 def _diagnose(history: list[dict[str, Any]], accuracy: float) -> list[str]:
     # The guide's failure modes, each with the figure that points at it.
@@ -35,7 +37,7 @@ def _diagnose(history: list[dict[str, Any]], accuracy: float) -> list[str]:
     return notes
 
 
-def verdict(config: Any, history: list[dict[str, Any]], results: dict[str, Any], run_dir: Path,
+def verdict(config: RunConfig, history: list[dict[str, Any]], results: dict[str, Any], run_dir: Path,
             tracker_link: str | None = None) -> dict[str, Any]:
     """Print the run's summary and verdict; write RUN_DIR/summary.json; return the summary."""
     train, test = results.get("train") or {}, results.get("test") or {}

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from etrm.core.config import EncoderConfig
 from etrm.data.encoding import PAD
 from etrm.models.decoder import ContextOutput, ContextSource
 from etrm.models.encoders.blocks import AttentionBlock, PreNormBlock
@@ -36,7 +36,8 @@ def register_encoder(name: str) -> Callable:
     return add
 
 
-def build_encoder(config: Any, decoder_hidden: int, context_len: int, seq_len: int, vocab_size: int) -> DemoEncoder:
+def build_encoder(config: EncoderConfig, decoder_hidden: int, context_len: int, seq_len: int,
+                  vocab_size: int) -> DemoEncoder:
     """Build the encoder named by `config.type` (an `EncoderConfig`)."""
     if config.type not in ENCODERS:
         from etrm.core.errors import ConfigError
@@ -165,7 +166,7 @@ class DemoVectors(nn.Module):
     `config.pooling` (with a CLS token when it is `cls`). (B, D, L) x 2 -> (B, D, hidden); padded
     demos are not encoded and get zero vectors."""
 
-    def __init__(self, config: Any, seq_len: int, vocab_size: int):
+    def __init__(self, config: EncoderConfig, seq_len: int, vocab_size: int):
         super().__init__()
         hidden = config.hidden_size
         self.pair = PairTransformer(hidden, config.num_heads, config.expansion, config.num_layers, seq_len,

@@ -10,10 +10,9 @@ to the decoder's width. The result is invariant to the order of the demos.
 
 from __future__ import annotations
 
-from typing import Any
-
 from torch import Tensor, nn
 
+from etrm.core.config import EncoderConfig
 from etrm.models.decoder import ContextOutput
 from etrm.models.encoders.blocks import AttentionBlock
 from etrm.models.encoders.common import (
@@ -30,7 +29,7 @@ from etrm.models.layers import Linear
 class CrossDemoEncoder(DemoEncoder):
     """Per-demo vectors, masked self-attention across demos, cross-attention aggregation."""
 
-    def __init__(self, config: Any, *, decoder_hidden: int, context_len: int, seq_len: int, vocab_size: int):
+    def __init__(self, config: EncoderConfig, *, decoder_hidden: int, context_len: int, seq_len: int, vocab_size: int):
         super().__init__()
         hidden = config.hidden_size
         self.demos = DemoVectors(config, seq_len, vocab_size)

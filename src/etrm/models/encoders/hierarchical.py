@@ -14,11 +14,10 @@ Exactly invariant to the order of the demos, padded demos and PAD cells.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor, nn
 
+from etrm.core.config import EncoderConfig
 from etrm.data.encoding import PAD
 from etrm.models.decoder import ContextOutput
 from etrm.models.encoders.common import (
@@ -51,7 +50,7 @@ class GridPairCombiner(nn.Module):
 class HierarchicalEncoder(DemoEncoder):
     """Grid vectors from a shared grid transformer, paired into demo vectors, cross-attended."""
 
-    def __init__(self, config: Any, *, decoder_hidden: int, context_len: int, seq_len: int, vocab_size: int):
+    def __init__(self, config: EncoderConfig, *, decoder_hidden: int, context_len: int, seq_len: int, vocab_size: int):
         super().__init__()
         hidden = config.hidden_size
         self.grid = PairTransformer(hidden, config.num_heads, config.expansion, config.num_layers, seq_len,

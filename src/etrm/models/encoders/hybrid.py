@@ -9,10 +9,9 @@ standard encoder) and each context vector is projected to the decoder's width.
 
 from __future__ import annotations
 
-from typing import Any
-
 from torch import Tensor
 
+from etrm.core.config import EncoderConfig
 from etrm.models.decoder import ContextOutput
 from etrm.models.encoders.common import DemoEncoder, SetCrossAttention, match_token_scale, register_encoder
 from etrm.models.encoders.lpn import LatentPerDemo
@@ -24,7 +23,7 @@ class HybridEncoder(DemoEncoder):
     """LPN latents per demo + cross-attention set aggregation. Exactly invariant to demo order,
     padded demos and PAD cells (variational: in evaluation)."""
 
-    def __init__(self, config: Any, *, decoder_hidden: int, context_len: int, seq_len: int, vocab_size: int):
+    def __init__(self, config: EncoderConfig, *, decoder_hidden: int, context_len: int, seq_len: int, vocab_size: int):
         super().__init__()
         hidden = config.hidden_size
         self.kl_weight = config.kl_weight

@@ -15,11 +15,10 @@ dimensions) averaged over the sample's real demos, times `encoder.kl_weight`.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor, nn
 
+from etrm.core.config import EncoderConfig
 from etrm.models.decoder import ContextOutput
 from etrm.models.encoders.blocks import masked_mean
 from etrm.models.encoders.common import (
@@ -37,7 +36,7 @@ class LatentPerDemo(nn.Module):
     """(B, D, L) x 2 demos -> one latent per demo (B, D, hidden) (zeros for padded demos) and, when
     variational, the per-sample KL averaged over the real demos (B,) (else None)."""
 
-    def __init__(self, config: Any, seq_len: int, vocab_size: int):
+    def __init__(self, config: EncoderConfig, seq_len: int, vocab_size: int):
         super().__init__()
         hidden = config.hidden_size
         self.variational = config.variational
@@ -66,7 +65,7 @@ class LPNEncoder(DemoEncoder):
     """LPN-style latents per demo, masked mean over demos, linear map to the context. Exactly
     invariant to demo order, padded demos and PAD cells (variational: in evaluation)."""
 
-    def __init__(self, config: Any, *, decoder_hidden: int, context_len: int, seq_len: int, vocab_size: int):
+    def __init__(self, config: EncoderConfig, *, decoder_hidden: int, context_len: int, seq_len: int, vocab_size: int):
         super().__init__()
         self.context_len, self.decoder_hidden = context_len, decoder_hidden
         self.kl_weight = config.kl_weight

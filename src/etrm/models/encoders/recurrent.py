@@ -18,11 +18,10 @@ Design:
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor, nn
 
+from etrm.core.config import EncoderConfig
 from etrm.models.decoder import ContextOutput
 from etrm.models.encoders.blocks import MultiheadAttention
 from etrm.models.encoders.common import DemoEncoder, DemoVectors, match_token_scale, register_encoder
@@ -49,7 +48,7 @@ class SlotUpdate(nn.Module):
 class RecurrentEncoder(DemoEncoder):
     """ETRM-squared: demo vectors refine a carried latent z_E; context = projected z_E."""
 
-    def __init__(self, config: Any, *, decoder_hidden: int, context_len: int, seq_len: int, vocab_size: int):
+    def __init__(self, config: EncoderConfig, *, decoder_hidden: int, context_len: int, seq_len: int, vocab_size: int):
         super().__init__()
         hidden = config.hidden_size
         self.h_cycles, self.l_cycles = config.h_cycles, config.l_cycles

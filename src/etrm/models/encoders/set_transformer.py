@@ -12,11 +12,11 @@ order of the demos (up to floating-point summation order); padded demos are mask
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from etrm.core.config import EncoderConfig
 from etrm.models.decoder import ContextOutput
 from etrm.models.encoders.blocks import AttentionBlock
 from etrm.models.encoders.common import DemoEncoder, DemoVectors, match_token_scale, register_encoder
@@ -45,7 +45,7 @@ class ISAB(nn.Module):
 class SetTransformerEncoder(DemoEncoder):
     """Per-demo vectors, ISAB blocks over the demo set, PMA with context_len seeds."""
 
-    def __init__(self, config: Any, *, decoder_hidden: int, context_len: int, seq_len: int, vocab_size: int):
+    def __init__(self, config: EncoderConfig, *, decoder_hidden: int, context_len: int, seq_len: int, vocab_size: int):
         super().__init__()
         hidden = config.hidden_size
         self.demos = DemoVectors(config, seq_len, vocab_size)

@@ -6,10 +6,9 @@ learned queries cross-attend over the demo vectors (the earlier ETRM's baseline 
 
 from __future__ import annotations
 
-from typing import Any
-
 from torch import Tensor
 
+from etrm.core.config import EncoderConfig
 from etrm.models.decoder import ContextOutput
 from etrm.models.encoders.common import (
     DemoEncoder,
@@ -30,7 +29,7 @@ class StandardEncoder(DemoEncoder):
 
     LEGACY_KEYS = {"pair.": "demos.pair.", "pool.": "demos.pool."}  # before it used DemoVectors
 
-    def __init__(self, config: Any, *, decoder_hidden: int, context_len: int, seq_len: int, vocab_size: int):
+    def __init__(self, config: EncoderConfig, *, decoder_hidden: int, context_len: int, seq_len: int, vocab_size: int):
         super().__init__()
         hidden = config.hidden_size
         self.demos = DemoVectors(config, seq_len, vocab_size)

@@ -10,11 +10,10 @@ adds its sum, and the trainer divides the whole loss by the global batch once.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor, nn
 
+from etrm.core.config import EncoderConfig
 from etrm.models.decoder import ContextOutput
 from etrm.models.encoders.common import (
     DemoEncoder,
@@ -57,7 +56,7 @@ class VariationalEncoder(DemoEncoder):
     """Standard encoder + Gaussian bottleneck; invariant to demo order, padded demos and PAD cells
     (exactly in evaluation; in training up to the noise draw)."""
 
-    def __init__(self, config: Any, *, decoder_hidden: int, context_len: int, seq_len: int, vocab_size: int):
+    def __init__(self, config: EncoderConfig, *, decoder_hidden: int, context_len: int, seq_len: int, vocab_size: int):
         super().__init__()
         hidden = config.hidden_size
         self.context_len, self.decoder_hidden = context_len, decoder_hidden
