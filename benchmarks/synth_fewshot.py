@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import machine, write_section  # noqa: E402
+from report import machine, section_text, write_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "runs" / "synth"
@@ -39,9 +39,10 @@ MODELS = {"etrm": ["model_type=etrm"], "etrm-cross-demo": ["model_type=etrm", "e
 METHODS = [("ETRM (standard encoder)", "etrm", False), ("ETRM + TTO", "etrm", True),
            ("ETRM (cross_demo encoder)", "etrm-cross-demo", False), ("TRM, no fitting", "trm", False),
            ("TRM + test-time fitting", "trm", True)]
-# One test-time budget for ETRM + TTO and TRM + fitting (the lr was picked on validation tasks,
+# One test-time budget for ETRM + TTO and TRM + fitting; the lr (`--tto-lr`, per model) is picked on
+# validation tasks by `benchmarks/tto_parameterisation.py` (`synth:iid:test` with seed 1,
 # `synth:iid:test` with seed 1, never on the reported held-out tasks).
-TTO = ["tto.steps=30", "tto.lr=0.01", "tto.act_steps=2"]
+TTO = ["tto.steps=30", "tto.act_steps=2"]
 
 
 def held_out(split: str, count: int) -> str:
@@ -56,6 +57,7 @@ def train(model: str, minutes: float, threads: int) -> None:
 
 
 def evaluate_model(model: str, tto: list[str], count: int, threads: int) -> None:
+    """Every method of `model` on the held-out tasks of each split -> RUN/fewshot.json."""
     import torch
 
     from etrm.core.distributed import Runtime
@@ -81,7 +83,9 @@ def evaluate_model(model: str, tto: list[str], count: int, threads: int) -> None
             flops = samples * eval_flops_per_sample(config, demos, cells, config.halt_max_steps,
                                                     config.tto.steps if optimise else 0, config.tto.act_steps)
             results[f"{label}|{split}"] = {"pass@1": summary["pass@1"], "pass@2": summary["pass@2"],
-                                           "tasks": summary["num_tasks"], "seconds": seconds, "flops_per_task": flops}
+                                           "tasks": summary["num_tasks"], "seconds": seconds, "flops_per_task": flops,
+                                           "tto": f"lr {config.tto.lr:g}, {config.tto.parameterisation}"
+                                           if optimise else ""}
             print(label, split, results[f"{label}|{split}"], flush=True)
     (OUT / model / "fewshot.json").write_text(json.dumps(results, indent=1))
 
@@ -138,14 +142,18 @@ def report(count: int, minutes: float) -> None:
              for model in MODELS if (OUT / model / "summary.json").is_file()}
     header = "| method | " + " | ".join(f"{s} pass@1 | {s} pass@2" for s in SPLITS) + \
         " | test-time s / task | test-time GFLOPs / task |"
-    rows = [header, "|---" * (3 + 2 * len(SPLITS)) + "|"]
+    rows, kept = [header, "|---" * (3 + 2 * len(SPLITS)) + "|"], []
+    earlier = [line for line in section_text("synth_fewshot").splitlines() if line.startswith("| ")]
     for label, model, _ in METHODS:
         cells = [results.get(f"{label}|{split}") for split in SPLITS]
-        if not all(cells):
+        if not all(cells):  # not measured this time: its earlier row stays as it stands
+            rows += [line for line in earlier if line.startswith(f"| {label} (")][:1]
+            kept += [label] if rows[-1].startswith(f"| {label} (") else []
             continue
         seconds = sum(c["seconds"] for c in cells) / sum(c["tasks"] for c in cells)
         flops = sum(c["flops_per_task"] * c["tasks"] for c in cells) / sum(c["tasks"] for c in cells)
-        rows.append(f"| {label} ({steps.get(model, '?')} training steps) | "
+        tto = f", TTO {cells[0]['tto']}" if cells[0].get("tto") else ""
+        rows.append(f"| {label} ({steps.get(model, '?')} training steps{tto}) | "
                     + " | ".join(f"{c['pass@1']:.3f} | {c['pass@2']:.3f}" for c in cells)
                     + f" | {seconds:.2f} | {flops / 1e9:.2f} |")
     body = f"""## Few-shot generalisation on the synthetic benchmark (`benchmarks/synth_fewshot.py`)
@@ -156,10 +164,13 @@ trained {minutes:g} minutes of wall-clock (`--threads` torch threads per run; ho
 shared the machine is stated under the table); {count} held-out tasks per split,
 identity augmentation only (a dihedral or colour change would move tasks across split
 boundaries), so plain evaluation has one candidate (pass@2 = pass@1) and TTO / fitting give two
-(the two best contexts). TTO and TRM fitting: the same budget (`{' '.join(TTO)}`). FLOPs are
+(the two best contexts). TTO and TRM fitting: the same budget (`{' '.join(TTO)}`; lr and
+parameterisation beside the method). FLOPs are
 analytic (`etrm.models.flops.eval_flops_per_sample`).
 
 {chr(10).join(rows)}
+
+{"Kept from the section's earlier run: " + ", ".join(kept) + "." if kept else ""}
 
 ![t-SNE of ETRM contexts](docs/figures/synth_context_tsne.png)
 """
@@ -174,6 +185,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=30.0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--held-out", type=int, default=100, help="held-out tasks per split")
+    parser.add_argument("--tto-lr", type=float, default=0.01, help="TTO / fitting lr (chosen on validation tasks)")
     args = parser.parse_args()
     models = [args.model] if args.model else list(MODELS)
     if args.stage in ("train", "all"):
@@ -181,7 +193,7 @@ def main() -> None:
             train(model, args.minutes, args.threads)
     if args.stage in ("eval", "all"):
         for model in models:
-            evaluate_model(model, TTO, args.held_out, args.threads)
+            evaluate_model(model, [*TTO, f"tto.lr={args.tto_lr}"], args.held_out, args.threads)
     if args.stage in ("report", "all"):
         tsne_figure(args.held_out)
         report(args.held_out, args.minutes)

@@ -7,7 +7,7 @@ budget (steps, ACT steps, gradient clip) and each learning rate of a small grid,
 tasks that are never reported elsewhere (`synth:iid:test` with another seed than the held-out
 tasks of `benchmarks/synth_fewshot.py`). Reports pass@1, pass@2, the mean demo loss of the best
 context, and the RMS of the best context beside the encoder's. Writes the `tto_parameterisation`
-section of BENCHMARKS.md.
+section of BENCHMARKS.md (one per model).
 Run: `python benchmarks/tto_parameterisation.py [--run runs/synth/etrm] [--lrs 0.01,0.05]`.
 """
 
@@ -69,15 +69,15 @@ def main() -> None:
             rows.append(f"| {parameterisation} | {lr:g} | {summary['pass@1']:.3f} | {summary['pass@2']:.3f} | "
                         f"{np.mean(losses):.3f} | {rms_start:.3f} -> {rms_best:.3f} | {seconds:.0f} |")
             print(rows[-1], flush=True)
-    body = f"""## Test-time optimisation: raw or scale-keeping context (`benchmarks/tto_parameterisation.py`)
+    body = f"""## Test-time optimisation, {Path(args.run).name}: raw or scale-keeping context (`benchmarks/tto_parameterisation.py`)
 
-Machine: {machine()}. Model: `{Path(args.run).name}` (the `synth_fewshot` ETRM), on
+Machine: {machine()}. Model: `{Path(args.run).name}` of `benchmarks/synth_fewshot.py`, on
 {args.validation.split(':')[4]} validation tasks (`{args.validation}`, a seed the reported held-out
 tasks do not use), {args.steps} Adam steps with {args.act_steps} ACT steps inside, the same for both.
 
 {chr(10).join(rows)}
 """
-    write_section("tto_parameterisation", body)
+    write_section(f"tto_parameterisation_{Path(args.run).name}", body)
     print(body)
 
 
