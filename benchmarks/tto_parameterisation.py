@@ -69,7 +69,7 @@ def main() -> None:
             rows.append(f"| {parameterisation} | {lr:g} | {summary['pass@1']:.3f} | {summary['pass@2']:.3f} | "
                         f"{np.mean(losses):.3f} | {rms_start:.3f} -> {rms_best:.3f} | {seconds:.0f} |")
             print(rows[-1], flush=True)
-    body = f"""## Test-time optimisation, {Path(args.run).name}: raw or scale-keeping context (`benchmarks/tto_parameterisation.py`)
+    body = f"""## TTO of {Path(args.run).name}: raw or scale-keeping context (`benchmarks/tto_parameterisation.py`)
 
 Machine: {machine()}. Model: `{Path(args.run).name}` of `benchmarks/synth_fewshot.py`, on
 {args.validation.split(':')[4]} validation tasks (`{args.validation}`, a seed the reported held-out
