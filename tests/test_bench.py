@@ -49,7 +49,7 @@ def _expected(config, trainer: Trainer, padded: bool = True) -> tuple[float, flo
     decoder = decoder_step_flops(config, config.global_batch_size, train=True)
     if config.model_type != "etrm":
         return decoder, 0.0
-    data = trainer.carry.current_data
+    data = trainer.state.carry.current_data
     return decoder, encoder_batch_flops(config, data["demo_inputs"], data["demo_outputs"], data["demo_mask"],
                                         train=True, padded=padded)
 
@@ -65,7 +65,7 @@ def test_analytic_step_flops_match_the_flop_counter_on_real_training_steps(model
     for step in range(2):  # the second step runs carried samples (their demos stay in the carry)
         batch = to_torch(trainer.sampler.batch(step, config.global_batch_size))
         counted, by_op = counted_flops(trainer.train_step, batch)
-        trainer.step += 1
+        trainer.state.step += 1
         decoder, encoder = _expected(config, trainer)
         print(f"{model_type} step {step + 1}: counted {counted:.6g}, analytic {decoder + encoder:.6g} "
               f"(decoder {decoder:.6g}, encoder {encoder:.6g})")

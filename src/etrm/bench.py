@@ -87,13 +87,13 @@ def bench_model(name: str, overrides: list[str], device: torch.device, steps: in
         trainer.train_step(batch)
         _sync(device)
         done = time.perf_counter()
-        trainer.step += 1
+        trainer.state.step += 1
         if step >= 2:  # warm-up steps (and compilation) are not timed
             data_times.append(built - start)
             step_times.append(done - built)
             flops = decoder_step_flops(config, batch_size, train=True)
             if not trainer.data.is_trm:  # the encoder runs on the demos of the samples in the carry
-                data = trainer.carry.current_data
+                data = trainer.state.carry.current_data
                 flops += encoder_batch_flops(config, data["demo_inputs"], data["demo_outputs"], data["demo_mask"],
                                              train=True)
             step_flops.append(flops)

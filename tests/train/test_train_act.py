@@ -85,23 +85,23 @@ def test_carried_slots_keep_their_labels_and_halted_slots_take_the_new_ones(tiny
     seen = _spy_on_loss_labels(monkeypatch)
     first, second = (to_torch(trainer.sampler.batch(step, size)) for step in (0, 1))
     trainer.train_step(first)
-    trainer.step += 1
-    torch.testing.assert_close(trainer.carry.current_data["labels"], first["labels"])
-    previous = {k: v.clone() for k, v in trainer.carry.current_data.items()}
+    trainer.state.step += 1
+    torch.testing.assert_close(trainer.state.carry.current_data["labels"], first["labels"])
+    previous = {k: v.clone() for k, v in trainer.state.carry.current_data.items()}
     halted = torch.arange(size) % 3 == 0  # slots 0, 3, 6 halted; the others continue
-    trainer.carry.halted = halted.clone()
+    trainer.state.carry.halted = halted.clone()
     trainer.train_step(second)
-    labels = trainer.carry.current_data["labels"]
+    labels = trainer.state.carry.current_data["labels"]
     continuing = ~halted
     assert torch.equal(labels[continuing], previous["labels"][continuing])
     assert torch.equal(labels[halted], second["labels"][halted])
-    assert torch.equal(trainer.carry.current_data["inputs"][continuing], previous["inputs"][continuing])
-    assert torch.equal(trainer.carry.current_data["inputs"][halted], second["inputs"][halted])
+    assert torch.equal(trainer.state.carry.current_data["inputs"][continuing], previous["inputs"][continuing])
+    assert torch.equal(trainer.state.carry.current_data["inputs"][halted], second["inputs"][halted])
     # the test means something: the new batch's labels differ from the carried ones somewhere
     assert not torch.equal(second["labels"][continuing], previous["labels"][continuing])
     assert torch.equal(seen[-1], labels)  # the loss was computed against the carried labels
-    assert trainer.carry.steps[continuing].tolist() == [2] * int(continuing.sum())
-    assert trainer.carry.steps[halted].tolist() == [1] * int(halted.sum())
+    assert trainer.state.carry.steps[continuing].tolist() == [2] * int(continuing.sum())
+    assert trainer.state.carry.steps[halted].tolist() == [1] * int(halted.sum())
 
 
 def test_labels_follow_samples_through_natural_halting(tiny_config, tmp_path, monkeypatch):
@@ -113,11 +113,11 @@ def test_labels_follow_samples_through_natural_halting(tiny_config, tmp_path, mo
     batches = [to_torch(trainer.sampler.batch(step, size)) for step in range(2 * max_steps)]
     for step, batch in enumerate(batches):
         trainer.train_step(batch)
-        trainer.step += 1
+        trainer.state.step += 1
         loaded = batches[(step // max_steps) * max_steps]
-        assert torch.equal(trainer.carry.current_data["labels"], loaded["labels"]), step
+        assert torch.equal(trainer.state.carry.current_data["labels"], loaded["labels"]), step
         assert torch.equal(seen[-1], loaded["labels"]), step
-        assert bool(trainer.carry.halted.all()) == ((step + 1) % max_steps == 0)
+        assert bool(trainer.state.carry.halted.all()) == ((step + 1) % max_steps == 0)
     assert not torch.equal(batches[1]["labels"], batches[0]["labels"])
 
 

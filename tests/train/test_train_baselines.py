@@ -29,7 +29,7 @@ def test_trm_baseline_trains_and_updates_only_the_rows_it_used(tiny_config, tmp_
     def recording_step(batch):
         offered.update(batch["puzzle_identifiers"].tolist())
         metrics = original_step(batch)
-        used.update(trainer.carry.current_data["puzzle_identifiers"].tolist())  # the samples actually run
+        used.update(trainer.state.carry.current_data["puzzle_identifiers"].tolist())  # the samples actually run
         return metrics
 
     trainer.train_step = recording_step
@@ -108,9 +108,9 @@ def test_frozen_decoder_stays_unchanged_while_the_encoder_learns(finished_run, t
     decoder_start, encoder_before = snapshot(trainer.model.decoder), snapshot(trainer.model.context_source)
     for step in range(3):
         trainer.train_step(to_torch(trainer.sampler.batch(step, config.global_batch_size)))
-        trainer.step += 1
+        trainer.state.step += 1
         decoder_now, encoder_now = snapshot(trainer.model.decoder), snapshot(trainer.model.context_source)
         decoder_same = all(torch.equal(decoder_now[k], decoder_start[k]) for k in decoder_start)
-        assert decoder_same == (trainer.step <= 2), trainer.step
-        assert any(not torch.equal(encoder_now[k], encoder_before[k]) for k in encoder_now), trainer.step
+        assert decoder_same == (trainer.state.step <= 2), trainer.state.step
+        assert any(not torch.equal(encoder_now[k], encoder_before[k]) for k in encoder_now), trainer.state.step
         encoder_before = encoder_now

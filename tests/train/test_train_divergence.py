@@ -23,7 +23,7 @@ def _poison_weights_before(monkeypatch, bad_step: int) -> None:
     original = Trainer.train_step
 
     def step(self, batch):
-        if self.step == bad_step - 1:
+        if self.state.step == bad_step - 1:
             with torch.no_grad():
                 self.model.decoder.lm_head.weight.fill_(math.nan)
         return original(self, batch)
@@ -37,7 +37,7 @@ def _poison_gradient_at(monkeypatch, bad_step: int) -> None:
     original = Trainer.train_step
 
     def step(self, batch):
-        if self.step != bad_step - 1:
+        if self.state.step != bad_step - 1:
             return original(self, batch)
         param = next(self.model.context_source.encoder.parameters())
         handle = param.register_hook(lambda grad: torch.full_like(grad, math.inf))

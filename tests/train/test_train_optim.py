@@ -68,7 +68,7 @@ def test_train_step_uses_the_schedule(tiny_config, tmp_path):
         groups = {g["name"]: g["lr"] for g in trainer.optimizers[0].param_groups}
         assert groups["decoder"] == pytest.approx(expected)
         assert groups["encoder"] == pytest.approx(0.5 * expected)
-        trainer.step += 1
+        trainer.state.step += 1
 
 
 def test_optimizer_sees_globally_clipped_gradients(tiny_config, tmp_path, monkeypatch):
@@ -150,7 +150,7 @@ def test_ema_leaves_the_puzzle_table_out_and_evaluation_reads_it_as_trained(tiny
     for step in range(3):
         batch = trainer.sampler.batch(step, trainer.config.global_batch_size)
         trainer.train_step(to_torch(batch, trainer.runtime.device))
-        trainer.step += 1
+        trainer.state.step += 1
     table = trainer.model.context_source.table.weight
     assert table.abs().sum() > 0  # sign-SGD moved the touched rows
     weights = trainer.ema.weights_for(trainer.model)

@@ -75,7 +75,7 @@ def test_resume_mid_log_window_is_exact(tiny_config, tmp_path, monkeypatch):
     original = Trainer.train_step
 
     def dying(self, batch):
-        if self.step == 5:
+        if self.state.step == 5:
             raise _Killed
         return original(self, batch)
 

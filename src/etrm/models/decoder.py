@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -175,6 +175,49 @@ class ACTCarry:
     context_state: Tensor | None = None  # a recurrent context source's state (ETRM-squared)
     forced: Tensor | None = None  # (B,) bool: exploration kept this sample running past q_halt > 0
 
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("context_state", "forced")
+
+    def state_dict(self) -> dict[str, Any]:
+        """The carry as plain CPU tensors (for a checkpoint)."""
+        state = {"z_H": self.latents.z_H.cpu(), "z_L": self.latents.z_L.cpu(), "steps": self.steps.cpu(),
+                 "halted": self.halted.cpu(), "data": {k: v.cpu() for k, v in self.current_data.items()}}
+        state.update({key: getattr(self, key).cpu() for key in self.OPTIONAL if getattr(self, key) is not None})
+        return state
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any], device: torch.device) -> ACTCarry:
+        optional = {key: state[key].to(device) if key in state else None for key in cls.OPTIONAL}
+        return cls(Latents(state["z_H"].to(device), state["z_L"].to(device)), state["steps"].to(device),
+                   state["halted"].to(device), {k: v.to(device) for k, v in state["data"].items()}, **optional)
+
+    @staticmethod
+    def join_state_dicts(states: list[dict[str, Any]]) -> dict[str, Any]:
+        """One carry state from the ranks' (slots in rank order); their demo counts (dim 1 of
+        the demo tensors) may differ and are padded to the widest."""
+        joined = {key: torch.cat([s[key] for s in states]) for key in states[0] if key != "data"}
+        widths = {k: max(s["data"][k].shape[1] for s in states) for k, v in states[0]["data"].items() if v.ndim > 1}
+        joined["data"] = {k: torch.cat([pad_dim1(s["data"][k], widths[k]) if k in widths else s["data"][k]
+                                        for s in states]) for k in states[0]["data"]}
+        return joined
+
+    @staticmethod
+    def slice_state_dict(state: dict[str, Any], rank: int, world_size: int) -> dict[str, Any]:
+        """Rank `rank`'s slots of a joined carry state."""
+        local = state["steps"].shape[0] // world_size
+        part = slice(rank * local, (rank + 1) * local)
+        sliced = {key: value[part] for key, value in state.items() if key != "data"}
+        sliced["data"] = {k: v[part] for k, v in state["data"].items()}
+        return sliced
+
+
+def pad_dim1(tensor: Tensor, width: int) -> Tensor:
+    """Zero-pad (False for bool) `tensor` along dim 1 to `width`."""
+    if tensor.shape[1] == width:
+        return tensor
+    out = tensor.new_zeros((tensor.shape[0], width, *tensor.shape[2:]))
+    out[:, : tensor.shape[1]] = tensor
+    return out
+
 
 def pad_dim1_to_match(a: Tensor, b: Tensor, key: str) -> tuple[Tensor, Tensor]:
     """Zero-pad (False for bool) the narrower of `a`, `b` along dim 1, e.g. (B, D, L) demo tensors
@@ -186,15 +229,7 @@ def pad_dim1_to_match(a: Tensor, b: Tensor, key: str) -> tuple[Tensor, Tensor]:
             f"batch key {key!r}: shapes {tuple(a.shape)} and {tuple(b.shape)} differ beyond dim 1"
         )
     width = max(a.shape[1], b.shape[1])
-
-    def padded(t: Tensor) -> Tensor:
-        if t.shape[1] == width:
-            return t
-        out = t.new_zeros((t.shape[0], width, *t.shape[2:]))
-        out[:, : t.shape[1]] = t
-        return out
-
-    return padded(a), padded(b)
+    return pad_dim1(a, width), pad_dim1(b, width)
 
 
 def merge_new_samples(

@@ -5,7 +5,9 @@ slots take the next batch's samples, every running sample is supervised against 
 the gradient is summed over ranks, clipped globally, and applied. `Trainer.run` is the outer
 loop; the final log, checkpoint and evaluation reuse the periodic code. Everything the loop
 changes (step, carry, weights, EMA, optimisers, random state, metric sums) is saved whole in one
-checkpoint; the data position is the step itself, since batches are a pure function of it.
+checkpoint: the weights, EMA and optimisers beside the `TrainState` (step, carry, metric sums,
+history, random state, clock); the data position is the step itself, since batches are a pure
+function of it.
 """
 
 from __future__ import annotations
@@ -28,65 +30,18 @@ from etrm.data.tensors import to_torch
 from etrm.eval.diagnostics import collapse_metrics, probe_contexts, retrieval_at_chance
 from etrm.eval.evaluate import evaluate
 from etrm.models.build import compile_model, load_pretrained_decoder
-from etrm.models.decoder import ACTCarry, Latents
 from etrm.models.encoders import rename_legacy_keys
 from etrm.models.losses import act_loss
 from etrm.models.puzzle_embedding import PUZZLE_TABLE_PARAMETER
 from etrm.models.run_data import run_data
 from etrm.train.metrics import MetricsLogger, drop_records_after
 from etrm.train.optim import EMA, build_optimizers, lr_at, set_learning_rate
+from etrm.train.state import TrainState
 from etrm.train.verdict import verdict
 
 
 class TrainingDiverged(EtrmError):
     """The loss or gradient became NaN or infinite; the run stopped without saving the broken weights."""
-
-
-def _carry_to_state(carry: ACTCarry | None) -> dict | None:
-    if carry is None:
-        return None
-    state = {"z_H": carry.latents.z_H.cpu(), "z_L": carry.latents.z_L.cpu(), "steps": carry.steps.cpu(),
-             "halted": carry.halted.cpu(), "data": {k: v.cpu() for k, v in carry.current_data.items()}}
-    for key in ("context_state", "forced"):
-        if getattr(carry, key) is not None:
-            state[key] = getattr(carry, key).cpu()
-    return state
-
-
-def _carry_from_state(state: dict | None, device: torch.device) -> ACTCarry | None:
-    if state is None:
-        return None
-    optional = {key: state[key].to(device) if key in state else None for key in ("context_state", "forced")}
-    return ACTCarry(Latents(state["z_H"].to(device), state["z_L"].to(device)), state["steps"].to(device),
-                    state["halted"].to(device), {k: v.to(device) for k, v in state["data"].items()}, **optional)
-
-
-def _concat_carries(states: list[dict]) -> dict:
-    # One global carry (slots in global order) from the ranks' carries.
-    joined = {key: torch.cat([s[key] for s in states]) for key in states[0] if key != "data"}
-    joined["data"] = {k: _cat_padded([s["data"][k] for s in states]) for k in states[0]["data"]}
-    return joined
-
-
-def _cat_padded(tensors: list[torch.Tensor]) -> torch.Tensor:
-    # Ranks may carry different demo counts (dim 1); pad to the widest before joining.
-    if tensors[0].ndim < 2:
-        return torch.cat(tensors)
-    width = max(t.shape[1] for t in tensors)
-    padded = []
-    for tensor in tensors:
-        out = tensor.new_zeros((tensor.shape[0], width, *tensor.shape[2:]))
-        out[:, : tensor.shape[1]] = tensor
-        padded.append(out)
-    return torch.cat(padded)
-
-
-def _slice_carry(state: dict, rank: int, world_size: int) -> dict:
-    local = state["steps"].shape[0] // world_size
-    part = slice(rank * local, (rank + 1) * local)
-    sliced = {key: value[part] for key, value in state.items() if key != "data"}
-    sliced["data"] = {k: v[part] for k, v in state["data"].items()}
-    return sliced
 
 
 class Trainer:
@@ -116,28 +71,23 @@ class Trainer:
         self.dense_params = [p for p in self.model.parameters() if id(p) not in sparse]
         self.encoder_params = [p for n, p in self.model.named_parameters() if n.startswith("context_source.encoder")]
 
-        self.step = 0
-        self.carry: ACTCarry | None = None
+        self.state = TrainState()
         self.first_bad_step = torch.tensor(-1, device=runtime.device)
-        self.sums: dict[str, torch.Tensor] = {}
-        self.started = self.window_start = time.perf_counter()
-        self.window_steps = 0
-        self.history: list[dict[str, Any]] = []
         torch.manual_seed(config.seed + 1 + runtime.rank)  # exploration draws differ per rank
 
     # ----------------------------------------------------------------------------------- steps
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """One optimiser step; returns metric sums as device tensors (no host synchronisation)."""
-        config = self.config
-        if self.carry is None:
-            self.carry = self.model.initial_carry(batch)
-        set_learning_rate(self.optimizers, lr_at(self.step, config.lr, config.lr_warmup_steps, config.max_steps,
+        config, state = self.config, self.state
+        if state.carry is None:
+            state.carry = self.model.initial_carry(batch)
+        set_learning_rate(self.optimizers, lr_at(state.step, config.lr, config.lr_warmup_steps, config.max_steps,
                                                  config.lr_schedule, config.lr_min_ratio))
         self._apply_decoder_freeze()
         with autocast_for(self.runtime.device):
-            self.carry, outputs = self.model(self.carry, batch)
-            loss, metrics = act_loss(outputs, self.carry.current_data["labels"], self.carry.halted,
-                                     config.halt_loss_weight, steps=self.carry.steps, forced=self.carry.forced)
+            state.carry, outputs = self.model(state.carry, batch)
+            loss, metrics = act_loss(outputs, state.carry.current_data["labels"], state.carry.halted,
+                                     config.halt_loss_weight, steps=state.carry.steps, forced=state.carry.forced)
         (loss / config.global_batch_size).backward()
         distributed.sum_gradients(self.model, self.runtime)
         encoder_norm = _grad_norm(self.encoder_params, self.runtime.device)
@@ -152,7 +102,7 @@ class Trainer:
         # (taken after the all-reduce), so every rank flags the same step.
         finite = torch.isfinite(loss.detach()) & torch.isfinite(grad_norm.detach())
         self.first_bad_step = torch.where(finite | (self.first_bad_step >= 0), self.first_bad_step,
-                                          torch.tensor(self.step, device=loss.device))
+                                          torch.tensor(state.step, device=loss.device))
         metrics.update(loss=loss.detach(), samples=torch.tensor(float(batch["inputs"].shape[0]), device=loss.device),
                        grad_norm=grad_norm.detach() / self.runtime.world_size,
                        encoder_grad_share=(encoder_norm / grad_norm.clamp_min(1e-12)) ** 2 / self.runtime.world_size)
@@ -160,7 +110,7 @@ class Trainer:
 
     def _apply_decoder_freeze(self) -> None:
         frozen_steps = self.config.freeze_decoder_steps
-        frozen = frozen_steps < 0 or self.step < frozen_steps
+        frozen = frozen_steps < 0 or self.state.step < frozen_steps
         for param in self.model.decoder.parameters():
             param.requires_grad_(not frozen)
 
@@ -171,7 +121,7 @@ class Trainer:
         if config.resume and self.checkpoint_path.is_file():
             self.restore()
             if runtime.is_main:
-                drop_records_after(self.run_dir, self.step)  # the killed run's later steps are redone
+                drop_records_after(self.run_dir, self.state.step)  # the killed run's later steps are redone
         if runtime.is_main:
             (self.run_dir / "config.yaml").write_text(to_yaml(config))
             for line in self.data.split.summary(config.canvas_side):
@@ -182,43 +132,40 @@ class Trainer:
         self.logger = MetricsLogger(self.run_dir, config.tracker if runtime.is_main else "none",
                                     OmegaConf.to_container(OmegaConf.structured(config)), config.project_name,
                                     config.run_name) if runtime.is_main else None
-        progress = tqdm(total=config.max_steps, initial=self.step, disable=not (runtime.is_main and config.progress),
+        state = self.state
+        progress = tqdm(total=config.max_steps, initial=state.step, disable=not (runtime.is_main and config.progress),
                         desc=config.run_name, dynamic_ncols=True)
         with ThreadPoolExecutor(max_workers=1) if config.data_workers > 0 else _NoPool() as pool:
-            upcoming = self._fetch(pool, self.step)
-            last = self.step >= config.max_steps
+            upcoming = self._fetch(pool, state.step)
+            last = state.step >= config.max_steps
             while not last:
                 batch = upcoming.result()
-                if self.step + 1 < config.max_steps:
-                    upcoming = self._fetch(pool, self.step + 1)
-                metrics = self.train_step(batch)
-                for key, value in metrics.items():
-                    self.sums[key] = self.sums.get(key, 0) + value.detach().double()
-                self.step += 1
-                self.window_steps += 1
+                if state.step + 1 < config.max_steps:
+                    upcoming = self._fetch(pool, state.step + 1)
+                state.add(self.train_step(batch))
                 progress.update(1)
-                last = self.step == config.max_steps
-                if last or self.step % config.log_every == 0:
+                last = state.step == config.max_steps
+                if last or state.step % config.log_every == 0:
                     record = self.log_window()
                     progress.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['token_accuracy']:.3f}")
                     last = last or self._time_is_up()
-                if last or self.step % config.checkpoint_every == 0:
+                if last or state.step % config.checkpoint_every == 0:
                     self.save()
-                if config.diagnostics_every and self.step % config.diagnostics_every == 0 and not last:
+                if config.diagnostics_every and state.step % config.diagnostics_every == 0 and not last:
                     self.log_diagnostics()
-                if config.eval_every and self.step % config.eval_every == 0 and not last:
+                if config.eval_every and state.step % config.eval_every == 0 and not last:
                     self.evaluate_all(config.eval.periodic_splits)
         progress.close()
         results = self.evaluate_all() if config.final_eval else {}
         summary = None
         if runtime.is_main:
-            summary = verdict(config, self.history, results, self.run_dir, self.logger.tracker_link)
+            summary = verdict(config, state.history, results, self.run_dir, self.logger.tracker_link)
             self.logger.close()
         return summary or {}
 
     def _time_is_up(self) -> bool:
         # Checked at log points only; every rank takes rank 0's decision.
-        elapsed_minutes = (time.perf_counter() - self.started) / 60
+        elapsed_minutes = self.state.wall_time / 60
         time_up = bool(self.config.max_minutes) and elapsed_minutes >= self.config.max_minutes
         return distributed.agree(time_up, self.runtime)
 
@@ -238,9 +185,10 @@ class Trainer:
     def log_window(self) -> dict[str, Any]:
         """Reduce the metric sums over ranks and steps, write one record, reset the window."""
         self._check_finite()
-        sums = {k: float(v) for k, v in distributed.sum_over_ranks(self.sums, self.runtime).items()}
-        elapsed = time.perf_counter() - self.window_start
-        count, samples, steps = max(sums.get("count", 0), 1), max(sums["samples"], 1), self.window_steps
+        state = self.state
+        sums = {k: float(v) for k, v in distributed.sum_over_ranks(state.sums, self.runtime).items()}
+        elapsed = time.perf_counter() - state.window_start
+        count, samples, steps = max(sums.get("count", 0), 1), max(sums["samples"], 1), state.window_steps
         record = {
             "loss": sums["loss"] / samples, "lm_loss": sums["lm_loss"] / samples,
             "q_halt_loss": sums["q_halt_loss"] / samples,
@@ -250,7 +198,7 @@ class Trainer:
             "grad_norm": sums["grad_norm"] / steps, "encoder_grad_share": sums["encoder_grad_share"] / steps,
             "lr": self.optimizers[0].param_groups[0]["lr"],
             "samples_per_s": samples / elapsed, "seconds_per_step": elapsed / steps,
-            "wall_time": time.perf_counter() - self.started,
+            "wall_time": state.wall_time,
         }
         if "forced_count" in sums:
             forced, forced_exact = sums["forced_count"], sums["forced_exact_match"]
@@ -259,10 +207,9 @@ class Trainer:
                           unforced_exact_match=(sums["exact_match"] - forced_exact) / max(count - forced, 1))
         if "auxiliary_loss" in sums:  # a variational encoder's weighted KL
             record["auxiliary_loss"] = sums["auxiliary_loss"] / samples
-        self.history.append({"step": self.step, **record})
         if self.logger is not None:
-            self.logger.log(self.step, record)
-        self.sums, self.window_steps, self.window_start = {}, 0, time.perf_counter()
+            self.logger.log(state.step, record)
+        state.close_window(record)
         return record
 
     # ----------------------------------------------------------------------------- evaluation
@@ -277,9 +224,9 @@ class Trainer:
         if contexts.shape[0] < 2:
             return None
         metrics = collapse_metrics(contexts)
-        self.logger.log(self.step, metrics, kind="diagnostics")
-        if self.step > config.lr_warmup_steps and retrieval_at_chance(metrics):
-            print(f"warning: step {self.step}: task retrieval {metrics['retrieval_accuracy']:.2f} is at chance "
+        self.logger.log(self.state.step, metrics, kind="diagnostics")
+        if self.state.step > config.lr_warmup_steps and retrieval_at_chance(metrics):
+            print(f"warning: step {self.state.step}: task retrieval {metrics['retrieval_accuracy']:.2f} is at chance "
                   f"({metrics['retrieval_chance']:.2f}): the encoder does not tell the probe tasks apart")
         return metrics
 
@@ -306,35 +253,24 @@ class Trainer:
             self.log_diagnostics()
             for name, summary in results.items():
                 scalars = {k: v for k, v in summary.items() if k != "per_task"}
-                self.logger.log(self.step, {**scalars, "wall_time": time.perf_counter() - self.started},
-                                kind=f"eval_{name}")
+                self.logger.log(self.state.step, {**scalars, "wall_time": self.state.wall_time}, kind=f"eval_{name}")
         return results
 
     # ---------------------------------------------------------------------------- checkpoints
     def save(self) -> None:
-        """Write the whole train state (rank 0 writes; every rank contributes carry and RNG)."""
+        """Write the whole train state (rank 0 writes; every rank contributes its carry and RNG)."""
         self._check_finite()
-        local = {"carry": _carry_to_state(self.carry), "rng": torch.get_rng_state(),
-                 "cuda_rng": torch.cuda.get_rng_state(self.runtime.device) if self.runtime.device.type == "cuda"
-                 else torch.empty(0, dtype=torch.uint8),
-                 "sums": {k: v.cpu() for k, v in self.sums.items()}}
-        ranks = distributed.gather_objects(local, self.runtime)
+        shares = distributed.gather_objects(self.state.local_state_dict(self.runtime.device), self.runtime)
         if not self.runtime.is_main:
             return
-        carries = [r["carry"] for r in ranks]
-        state = {
-            "step": self.step,
+        write_checkpoint(self.checkpoint_path, {
+            **self.state.state_dict(shares),
             "model": self.model.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else {},
             "optimizers": [optimizer.state_dict() for optimizer in self.optimizers],
-            "carry": _concat_carries(carries) if carries[0] is not None else None,
-            "rng": [r["rng"] for r in ranks], "cuda_rng": [r["cuda_rng"] for r in ranks],
-            "sums": [r["sums"] for r in ranks], "window_steps": self.window_steps,
-            "history": self.history, "elapsed": time.perf_counter() - self.started,
-            "world_size": self.runtime.world_size, "num_episodes": self.sampler.num_episodes,
+            "num_episodes": self.sampler.num_episodes,
             "config": to_yaml(self.config),
-        }
-        write_checkpoint(self.checkpoint_path, state)
+        })
 
     def restore(self) -> None:
         """Continue exactly where the checkpoint stopped."""
@@ -347,20 +283,9 @@ class Trainer:
             self.ema.load_state_dict(rename_legacy_keys(self.model, state["ema"]))
         for optimizer, saved in zip(self.optimizers, state["optimizers"], strict=True):
             optimizer.load_state_dict(saved)
-        self.step = state["step"]
-        rank, world = self.runtime.rank, self.runtime.world_size
-        if state["carry"] is not None:
-            self.carry = _carry_from_state(_slice_carry(state["carry"], rank, world), self.runtime.device)
-        if state["world_size"] == world:
-            torch.set_rng_state(state["rng"][rank])
-            if self.runtime.device.type == "cuda" and state["cuda_rng"][rank].numel():
-                torch.cuda.set_rng_state(state["cuda_rng"][rank], self.runtime.device)
-            self.sums = {k: v.to(self.runtime.device) for k, v in state["sums"][rank].items()}
-            self.window_steps = state["window_steps"]
-        self.history = list(state["history"])
-        self.started = time.perf_counter() - state["elapsed"]
+        self.state.load_state_dict(state, self.runtime)
         if self.runtime.is_main:
-            print(f"resumed from {self.checkpoint_path} at step {self.step}")
+            print(f"resumed from {self.checkpoint_path} at step {self.state.step}")
 
 
 class _NoPool:
