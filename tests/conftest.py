@@ -68,6 +68,21 @@ def require_shared() -> Callable[..., None]:
     return require_shared_files
 
 
+# The TRM reference fixtures (../shared/fixtures/README.md says what each holds).
+FIXTURES = Path(__file__).resolve().parents[1].parent / "shared/fixtures"
+
+
+@pytest.fixture(scope="session")
+def reference_fixture() -> Callable[[str], dict]:
+    """reference_fixture("trm_reference_small.pt") -> the fixture's dict, read without executing
+    code; skips (fails under ETRM_REQUIRE_SHARED) when the shared folder is absent."""
+    def load(name: str) -> dict:
+        require_shared_files(f"the TRM reference fixture {name}", FIXTURES / name)
+        return torch.load(FIXTURES / name, weights_only=True)
+
+    return load
+
+
 # ConceptARC is never copied into the repository: it sits in ../shared/data/conceptarc/.
 CONCEPTARC_PREFIX = Path(__file__).resolve().parents[1].parent / "shared/data/conceptarc/arc-agi_concept"
 

@@ -13,9 +13,8 @@ FIXTURE = Path(__file__).resolve().parents[2].parent / "shared/fixtures/trm_refe
 
 
 @pytest.fixture(scope="module")
-def reference(require_shared) -> dict:
-    require_shared("the TRM reference fixture", FIXTURE)  # skips locally, fails under ETRM_REQUIRE_SHARED
-    return torch.load(FIXTURE, weights_only=True)
+def reference(reference_fixture) -> dict:
+    return reference_fixture(FIXTURE.name)
 
 
 def test_decoder_reproduces_the_trm_reference_at_every_act_step(reference):

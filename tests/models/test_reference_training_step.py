@@ -6,7 +6,6 @@ reference's loss head, every gradient of loss / batch_size and the puzzle-embedd
 and the table after one reference sign-SGD step. Everything here must match it to 1e-5.
 """
 
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,7 +13,6 @@ import torch
 from etrm.models import SparseSignSGD, act_loss, load_trm_checkpoint
 from etrm.models.trm_checkpoint import DECODER_ARCH_KEYS, OTHER_ARCH_KEYS, project_name, strip_prefixes
 
-FIXTURE = Path(__file__).resolve().parents[2].parent / "shared/fixtures/trm_reference_train_small.pt"
 TOLERANCE = dict(atol=1e-5, rtol=1e-5)
 # The reference loss head's metric names -> this project's.
 METRIC_NAMES = {"count": "count", "accuracy": "token_accuracy", "exact_accuracy": "exact_match",
@@ -23,9 +21,8 @@ METRIC_NAMES = {"count": "count", "accuracy": "token_accuracy", "exact_accuracy"
 
 
 @pytest.fixture(scope="module")
-def reference(require_shared) -> dict:
-    require_shared("the TRM reference training fixture", FIXTURE)  # skips locally, fails under ETRM_REQUIRE_SHARED
-    return torch.load(FIXTURE, weights_only=True)
+def reference(reference_fixture) -> dict:
+    return reference_fixture("trm_reference_train_small.pt")
 
 
 def test_training_steps_match_the_reference(reference):
