@@ -309,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="measure training and evaluation speed, FLOP/s and MFU")
     bench.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     bench.add_argument("--steps", type=int, default=5, help="timed training steps per model (after 2 warm-up)")
-    bench.add_argument("--only", default="", help="only the setups whose name contains this")
+    bench.add_argument("--only", default="", help="only the setup of this name, else those whose name contains it")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.add_argument("--out", default="BENCHMARKS.md", help="file to append the dated rows to")
     bench.set_defaults(handler=_bench)
