@@ -40,8 +40,8 @@ METHODS = [("ETRM (standard encoder)", "etrm", False), ("ETRM + TTO", "etrm", Tr
            ("ETRM (cross_demo encoder)", "etrm-cross-demo", False), ("TRM, no fitting", "trm", False),
            ("TRM + test-time fitting", "trm", True)]
 # One test-time budget for ETRM + TTO and TRM + fitting; the lr (`--tto-lr`, per model) is picked on
-# validation tasks by `benchmarks/tto_parameterisation.py` (`synth:iid:test` with seed 1,
-# `synth:iid:test` with seed 1, never on the reported held-out tasks).
+# validation tasks by `benchmarks/tto_parameterisation.py` (`synth:iid:test` with seed 1, never on
+# the reported held-out tasks).
 TTO = ["tto.steps=30", "tto.act_steps=2"]
 
 

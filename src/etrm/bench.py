@@ -84,10 +84,10 @@ def bench_model(name: str, overrides: list[str], device: torch.device, steps: in
         batch = to_torch(trainer.sampler.batch(step, batch_size), device, pin_memory=pin)  # as Trainer._fetch
         _sync(device)
         built = time.perf_counter()
-        trainer.train_step(batch)
+        metrics = trainer.train_step(batch)
         _sync(device)
         done = time.perf_counter()
-        trainer.state.step += 1
+        trainer.state.add(metrics)
         if step >= 2:  # warm-up steps (and compilation) are not timed
             data_times.append(built - start)
             step_times.append(done - built)

@@ -11,7 +11,7 @@ from etrm.data.episodes import AugmentedTasks, EvalEnumeration
 from etrm.data.tensors import to_torch
 from etrm.eval.evaluate import evaluate, predict
 from etrm.eval.tto import demo_loss, initial_context, optimise_contexts
-from etrm.models.build import build_model
+from etrm.models.build import build_model, load_evaluation_weights
 
 CANVAS = 6
 CPU = Runtime(torch.device("cpu"))
@@ -21,8 +21,7 @@ CPU = Runtime(torch.device("cpu"))
 def trained(finished_eval_run, tiny_eval_config, tmp_path_factory):
     """The tiny ETRM run's EMA weights (trained 6 steps)."""
     model = build_model(tiny_eval_config(tmp_path_factory.mktemp("tto")))
-    state = read_checkpoint(finished_eval_run / "checkpoint.pt")
-    model.load_state_dict({**state["model"], **state["ema"]})
+    load_evaluation_weights(model, read_checkpoint(finished_eval_run / "checkpoint.pt"))
     return model.eval()
 
 
@@ -111,9 +110,12 @@ def test_scaled_trm_fitting_moves_one_row_at_the_trained_rows_norm(tiny_eval_con
     assert isinstance(source, PuzzleEmbedding)
     with torch.no_grad():
         source.table.weight.normal_()
-    contexts, _ = optimise_contexts(model, batch, TTOConfig(steps=5, lr=0.1, act_steps=1))
+    contexts, losses = optimise_contexts(model, batch, TTOConfig(steps=5, lr=0.1, act_steps=1))
+    start, _ = optimise_contexts(model, batch, TTOConfig(steps=0))
     row_norm = source.table.weight[:-1].norm(dim=-1).mean()
     filled = source.table.weight.shape[1]
     flat = contexts[:, 0].flatten(1)
+    assert not torch.allclose(flat, start[:, 0].flatten(1), atol=1e-4)  # the row moved
+    assert torch.all(losses[:, 0] <= losses[:, 1])
     torch.testing.assert_close(flat[:, :filled].norm(dim=-1), row_norm.expand(flat.shape[0]), rtol=1e-5, atol=1e-5)
     assert torch.count_nonzero(flat[:, filled:]) == 0  # the padding positions stay zero, as in training

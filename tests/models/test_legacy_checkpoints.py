@@ -49,3 +49,32 @@ def test_an_old_standard_encoder_checkpoint_loads_under_the_new_names(tiny, tmp_
         if _to_old_names({name: None}).popitem()[0] in ema:
             expected = expected + 1.0  # the EMA's weights win, under the new name too
         assert torch.equal(value, expected), name
+
+
+def test_an_old_checkpoint_resumes_with_its_ema_under_the_new_names(tiny, tmp_path):
+    # The resume path: model and EMA under the old names, plus the entries older EMAs also held
+    # (the fixed buffers), must restore exactly; an unknown EMA entry is an error, not skipped.
+    from etrm.core.checkpoint import read_checkpoint, write_checkpoint
+    from etrm.train.loop import train
+
+    run_dir = tmp_path / "run"
+    train(load_config(tiny(run_dir, "encoder.num_layers=1", "max_steps=3", "final_eval=false")))
+    path = run_dir / "checkpoint.pt"
+    state = read_checkpoint(path)
+    state["model"], state["ema"] = _to_old_names(state["model"]), _to_old_names(state["ema"])
+    state["ema"]["decoder.H_init"] = state["model"]["decoder.H_init"]
+    assert set(OLD_NAMES) <= state["ema"].keys()
+    write_checkpoint(path, state)
+
+    from etrm.core.distributed import Runtime
+    from etrm.train.loop import Trainer
+
+    config = load_config(tiny(run_dir, "encoder.num_layers=1", "max_steps=3", "resume=true"))
+    trainer = Trainer(config, Runtime(torch.device("cpu")))
+    trainer.restore()
+    for name, value in trainer.ema.state_dict().items():
+        assert torch.equal(value, state["ema"][_to_old_names({name: None}).popitem()[0]]), name
+    state["ema"]["context_source.encoder.no_such.weight"] = torch.zeros(1)
+    write_checkpoint(path, state)
+    with pytest.raises(KeyError, match="no_such"):
+        Trainer(config, Runtime(torch.device("cpu"))).restore()

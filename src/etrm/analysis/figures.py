@@ -113,14 +113,13 @@ def context_tsne(run_dir: Path, out: Path, num_tasks: int = 12, num_augmentation
     import torch
     from sklearn.manifold import TSNE
 
-    from etrm.core.config import config_from_yaml
     from etrm.eval.diagnostics import probe_contexts
     from etrm.eval.evaluate import load_for_eval
     from etrm.models.run_data import split_of
 
-    if config_from_yaml(run_dir / "config.yaml").model_type == "trm":
-        return None
     config, model, _, _ = load_for_eval(run_dir, ["leak_policy=warn"])
+    if config.model_type == "trm":
+        return None
     contexts = probe_contexts(model.context_source, split_of(config).train[:num_tasks], num_augmentations,
                               config.canvas_side, config.max_demos, torch.device("cpu"), config.seed)
     tasks, augs = contexts.shape[:2]

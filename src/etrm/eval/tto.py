@@ -31,8 +31,7 @@ def initial_context(model: ACTModel, batch: dict[str, Tensor]) -> Tensor:
     source, batch_size = model.context_source, batch["inputs"].shape[0]
     if isinstance(source, PuzzleEmbedding):
         return source.rows_to_context(_mean_row(source).expand(batch_size, -1)).clone()
-    fresh = torch.ones(batch_size, dtype=torch.bool, device=batch["inputs"].device)
-    return source.step(batch, source.initial_state(batch_size, fresh.device), fresh).context
+    return source(batch)
 
 
 def _mean_row(source: PuzzleEmbedding) -> Tensor:
@@ -51,14 +50,14 @@ def context_parameterisation(model: ACTModel, batch: dict[str, Tensor], paramete
     positions a row does not fill stay zero, as in training).
     """
     source, batch_size = model.context_source, batch["inputs"].shape[0]
-    start = initial_context(model, batch).float()
     if parameterisation == "raw":
-        return start, lambda variable: variable
+        return initial_context(model, batch).float(), lambda variable: variable
     if isinstance(source, PuzzleEmbedding):
         with torch.no_grad():
             row_norm = source.table.weight[:-1].float().norm(dim=-1).mean()
             row = _mean_row(source).float().expand(batch_size, -1).clone()
         return row, lambda variable: source.rows_to_context(_with_norm(variable, row_norm))
+    start = initial_context(model, batch).float()
     norms = start.norm(dim=-1, keepdim=True)
     return start, lambda variable: _with_norm(variable, norms)
 

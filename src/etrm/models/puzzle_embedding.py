@@ -20,6 +20,12 @@ from etrm.models.decoder import ContextOutput, ContextSource
 PUZZLE_TABLE_PARAMETER = "context_source.table.weight"
 
 
+def dense_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Every parameter but TRM's puzzle-embedding table: what the dense optimiser, gradient
+    clipping and the EMA see."""
+    return {name: param for name, param in model.named_parameters() if name != PUZZLE_TABLE_PARAMETER}
+
+
 class PuzzleEmbedding(ContextSource):
     """Context = the row of `batch["puzzle_identifiers"]` in a zero-initialised table (num_ids,
     emb_ndim), zero-padded to context_len * hidden_size and viewed (B, context_len, hidden_size)."""

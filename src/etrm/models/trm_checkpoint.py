@@ -42,6 +42,9 @@ DECODER_ARCH_KEYS = {
     "halt_exploration_prob": "halt_exploration_prob",
 }
 OTHER_ARCH_KEYS = {"grid_side", "puzzle_emb_ndim", "num_puzzle_identifiers"}
+# An official TRM file is TRM's: where its architecture does not say, its exploration is TRM's
+# (0.1), not this project's run default (0.5, the ETRM runs').
+TRM_HALT_EXPLORATION_PROB = 0.1
 
 PUZZLE_TABLE_KEY = "puzzle_emb.weights"
 TOP_LEVEL_NAMES = {
@@ -150,7 +153,7 @@ def decoder_config_from_arch(arch: dict[str, Any], puzzle_emb_ndim: int) -> Deco
         known = sorted(set(DECODER_ARCH_KEYS) | OTHER_ARCH_KEYS)
         raise ConfigError(f"unknown TRM architecture key(s) {unknown}; known keys: {known}")
     fields = {DECODER_ARCH_KEYS[key]: value for key, value in arch.items() if key in DECODER_ARCH_KEYS}
-    config = DecoderConfig(**fields)
+    config = DecoderConfig(**{"halt_exploration_prob": TRM_HALT_EXPLORATION_PROB, **fields})
     if "expansion" in fields:
         config.expansion = float(config.expansion)
     if arch.get("puzzle_emb_len") == 0:  # TRM's 0 means "as many positions as the embedding needs"

@@ -32,7 +32,7 @@ from etrm.eval.evaluate import evaluate
 from etrm.models.build import compile_model, load_pretrained_decoder
 from etrm.models.encoders import rename_legacy_keys
 from etrm.models.losses import act_loss
-from etrm.models.puzzle_embedding import PUZZLE_TABLE_PARAMETER
+from etrm.models.puzzle_embedding import dense_parameters
 from etrm.models.run_data import run_data
 from etrm.train.metrics import MetricsLogger, drop_records_after
 from etrm.train.optim import EMA, build_optimizers, lr_at, set_learning_rate
@@ -67,8 +67,7 @@ class Trainer:
             compile_model(self.model)
         self.optimizers = build_optimizers(self.model, config)
         self.ema = EMA(self.model, config.ema_rate) if config.ema_rate > 0 else None
-        sparse = {id(p) for n, p in self.model.named_parameters() if n == PUZZLE_TABLE_PARAMETER}
-        self.dense_params = [p for p in self.model.parameters() if id(p) not in sparse]
+        self.dense_params = list(dense_parameters(self.model).values())
         self.encoder_params = [p for n, p in self.model.named_parameters() if n.startswith("context_source.encoder")]
 
         self.state = TrainState()

@@ -9,7 +9,7 @@ from adam_atan2_pytorch import AdamAtan2
 from torch import nn
 
 from etrm.core.config import RunConfig
-from etrm.models.puzzle_embedding import PUZZLE_TABLE_PARAMETER, SparseSignSGD
+from etrm.models.puzzle_embedding import PUZZLE_TABLE_PARAMETER, SparseSignSGD, dense_parameters
 
 
 def lr_at(step: int, base_lr: float, warmup_steps: int, total_steps: int, schedule: str = "constant",
@@ -31,10 +31,10 @@ def lr_at(step: int, base_lr: float, warmup_steps: int, total_steps: int, schedu
 def build_optimizers(model: nn.Module, config: RunConfig) -> list[torch.optim.Optimizer]:
     """The dense optimiser (Adam-atan2 or AdamW; encoder params at `encoder_lr_scale`) and, for
     TRM, sign-SGD over the puzzle-embedding table. Each param group records its `lr_scale`."""
-    sparse = [p for n, p in model.named_parameters() if n == PUZZLE_TABLE_PARAMETER]
-    encoder = [p for n, p in model.named_parameters() if n.startswith("context_source.encoder")]
-    taken = {id(p) for p in sparse + encoder}
-    decoder = [p for p in model.parameters() if id(p) not in taken]
+    dense = dense_parameters(model)
+    sparse = [p for n, p in model.named_parameters() if n not in dense]
+    encoder = [p for n, p in dense.items() if n.startswith("context_source.encoder")]
+    decoder = [p for n, p in dense.items() if not n.startswith("context_source.encoder")]
     groups = [{"params": decoder, "lr_scale": 1.0, "name": "decoder"}]
     if encoder:
         groups.append({"params": encoder, "lr_scale": config.encoder_lr_scale, "name": "encoder"})
@@ -42,10 +42,11 @@ def build_optimizers(model: nn.Module, config: RunConfig) -> list[torch.optim.Op
     if config.optimizer == "adam_atan2":
         # a=1: the reference applies lr * atan2(m_hat, sqrt(v_hat)); the package's default a=1.27
         # would scale every step by 1.27.
-        dense = AdamAtan2(groups, lr=config.lr, betas=betas, weight_decay=config.weight_decay, a=1.0, b=1.0)
+        dense_optimizer = AdamAtan2(groups, lr=config.lr, betas=betas, weight_decay=config.weight_decay, a=1.0,
+                                    b=1.0)
     else:
-        dense = torch.optim.AdamW(groups, lr=config.lr, betas=betas, weight_decay=config.weight_decay)
-    optimizers: list[torch.optim.Optimizer] = [dense]
+        dense_optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=betas, weight_decay=config.weight_decay)
+    optimizers: list[torch.optim.Optimizer] = [dense_optimizer]
     if sparse:
         optimizers.append(SparseSignSGD(sparse, lr=config.puzzle_emb_lr, weight_decay=config.puzzle_emb_weight_decay))
         optimizers[-1].param_groups[0]["lr_scale"] = config.puzzle_emb_lr / config.lr
@@ -68,8 +69,9 @@ class EMA:
 
     def __init__(self, model: nn.Module, rate: float):
         self.rate = rate
-        self.shadow = {name: param.detach().clone() for name, param in model.named_parameters()
-                       if name != PUZZLE_TABLE_PARAMETER}
+        self.shadow = {name: param.detach().clone() for name, param in dense_parameters(model).items()}
+        # What older checkpoints also averaged: the table and the (fixed) float buffers.
+        self.not_averaged = {PUZZLE_TABLE_PARAMETER, *(name for name, _ in model.named_buffers())}
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
@@ -81,10 +83,14 @@ class EMA:
         return self.shadow
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        # Checkpoints written before the table left the EMA still hold it (and buffers): skip those.
-        for key, value in state.items():
-            if key in self.shadow:
-                self.shadow[key].copy_(value)
+        """Load a saved shadow; entries older checkpoints also averaged (the table, buffers) are
+        skipped, anything else unknown or missing is an error."""
+        unknown = sorted(set(state) - set(self.shadow) - self.not_averaged)
+        missing = sorted(set(self.shadow) - set(state))
+        if unknown or missing:
+            raise KeyError(f"EMA state does not match the model: unknown {unknown[:3]}, missing {missing[:3]}")
+        for key, value in self.shadow.items():
+            value.copy_(state[key])
 
     def weights_for(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """A full state dict for `model` with the averaged float weights."""

@@ -11,8 +11,8 @@ Design:
   MLP. All cycles but the last run without gradients (as in TRM); the state leaves the step
   detached, the context ``match_token_scale(project(z_E))`` does not: every parameter is trained
   at every step (the earlier version detached its output and never trained: facts 6.2).
-- `EncoderContext` carries the state through the ACT model's `initial_state` / `step` hooks;
-  a plain call runs one step from the init (the `DemoEncoder` contract). No positions are used over the demos, so the
+- The state rides in the ACT carry as `ContextOutput.state` (the `DemoEncoder` contract,
+  through `EncoderContext`); a plain call runs one step from the init. No positions are used over the demos, so the
   context is invariant to their order; padded demos and PAD cells are masked.
 """
 
@@ -75,11 +75,12 @@ class RecurrentEncoder(DemoEncoder):
 
     def encode(self, demo_inputs: Tensor, demo_outputs: Tensor, demo_mask: Tensor, state: Tensor | None = None,
                reset: Tensor | None = None) -> ContextOutput:
-        """One ACT step: z_E <- init where `reset` (B,) (everywhere without a state), refine from
+        """One ACT step: z_E <- init where `reset` (B,) (everywhere without a state or a reset), refine from
         the demos. The context (B, context_len, decoder_hidden) keeps its gradients; the new z_E
         is detached."""
         init = self.E_init.to(demo_mask.device).expand(demo_mask.shape[0], -1, -1)
-        z = init if state is None else torch.where(reset.view(-1, 1, 1), init, state.to(init.dtype))
+        z = init if state is None or reset is None else torch.where(reset.view(-1, 1, 1), init,
+                                                                     state.to(init.dtype))
         demos = self.demos(demo_inputs, demo_outputs, demo_mask)
         z = self.refine(z, demos, demo_mask)
         return ContextOutput(match_token_scale(self.project(z)), state=z.detach())
