@@ -12,7 +12,8 @@ hybrid: the LPN latents + cross-attention over the demos;
 cross_demo: demo vectors attend to each other before the cross-attention;
 set_transformer: ISAB blocks over the demo set, then PMA;
 hierarchical: cells -> grid vectors -> demo vectors -> context;
-recurrent: ETRM-squared, a latent z_E refined from the demos at every ACT step.
+recurrent: ETRM-squared, a latent z_E refined from the demos at every ACT step;
+none: a zero context (the no-encoder floor).
 """
 
 from etrm.models.encoders.common import (
@@ -27,6 +28,7 @@ from etrm.models.encoders.cross_demo import CrossDemoEncoder
 from etrm.models.encoders.hierarchical import HierarchicalEncoder
 from etrm.models.encoders.hybrid import HybridEncoder
 from etrm.models.encoders.lpn import LPNEncoder
+from etrm.models.encoders.none import NoContextEncoder
 from etrm.models.encoders.recurrent import RecurrentEncoder
 from etrm.models.encoders.set_transformer import SetTransformerEncoder
 from etrm.models.encoders.standard import StandardEncoder
@@ -40,6 +42,7 @@ __all__ = [
     "HierarchicalEncoder",
     "HybridEncoder",
     "LPNEncoder",
+    "NoContextEncoder",
     "RecurrentEncoder",
     "SetTransformerEncoder",
     "StandardEncoder",
