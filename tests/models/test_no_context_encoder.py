@@ -27,3 +27,11 @@ def test_no_context_is_zero_and_the_decoder_still_trains(tiny, tmp_path):
     metrics = trainer.train_step(batch)
     assert torch.isfinite(metrics["loss"])
     assert any(not torch.equal(before[n], p) for n, p in model.decoder.named_parameters())
+
+
+def test_no_context_costs_no_encoder_flops_at_evaluation(tiny, tmp_path):
+    from etrm.models.flops import decoder_step_flops, eval_flops_per_sample
+
+    config = load_config(tiny(tmp_path / "run", "encoder.type=none"))
+    steps = config.halt_max_steps
+    assert eval_flops_per_sample(config, 3, 40.0, steps) == steps * decoder_step_flops(config, 1, train=False)

@@ -125,7 +125,8 @@ def eval_flops_per_sample(config: RunConfig, num_demos: float, cells_per_demo: f
     steps backpropagate through the last one, and the two best contexts are decoded at the end.
     """
     step_forward = decoder_step_flops(config, 1, train=False)
-    encoder = encoder_flops(config, round(num_demos), cells_per_demo, train=False) if config.model_type == "etrm" else 0
+    reads_demos = config.model_type == "etrm" and config.encoder.type != "none"  # the zero context costs nothing
+    encoder = encoder_flops(config, round(num_demos), cells_per_demo, train=False) if reads_demos else 0
     if tto_steps == 0:
         return num_steps * step_forward + encoder * (num_steps if encoder_every_step else 1)
     backward = decoder_step_flops(config, 1, train=True) - step_forward
