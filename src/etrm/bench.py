@@ -92,7 +92,7 @@ def bench_model(name: str, overrides: list[str], device: torch.device, steps: in
             data_times.append(built - start)
             step_times.append(done - built)
             flops = decoder_step_flops(config, batch_size, train=True)
-            if not trainer.data.is_trm:  # the encoder runs on the demos of the samples in the carry
+            if config.model_type == "etrm":  # the encoder runs on the demos of the samples in the carry
                 data = trainer.state.carry.current_data
                 flops += encoder_batch_flops(config, data["demo_inputs"], data["demo_outputs"], data["demo_mask"],
                                              train=True)

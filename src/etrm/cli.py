@@ -147,18 +147,21 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _model_info(args: argparse.Namespace) -> int:
-    from etrm.core.config import load_config
+    import torch
+
+    from etrm.core.config import context_description, load_config
     from etrm.models.build import build_model
 
     config = load_config(args.overrides)
-    model = build_model(config, num_puzzle_ids=1 if config.model_type == "trm" else 0)  # sizes only: one row
+    # Sizes only: one puzzle row, one rule atom.
+    model = build_model(config, num_puzzle_ids=1 if config.model_type == "trm" else 0, atom_keys=torch.ones(1))
 
     def count(module) -> int:
         return sum(p.numel() for p in module.parameters())
 
     info = {
         "model_type": config.model_type,
-        "encoder": config.encoder.type if config.model_type == "etrm" else "puzzle_embedding (1 id)",
+        "context": context_description(config),
         "decoder_parameters": count(model.decoder),
         "encoder_parameters": count(model.context_source),
         "total_parameters": count(model),
@@ -192,9 +195,12 @@ def _record(args: argparse.Namespace) -> int:
 
 def _analyze(args: argparse.Namespace) -> int:
     from etrm.analysis.figures import analyze
+    from etrm.analysis.probe import probe_run
 
     for path in analyze(args.run_dir):
         print(path)
+    for line in probe_run(args.run_dir, args.probe_sources).lines():
+        print(line)
     return 0
 
 
@@ -295,8 +301,11 @@ def build_parser() -> argparse.ArgumentParser:
     record.add_argument("--phase2", default=None, help="the Phase 2 run of the same experiment")
     record.add_argument("--out", default=None, help="output Markdown file (default: RUN_DIR/RECORD.md)")
     record.set_defaults(handler=_record)
-    analyze = commands.add_parser("analyze", help="write a run's figures (PNG) into RUN_DIR/figures/")
+    analyze = commands.add_parser("analyze", help="write a run's figures (PNG) into RUN_DIR/figures/ and, where its "
+                                                  "tasks have rule labels, the rule probe (RUN_DIR/rule_probe.json)")
     analyze.add_argument("run_dir")
+    analyze.add_argument("--probe-sources", default=None,
+                         help="probe the rules on these tasks (e.g. synth:iid:test:1:300:8), not the held-out ones")
     analyze.set_defaults(handler=_analyze)
     comparison = commands.add_parser("compare", help="a side-by-side table of the key metrics of runs")
     comparison.add_argument("run_dirs", nargs="+")

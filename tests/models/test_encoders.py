@@ -411,7 +411,7 @@ def test_model_info_reports_parameter_counts(capsys):
     assert info["decoder_parameters"] == sum(p.numel() for p in model.decoder.parameters())
     assert info["encoder_parameters"] == sum(p.numel() for p in model.context_source.parameters())
     assert info["total_parameters"] == info["decoder_parameters"] + info["encoder_parameters"]
-    assert info["encoder"] == "lpn"
+    assert info["context"] == "encoder lpn"
     assert main(["model", "info", *tiny]) == 0
     assert "encoder_parameters" in capsys.readouterr().out
     assert main(["model", "info", "encoder.type=nonesuch"]) == 2

@@ -91,7 +91,8 @@ class RunConfig:
 
     preset: str = "default"
     phase: str = "none"  # none | overfit (Phase 1 verdict) | generalisation (Phase 2 verdict)
-    model_type: str = "etrm"  # etrm | trm
+    # etrm | trm | oracle (the decoder is given each synthetic task's rule: ETRM's upper bound)
+    model_type: str = "etrm"
     project_name: str = "etrm"
     run_name: str = MISSING
     run_dir: str = ""  # default: runs/<project_name>/<run_name>
@@ -140,6 +141,11 @@ class RunConfig:
     halt_max_steps: int = 16
     halt_exploration_prob: float = 0.5
     halt_loss_weight: float = 0.5
+    # persistent (the reference): a step is one ACT step over the carry, one optimiser step. per_batch
+    # (TRM's deep supervision): a step is one batch, supervised up to halt_max_steps times from fresh
+    # latents, an optimiser step after each, halted samples dropped; per_batch_encode_once: the same
+    # with the encoder run once per batch and stepped once at its end. max_steps etc. count steps.
+    train_mode: str = "persistent"
 
     # decoder initialisation
     load_pretrained_decoder: str = ""  # a TRM checkpoint or one of ours; its puzzle embedding is dropped
@@ -167,13 +173,14 @@ class RunConfig:
 
 
 _CHOICES = {
-    "model_type": ("etrm", "trm"),
+    "model_type": ("etrm", "trm", "oracle"),
     "phase": ("none", "overfit", "generalisation"),
     "device": ("auto", "cpu", "cuda"),
     "tracker": ("none", "tensorboard", "wandb"),
     "leak_policy": ("drop", "warn", "error"),
     "optimizer": ("adam_atan2", "adamw"),
     "lr_schedule": ("constant", "cosine"),
+    "train_mode": ("persistent", "per_batch", "per_batch_encode_once"),
     "encoder.pooling": ("mean", "max", "attention", "cls"),
     "eval.split": ("test", "train"),
     "tto.parameterisation": ("scaled", "raw"),
@@ -213,6 +220,9 @@ def _validate(config: RunConfig) -> None:
         raise ConfigError(f"halt_exploration_prob must be in [0, 1], got {config.halt_exploration_prob}")
     if config.model_type == "trm" and config.augmentations_per_task < 1:
         raise ConfigError("model_type=trm needs augmentations_per_task >= 1 (one embedding row each)")
+    if config.model_type == "oracle" and (config.augment or config.eval.num_augmentations > 1):
+        raise ConfigError("model_type=oracle needs augment=false and eval.num_augmentations=1: an augmentation "
+                          "changes the rule that the task's label names")
     if not 1 <= config.canvas_side <= 30:
         raise ConfigError(f"canvas_side must be in 1..30, got {config.canvas_side}")
 
@@ -261,6 +271,15 @@ def config_from_yaml(path: str | Path, overrides: list[str] | tuple[str, ...] = 
 
 def to_yaml(config: RunConfig) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(config))
+
+
+def context_description(config: RunConfig) -> str:
+    """Where a run's context comes from, in words (for summaries and records)."""
+    if config.model_type == "trm":
+        return "puzzle embedding (TRM)"
+    if config.model_type == "oracle":
+        return "rule oracle"
+    return f"encoder {config.encoder.type}"
 
 
 def run_directory(config: RunConfig) -> Path:

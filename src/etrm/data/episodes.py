@@ -14,11 +14,14 @@ A batch is a dict of numpy arrays (uint8 tokens; `etrm.data.tensors.to_torch` ma
 - `puzzle_identifiers`: (B,) the (task, augmentation) id, used by the TRM baseline
 - `task_index`, `query_index`, `augmentation_index`: (B,) where each episode came from
 - `valid`: (B,) False for the filler rows that complete the last evaluation batch
+- `rule_atoms`: (B, A) the keys (`atom_key`) of each task's rule atoms in order, 0-padded; A = the
+  most atoms in the batch (0 when no task has a rule). Read only by the oracle context source.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 from collections.abc import Iterator, Sequence
 
@@ -26,6 +29,7 @@ import numpy as np
 
 from etrm.data.augment import NUM_DIHEDRAL, Augmentation, augmentation_list, dihedral
 from etrm.data.encoding import COLOUR_OFFSET, place_grid
+from etrm.data.synth import rule_atoms
 from etrm.data.tasks import NUM_COLOURS, Task
 
 Batch = dict[str, np.ndarray]
@@ -43,6 +47,24 @@ def training_episodes(tasks: Sequence[Task], leave_one_out: bool) -> np.ndarray:
         if leave_one_out and len(task.demos) >= 2:
             rows += [(task_index, -(d + 1)) for d in range(len(task.demos))]
     return np.asarray(rows, dtype=np.int64).reshape(-1, 2)
+
+
+def atom_key(atom: str) -> int:
+    """A stable non-zero int64 key of a rule atom's name (0 marks padding in `rule_atoms`)."""
+    return int.from_bytes(hashlib.blake2b(atom.encode(), digest_size=8).digest(), "little") % (2**62) + 1
+
+
+def task_atom_keys(task: Task) -> list[int]:
+    """The keys of a task's rule atoms, in order; empty for a task without a rule."""
+    return [] if task.rule is None else [atom_key(atom) for atom in rule_atoms(task.rule)]
+
+
+def _atom_rows(tasks: Sequence[Task]) -> np.ndarray:
+    keys = [task_atom_keys(task) for task in tasks]
+    rows = np.zeros((len(tasks), max(map(len, keys), default=0)), dtype=np.int64)
+    for row, task_keys in zip(rows, keys, strict=True):
+        row[: len(task_keys)] = task_keys
+    return rows
 
 
 def _query_and_context(task: Task, query: int, max_demos: int) -> tuple[tuple, list]:
@@ -113,6 +135,7 @@ def encode_episodes(
         "query_index": episodes[:, 1].astype(np.int64),
         "augmentation_index": zeros if augmentation_index is None else augmentation_index.astype(np.int64),
         "valid": np.ones(size, dtype=bool),
+        "rule_atoms": _atom_rows([tasks[t] for t in episodes[:, 0]]),
     }
 
 

@@ -9,9 +9,10 @@ A source is a short string:
 - `kaggle:PREFIX`: `PREFIX_challenges.json` + `PREFIX_solutions.json` (the Kaggle layout).
 - `dir:PATH`: one JSON file per task (the original ARC layout); a test without an output is
   allowed there (its output is `None`).
-- `synth:SPLIT:PART[:SEED[:COUNT[:MAX_SIDE]]]`: generated few-shot tasks (`etrm.data.synth`), e.g.
-  `synth:params:train` (800 tasks, the same for every split) and `synth:params:test` (100 held-out
-  tasks); grids at most MAX_SIDE (default 10) on a side.
+- `synth:SPLIT:PART[:SEED[:COUNT[:MAX_SIDE[:LEVEL]]]]`: generated few-shot tasks (`etrm.data.synth`),
+  e.g. `synth:params:train` (800 tasks, the same for every split) and `synth:params:test` (100
+  held-out tasks); grids at most MAX_SIDE (default 10) on a side; LEVEL 1, 2 or 3 (default) of
+  the difficulty ladder.
 
 Several sources combine with commas: `arc1:training,kaggle:path/to/arc-agi_concept`.
 Every grid is validated; any problem raises `DataError` naming the file, the task and the grid.
@@ -173,13 +174,18 @@ SYNTH_DEFAULT_COUNTS = {"train": 800, "test": 100}
 
 def _load_synth(rest: str, spec: str) -> list[Task]:
     fields = rest.split(":")
-    if len(fields) < 2 or len(fields) > 5 or not all(f.isdigit() for f in fields[2:]):
-        raise DataError(f"source '{spec}': expected synth:SPLIT:PART[:SEED[:COUNT[:MAX_SIDE]]], e.g. synth:iid:train")
+    if len(fields) < 2 or len(fields) > 6 or not all(f.isdigit() for f in fields[2:]):
+        raise DataError(f"source '{spec}': expected synth:SPLIT:PART[:SEED[:COUNT[:MAX_SIDE[:LEVEL]]]], "
+                        "e.g. synth:iid:train")
     split, part = fields[0], fields[1]
     seed = int(fields[2]) if len(fields) > 2 else 0
     count = int(fields[3]) if len(fields) > 3 else SYNTH_DEFAULT_COUNTS.get(part, 0)
     max_side = int(fields[4]) if len(fields) > 4 else 10
-    return synth_tasks(split, part, count, seed, max_side=max_side)
+    level = int(fields[5]) if len(fields) > 5 else 3
+    try:
+        return synth_tasks(split, part, count, seed, max_side=max_side, level=level)
+    except DataError as error:
+        raise DataError(f"source '{spec}': {error}") from None
 
 
 def _load_one(spec: str) -> list[Task]:

@@ -14,8 +14,19 @@ not held out for `compose`. The held-out tasks of each split:
   tilings, colours, transforms, offsets, directions), on single rules and seen pairs.
 - `compose`: pairs of rules never composed in training, with training parameter values.
 
-Everything is a pure function of the seed. As a source: `synth:SPLIT:PART[:SEED[:COUNT[:MAX_SIDE]]]`,
-e.g. `synth:params:test`; `etrm data synth` writes the same tasks as Kaggle-layout files.
+A ladder of difficulty (`LEVELS`): level 3 is the benchmark above (all ten families and the
+seen compositions); level 2 draws single rules of `colour_permutation`, `dihedral` and
+`translate`; level 1 `colour_permutation` alone: every task a fresh random permutation of the
+colours 1-9, readable from its demos (every colour of a test input appears in a demo input).
+Levels 1 and 2 have the `iid` split only.
+
+Every task keeps its rule (`Task.rule`); `rule_atoms` names the atoms an oracle context is
+built from: one per (family, parameter value) step, and for a colour permutation one per
+colour it maps (c -> p(c)), so held-out permutations are made of atoms seen in training.
+
+Everything is a pure function of the seed. As a source:
+`synth:SPLIT:PART[:SEED[:COUNT[:MAX_SIDE[:LEVEL]]]]`, e.g. `synth:params:test` or
+`synth:iid:train:0:2000:8:1`; `etrm data synth` writes the same tasks as Kaggle-layout files.
 """
 
 from __future__ import annotations
@@ -85,16 +96,30 @@ class Family:
     apply: Callable[[Grid, object], Grid]
     objects: bool = False
     growth: Callable[[object], int] = lambda value: 1
+    # A family whose values are too many to list (a colour permutation) draws each task's value.
+    draw_value: Callable[[np.random.Generator], object] | None = None
+    # The oracle's atoms of one value; default: the (family, value) step itself.
+    atoms: Callable[[object], list[str]] | None = None
+    # Every colour of a test input must appear in a demo input (else the rule is not readable).
+    needs_colour_coverage: bool = False
 
     @property
     def grows(self) -> bool:
-        return self.growth(self.train_values[0]) > 1
+        return bool(self.train_values) and self.growth(self.train_values[0]) > 1
 
 
 def _colour_map(grid: Grid, shift: int) -> Grid:
     lut = np.arange(10, dtype=np.uint8)
     lut[1:] = (np.arange(9) + shift) % 9 + 1  # cyclic shift of colours 1..9; 0 stays
     return lut[grid]
+
+
+def _draw_permutation(rng: np.random.Generator) -> tuple[int, ...]:
+    # A permutation of colours 1..9 (0, the background, stays) that moves at least one colour.
+    while True:
+        permutation = (0, *(rng.permutation(9) + 1).tolist())
+        if permutation != tuple(range(10)):
+            return permutation
 
 
 def _translate(grid: Grid, offset: tuple[int, int]) -> Grid:
@@ -163,7 +188,7 @@ def _recolour_by_size(grid: Grid, colours: tuple[int, int]) -> Grid:
     return out
 
 
-FAMILIES = {
+LEVEL3_FAMILIES = {
     family.name: family for family in (
         Family("colour_map", (1, 2, 3, 4, 5), (6, 7, 8), _colour_map),
         Family("dihedral", (1, 2, 3, 4), (5, 6, 7), lambda g, t: dihedral(g, t).copy()),
@@ -179,9 +204,17 @@ FAMILIES = {
                objects=True),
     )
 }
+COLOUR_PERMUTATION = Family("colour_permutation", (), (), lambda g, p: np.asarray(p, dtype=np.uint8)[g],
+                            draw_value=_draw_permutation,
+                            atoms=lambda p: [f"colour_permutation({c}->{p[c]})" for c in range(1, 10)],
+                            needs_colour_coverage=True)
+FAMILIES = {**LEVEL3_FAMILIES, COLOUR_PERMUTATION.name: COLOUR_PERMUTATION}
 # Pairs (first, then second) whose composition is defined everywhere; never two that enlarge.
-COMPOSABLE = [(a, b) for a, b in itertools.permutations(FAMILIES, 2)
+COMPOSABLE = [(a, b) for a, b in itertools.permutations(LEVEL3_FAMILIES, 2)
               if not (FAMILIES[a].grows and FAMILIES[b].grows) and a != "crop_object"]
+# The ladder: the families each level draws single rules from (level 3 also composes pairs).
+LEVELS = {1: ("colour_permutation",), 2: ("colour_permutation", "dihedral", "translate"),
+          3: tuple(LEVEL3_FAMILIES)}
 
 
 @dataclass(frozen=True)
@@ -219,8 +252,10 @@ def compose_held_out_pairs() -> list[tuple[str, str]]:
     return COMPOSABLE[::3]
 
 
-def _draw_families(rng: np.random.Generator, part: str, split: str) -> tuple[str, ...]:
-    names = list(FAMILIES)
+def _draw_families(rng: np.random.Generator, part: str, split: str, level: int) -> tuple[str, ...]:
+    names = list(LEVELS[level])
+    if level < 3:
+        return (names[rng.integers(len(names))],)
     held_out = compose_held_out_pairs()
     if (split, part) == ("compose", "test"):
         return held_out[rng.integers(len(held_out))]
@@ -230,48 +265,79 @@ def _draw_families(rng: np.random.Generator, part: str, split: str) -> tuple[str
     return seen[rng.integers(len(seen))]
 
 
-def _draw_rule(rng: np.random.Generator, part: str, split: str) -> Rule:
+def _draw_rule(rng: np.random.Generator, part: str, split: str, level: int) -> Rule:
     steps = []
-    for family in _draw_families(rng, part, split):
+    for family in _draw_families(rng, part, split, level):
+        if FAMILIES[family].draw_value is not None:
+            steps.append((family, FAMILIES[family].draw_value(rng)))
+            continue
         values = _values(family, part, split)
         steps.append((family, values[rng.integers(len(values))]))
     return Rule(tuple(steps))
 
 
+def rule_atoms(steps: tuple[tuple[str, object], ...]) -> list[str]:
+    """The oracle's atoms of a rule, in step order: one per (family, value) step, or the
+    family's own atoms (a colour permutation: one per colour it maps)."""
+    atoms = []
+    for family, value in steps:
+        known = FAMILIES.get(family)
+        atoms += known.atoms(value) if known is not None and known.atoms is not None else [f"{family}({value})"]
+    return atoms
+
+
+def _colours_covered(demos: list, tests: list) -> bool:
+    shown = set(np.unique(np.concatenate([i.ravel() for i, _ in demos])).tolist())
+    return all(set(np.unique(i).tolist()) <= shown for i, _ in tests)
+
+
 def make_task(rng: np.random.Generator, rule: Rule, task_id: str, min_side: int, max_side: int) -> Task | None:
     """Demos and tests of one rule instance; None when the rule leaves every demo unchanged.
 
-    Inputs are at most `max_side // growth` on a side, so outputs stay within `max_side`.
+    Inputs are at most `max_side // growth` on a side, so outputs stay within `max_side`. A
+    rule read off the demos' colours (a colour permutation) redraws the grids until every
+    colour of a test input appears in a demo input.
     """
     side = max(1, max_side // rule.growth)
     num_demos, num_tests = int(rng.integers(3, 5)), int(rng.integers(1, 3))
-    pairs = []
-    for _ in range(num_demos + num_tests):
-        grid = random_grid(rng, min(min_side, side), side, rule.objects)
-        pairs.append((grid, rule(grid).astype(np.uint8)))
-    demos, tests = pairs[:num_demos], pairs[num_demos:]
+    needs_coverage = any(FAMILIES[family].needs_colour_coverage for family, _ in rule.steps)
+    while True:
+        pairs = []
+        for _ in range(num_demos + num_tests):
+            grid = random_grid(rng, min(min_side, side), side, rule.objects)
+            pairs.append((grid, rule(grid).astype(np.uint8)))
+        demos, tests = pairs[:num_demos], pairs[num_demos:]
+        if not needs_coverage or _colours_covered(demos, tests):
+            break
     if all(np.array_equal(i, o) for i, o in demos):
         return None
-    return Task(task_id, demos, list(tests), origin=f"synth {rule.name}")
+    return Task(task_id, demos, list(tests), origin=f"synth {rule.name}", rule=rule.steps)
 
 
 def synth_tasks(split: str, part: str, count: int, seed: int = 0, min_side: int = 3,
-                max_side: int = 10) -> list[Task]:
-    """`count` tasks of one part (train/test) of one split, a pure function of the arguments.
+                max_side: int = 10, level: int = 3) -> list[Task]:
+    """`count` tasks of one part (train/test) of one split of one ladder level, a pure function
+    of the arguments.
 
-    The train part is the same for every split (see the module docstring).
+    The train part is the same for every split of a level (see the module docstring).
     """
-    if split not in SPLITS:
-        raise DataError(f"synthetic split '{split}' is not one of {', '.join(SPLITS)}")
+    if level not in LEVELS:
+        raise DataError(f"synthetic level {level} is not one of {', '.join(map(str, LEVELS))}")
+    if split not in SPLITS or (level < 3 and split != "iid"):
+        allowed = SPLITS if level == 3 else ("iid",)
+        raise DataError(f"synthetic split '{split}' is not one of {', '.join(allowed)} at level {level}")
     if part not in ("train", "test"):
         raise DataError(f"synthetic part '{part}' is not train or test")
     if not 1 <= max_side <= MAX_GRID_SIDE:
         raise DataError(f"synthetic max_side {max_side} is not within 1..{MAX_GRID_SIDE}")
-    rng = np.random.default_rng([seed, 0] if part == "train" else [seed, 1, SPLITS.index(split)])
+    # Level 3 keeps the seeds it always had, so its tasks are unchanged.
+    key = [seed, 0] if part == "train" else [seed, 1, SPLITS.index(split)]
+    rng = np.random.default_rng(key if level == 3 else [*key, level])
+    prefix = "synth" if level == 3 else f"synth{level}"
     tasks = []
     while len(tasks) < count:
-        rule = _draw_rule(rng, part, split)
-        name = "synth-train" if part == "train" else f"synth-{split}-test"
+        rule = _draw_rule(rng, part, split, level)
+        name = f"{prefix}-train" if part == "train" else f"{prefix}-{split}-test"
         task_id = f"{name}-{len(tasks):05d}-{zlib.crc32(rule.name.encode()) % 10**6:06d}"
         task = make_task(rng, rule, task_id, min_side, max_side)
         if task is not None:

@@ -21,6 +21,9 @@ class Task:
     demos: list[GridPair]
     tests: list[tuple[Grid, Grid | None]]
     origin: str = field(default="", compare=False)
+    # The generating rule where the source knows it (synthetic tasks): its steps in order, each
+    # (family, parameter value); None for tasks from sources without labels (ARC files).
+    rule: tuple[tuple[str, object], ...] | None = field(default=None, compare=False)
 
     def grids(self) -> list[Grid]:
         """Every known grid of the task: demo inputs and outputs, test inputs and known outputs."""

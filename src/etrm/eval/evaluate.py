@@ -22,6 +22,7 @@ from etrm.data.tensors import to_torch
 from etrm.eval.tto import optimise_contexts
 from etrm.eval.voting import pass_at_k, rank_of_truth, vote
 from etrm.models.decoder import ACTModel
+from etrm.models.oracle import ORACLE_KEYS_BUFFER
 from etrm.models.puzzle_embedding import PUZZLE_TABLE_PARAMETER
 
 PASS_AT = (1, 2, 5)
@@ -190,7 +191,8 @@ def load_for_eval(target: str | Path, overrides: list[str] | tuple[str, ...] = (
     table = state["model"].get(PUZZLE_TABLE_PARAMETER)
     if config.model_type == "trm" and table is None:
         raise EtrmError(f"{checkpoint}: a TRM checkpoint without '{PUZZLE_TABLE_PARAMETER}'")
-    data = run_data(config, table_rows=None if table is None else table.shape[0])
+    data = run_data(config, table_rows=None if table is None else table.shape[0],
+                    atom_keys=state["model"].get(ORACLE_KEYS_BUFFER))
     model = data.build_model()
     load_evaluation_weights(model, state)
     if config.eval.split == "train":

@@ -1,4 +1,4 @@
-"""Build TRM or ETRM from a run config: one decoder, two context sources."""
+"""Build TRM, ETRM or the rule oracle from a run config: one decoder, three context sources."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from etrm.core.errors import ConfigError
 from etrm.data.encoding import VOCAB_SIZE
 from etrm.models.decoder import ACTModel, DecoderConfig, RecursiveDecoder
 from etrm.models.encoders import EncoderContext, build_encoder, rename_legacy_keys
+from etrm.models.oracle import RuleOracle
 from etrm.models.puzzle_embedding import PUZZLE_TABLE_PARAMETER, PuzzleEmbedding
 
 
@@ -22,14 +23,20 @@ def decoder_config(config: RunConfig) -> DecoderConfig:
                          halt_max_steps=config.halt_max_steps, halt_exploration_prob=config.halt_exploration_prob)
 
 
-def build_model(config: RunConfig, num_puzzle_ids: int = 0) -> ACTModel:
-    """TRM (`model_type=trm`: a learned embedding per (task, augmentation)) or ETRM (an encoder)."""
+def build_model(config: RunConfig, num_puzzle_ids: int = 0, atom_keys: torch.Tensor | None = None) -> ACTModel:
+    """TRM (`model_type=trm`: a learned embedding per (task, augmentation)), ETRM (an encoder),
+    or the oracle (`model_type=oracle`: one learned vector per rule atom of `atom_keys`)."""
     decoder = RecursiveDecoder(decoder_config(config))
     hidden, context_len = config.model.hidden_size, config.model.context_len
     if config.model_type == "trm":
         if num_puzzle_ids < 1:
             raise ConfigError("model_type=trm needs at least one puzzle identifier")
         source = PuzzleEmbedding(num_puzzle_ids, hidden, context_len, hidden)
+    elif config.model_type == "oracle":
+        if atom_keys is None or atom_keys.numel() == 0:
+            raise ConfigError("model_type=oracle needs training tasks with rule labels (synth: sources); "
+                              f"train_sources={config.train_sources} have none")
+        source = RuleOracle(atom_keys, hidden, context_len)
     else:
         source = EncoderContext(build_encoder(config.encoder, hidden, context_len, config.canvas_side**2,
                                               VOCAB_SIZE))

@@ -14,7 +14,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from etrm.core.config import RunConfig, config_from_yaml
+from etrm.core.config import RunConfig, config_from_yaml, context_description
 from etrm.core.errors import EtrmError
 from etrm.train.metrics import read_metrics
 
@@ -74,7 +74,7 @@ def write_record(run_dir: str | Path, phase2_dir: str | Path | None = None, out:
     phase1 = (config, summary, metrics) if config.phase != "generalisation" else None
     phase2 = _load_run(Path(phase2_dir)) if phase2_dir else (None if phase1 else (config, summary, metrics))
     main_config = config
-    encoder = main_config.encoder.type if main_config.model_type == "etrm" else "none (TRM puzzle embedding)"
+    context = context_description(main_config)
     changes = _changes(main_config)
     others = [f"{key}={getattr(main_config, key)}" for key in HYPERPARAMETERS]
     pretrained = f"Yes ({main_config.load_pretrained_decoder})" if main_config.load_pretrained_decoder else "No"
@@ -84,10 +84,10 @@ def write_record(run_dir: str | Path, phase2_dir: str | Path | None = None, out:
     lines = [
         f"### Experiment: {main_config.run_name}", "",
         f"**Date**: {date}",
-        f"**Goal**: {goal} ({main_config.model_type.upper()}, encoder {encoder}, preset {main_config.preset})",
+        f"**Goal**: {goal} ({main_config.model_type.upper()}, {context}, preset {main_config.preset})",
         f"**Changes from baseline**: {', '.join(changes) if changes else 'none (the defaults)'}", "",
         "**Configuration**:",
-        f"- Encoder: {encoder}",
+        f"- Encoder: {context}",
         f"- Pre-trained decoder: {pretrained}",
         f"- halt_max_steps: {main_config.halt_max_steps}",
         f"- halt_exploration_prob: {main_config.halt_exploration_prob}",
