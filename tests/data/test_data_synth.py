@@ -105,3 +105,86 @@ def test_works_as_a_source_and_as_kaggle_files(tmp_path):
         load_tasks("synth:iid:test:0:5:31")
     with pytest.raises(DataError, match="not one of"):
         load_tasks("synth:nope:train")
+
+
+# ------------------------------------------------------------------------- the ladder
+def _golden_fingerprints():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "golden" / "write_synth_fingerprints.py"
+    spec = importlib.util.spec_from_file_location("write_synth_fingerprints", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_level_3_is_the_synth_cpu_data_unchanged():
+    # tests/golden/synth_fingerprints.json was written at commit d20195e, before the ladder existed.
+    import json
+
+    golden = _golden_fingerprints()
+    expected = json.loads((golden.HERE / "synth_fingerprints.json").read_text())
+    for split, part, count, seed, max_side in golden.SETS:
+        tasks = synth_tasks(split, part, count, seed, max_side=max_side, level=3)
+        assert golden.fingerprint(tasks) == expected[f"{split}:{part}:{count}:{seed}:{max_side}"], (split, part)
+
+
+@pytest.mark.parametrize("level", [1, 2])
+def test_lower_levels_are_deterministic_single_rules_of_their_families(level):
+    from etrm.data.synth import LEVELS
+
+    first, again = (synth_tasks("iid", "train", 120, 5, max_side=8, level=level) for _ in range(2))
+    assert [t.id for t in first] == [t.id for t in again]
+    assert all(np.array_equal(a.tests[0][1], b.tests[0][1]) for a, b in zip(first, again, strict=True))
+    assert all(len(t.rule) == 1 and t.rule[0][0] in LEVELS[level] for t in first)
+    assert {t.rule[0][0] for t in first} == set(LEVELS[level])  # every family of the level occurs
+    assert all(t.max_side <= 8 and 3 <= len(t.demos) <= 4 for t in first)
+    other_level = synth_tasks("iid", "train", 120, 5, max_side=8, level=3 - level)
+    assert {t.id for t in first}.isdisjoint({t.id for t in other_level})
+
+
+def test_level_1_permutations_differ_per_task_and_are_readable_from_the_demos():
+    tasks = synth_tasks("iid", "train", 300, 0, max_side=8, level=1)
+    permutations = [t.rule[0][1] for t in tasks]
+    assert len(set(permutations)) >= 295  # a fresh permutation per task (9! of them)
+    for task, permutation in zip(tasks, permutations, strict=True):
+        assert permutation[0] == 0 and sorted(permutation) == list(range(10))
+        shown = set(np.concatenate([i.ravel() for i, _ in task.demos]).tolist())
+        for grid_in, grid_out in task.demos + task.tests:
+            assert np.array_equal(np.asarray(permutation)[grid_in], grid_out)
+        assert all(set(i.ravel().tolist()) <= shown for i, _ in task.tests)
+
+
+def test_lower_levels_have_only_the_iid_split_and_bad_levels_are_refused():
+    with pytest.raises(DataError, match="level 1"):
+        synth_tasks("params", "test", 5, level=1)
+    with pytest.raises(DataError, match="level 4"):
+        load_tasks("synth:iid:train:0:5:8:4")
+    assert len(load_tasks("synth:iid:test:0:7:8:2")) == 7
+
+
+def test_level_splits_are_leak_free_after_the_check():
+    from etrm.data.leaks import find_leaks
+    from etrm.data.splits import few_shot_split
+
+    for level in (1, 2):
+        split = few_shot_split(f"synth:iid:train:0:300:8:{level}", f"synth:iid:test:0:40:8:{level}", 8,
+                               leak_policy="drop")
+        assert len(split.train) >= 0.9 * 300 and len(split.test) == 40
+        assert find_leaks(split.train, split.test).overlapping_tasks == 0
+
+
+def test_oracle_atoms_of_iid_and_compose_are_seen_in_training_and_of_params_are_not():
+    from etrm.data.synth import rule_atoms
+
+    seen = {atom for t in synth_tasks("iid", "train", 2000, 0, max_side=8) for atom in rule_atoms(t.rule)}
+    for split in ("iid", "compose"):
+        held_out = synth_tasks(split, "test", 100, 0, max_side=8)
+        assert all(set(rule_atoms(t.rule)) <= seen for t in held_out), split
+    params = synth_tasks("params", "test", 100, 0, max_side=8)
+    assert all(not set(rule_atoms(t.rule)) <= seen for t in params if t.rule[0][0] != "crop_object")
+    level1 = {atom for t in synth_tasks("iid", "train", 2000, 0, max_side=8, level=1) for atom in rule_atoms(t.rule)}
+    assert len(level1) == 81  # every (colour -> colour) mapping
+    assert rule_atoms((("colour_permutation", tuple(range(10))),))[1] == "colour_permutation(2->2)"
+    assert rule_atoms((("dihedral", 2), ("border", 5))) == ["dihedral(2)", "border(5)"]
