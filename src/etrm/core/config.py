@@ -141,10 +141,10 @@ class RunConfig:
     halt_max_steps: int = 16
     halt_exploration_prob: float = 0.5
     halt_loss_weight: float = 0.5
-    # persistent (the reference): a step is one ACT step over the carry, one optimiser step. per_batch
-    # (TRM's deep supervision): a step is one batch, supervised up to halt_max_steps times from fresh
-    # latents, an optimiser step after each, halted samples dropped; per_batch_encode_once: the same
-    # with the encoder run once per batch and stepped once at its end. max_steps etc. count steps.
+    # What one step (one batch: max_steps, the lr schedule and the cadence count them) trains. persistent
+    # (the reference): one ACT step over the persistent carry, one optimiser step. per_batch (TRM's deep
+    # supervision): up to halt_max_steps supervision steps from fresh latents, an optimiser step after
+    # each, halted samples dropped. per_batch_encode_once: the same, the encoder run and stepped once.
     train_mode: str = "persistent"
 
     # decoder initialisation

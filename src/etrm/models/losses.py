@@ -36,20 +36,24 @@ def act_loss(
     *,
     steps: Tensor | None = None,
     forced: Tensor | None = None,
+    active: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """The loss of one ACT step and metric sums.
 
     outputs: logits (B, S, V) and q_halt_logits (B,); labels (B, S) with IGNORE_LABEL for
     ignored positions (the labels of the carried samples: ``carry.current_data["labels"]``);
     halted (B,): slots that halted at this step; steps (B,): their step counts (optional);
-    forced (B,): samples that exploration kept running past q_halt > 0 (optional).
+    forced (B,): samples that exploration kept running past q_halt > 0 (optional); active (B,):
+    the samples still supervised (optional, default all; the per-batch training modes pass the
+    samples of their batch that have not halted yet).
 
     total = sum over samples of the mean token CE over their valid tokens
             + halt_loss_weight * sum over samples of BCE(q_halt, whole sequence correct).
-    Every sample is supervised. Metrics (tensor sums, no host sync) count only samples that
-    halted at this step and have at least one valid label: count, token_accuracy (sum of per-sample
-    accuracies), exact_match, q_halt_accuracy, steps (only when `steps` is given); plus the
-    detached lm_loss and q_halt_loss.
+    Every active sample is supervised; an inactive one weighs 0 in the loss and in the metrics.
+    Metrics (tensor sums, no host sync) count only active samples that halted at this step and
+    have at least one valid label: count, token_accuracy (sum of per-sample accuracies),
+    exact_match, q_halt_accuracy, steps (only when `steps` is given); plus the detached lm_loss
+    and q_halt_loss.
     """
     logits, q_halt = outputs["logits"], outputs["q_halt_logits"]
     valid = labels != IGNORE_LABEL
@@ -60,6 +64,8 @@ def act_loss(
         correct = valid & (logits.argmax(-1) == labels)
         sequence_correct = correct.sum(-1) == valid_counts
         counted = halted & (valid_counts > 0)
+        if active is not None:
+            counted = counted & active
         metrics = {
             "count": counted.sum(),
             "token_accuracy": torch.where(counted, correct.sum(-1) / divisor, 0).sum(),
@@ -72,14 +78,19 @@ def act_loss(
             metrics["forced_count"] = (counted & forced).sum()
             metrics["forced_exact_match"] = (counted & forced & sequence_correct).sum()
 
-    lm_loss = (stablemax_cross_entropy(logits, labels).sum(-1) / divisor).sum()
+    lm_loss = stablemax_cross_entropy(logits, labels).sum(-1) / divisor
     halt_targets = sequence_correct.to(q_halt.dtype)
-    q_halt_loss = F.binary_cross_entropy_with_logits(q_halt, halt_targets, reduction="sum")
+    q_halt_loss = F.binary_cross_entropy_with_logits(q_halt, halt_targets, reduction="none")
+    auxiliary = outputs.get("auxiliary_loss")  # e.g. a variational encoder's weighted KL, per sample
+    if active is not None:  # `where`, not a product: an inactive sample's non-finite loss stays out
+        lm_loss, q_halt_loss = torch.where(active, lm_loss, 0), torch.where(active, q_halt_loss, 0)
+        auxiliary = None if auxiliary is None else torch.where(active, auxiliary, 0)
+    lm_loss, q_halt_loss = lm_loss.sum(), q_halt_loss.sum()
     metrics["lm_loss"] = lm_loss.detach()
     metrics["q_halt_loss"] = q_halt_loss.detach()
     total = lm_loss + halt_loss_weight * q_halt_loss
-    if "auxiliary_loss" in outputs:  # e.g. a variational encoder's weighted KL, per sample
-        auxiliary = outputs["auxiliary_loss"].sum()
+    if auxiliary is not None:
+        auxiliary = auxiliary.sum()
         metrics["auxiliary_loss"] = auxiliary.detach()
         total = total + auxiliary
     return total, metrics

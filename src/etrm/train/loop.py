@@ -1,10 +1,28 @@
 """The training loop, shared by TRM and ETRM: they differ only in the model's context source.
 
-`Trainer.train_step` is one optimiser step = one ACT step over the persistent carry: halted
-slots take the next batch's samples, every running sample is supervised against its own labels,
-the gradient is summed over ranks, clipped globally, and applied. `Trainer.run` is the outer
-loop; the final log, checkpoint and evaluation reuse the periodic code. Everything the loop
-changes (step, carry, weights, EMA, optimisers, random state, metric sums) is saved whole in one
+`Trainer.train_step` takes one batch; `state.step` counts these calls in every mode, and the
+data position, the learning-rate schedule (one rate per batch), `max_steps` and the log,
+checkpoint and evaluation cadence all count them. `train_mode` says what one call does:
+
+- `persistent` (the reference): one ACT step over the persistent carry = one optimiser step.
+  Halted slots take the next batch's samples, every running sample is supervised against its
+  own labels, the gradient is summed over ranks, clipped globally, and applied.
+- `per_batch` (TRM's deep supervision): up to `halt_max_steps` supervision steps on the batch
+  from fresh latents, the context source re-run at each, an optimiser step (clipping, EMA,
+  finite check) after each. A sample that halts (with exploration, as in training) weighs 0 for
+  the rest of the batch; the batch ends when every sample has halted. No carry crosses batches.
+- `per_batch_encode_once`: as `per_batch`, but the context is encoded once per batch; the
+  decoder steps read a detached copy whose gradient accumulates over the steps and is
+  back-propagated through the encoder once at the end, followed by one optimiser step of the
+  context source's (the encoder's) parameters alone. A recurrent context source (its context
+  changes at every step) and TRM's sparse puzzle embedding are refused with a `ConfigError`.
+
+In the per-batch modes the metrics count each sample once (at the step it halted, or the last),
+the losses are means per supervised sample and step (as in `persistent`, where every slot is
+supervised at every step), and `optimizer_steps` is logged; `compile=true` compiles the decoder
+alone, which they call directly. `Trainer.run` is the outer loop;
+the final log, checkpoint and evaluation reuse the periodic code. Everything the loop changes
+(step, carry, weights, EMA, optimisers, random state, metric sums) is saved whole in one
 checkpoint: the weights, EMA and optimisers beside the `TrainState` (step, carry, metric sums,
 history, random state, clock); the data position is the step itself, since batches are a pure
 function of it.
@@ -24,12 +42,13 @@ from etrm.core import distributed
 from etrm.core.checkpoint import CHECKPOINT_NAME, read_checkpoint, write_checkpoint
 from etrm.core.config import RunConfig, run_directory, to_yaml
 from etrm.core.distributed import autocast_for
-from etrm.core.errors import EtrmError
+from etrm.core.errors import ConfigError, EtrmError
 from etrm.data.episodes import TrainSampler
 from etrm.data.tensors import to_torch
 from etrm.eval.diagnostics import collapse_metrics, probe_contexts, retrieval_at_chance
 from etrm.eval.evaluate import evaluate
 from etrm.models.build import compile_model, load_pretrained_decoder
+from etrm.models.decoder import ACTModel
 from etrm.models.encoders import rename_legacy_keys
 from etrm.models.losses import act_loss
 from etrm.models.puzzle_embedding import dense_parameters
@@ -60,11 +79,14 @@ class Trainer:
 
         torch.manual_seed(config.seed)
         self.model = self.data.build_model().to(runtime.device)
+        _check_train_mode(self.model, config)
         if config.load_pretrained_decoder:
             load_pretrained_decoder(self.model, config.load_pretrained_decoder, config)
         distributed.broadcast_parameters(self.model, runtime)
-        if config.compile:
+        if config.compile and config.train_mode == "persistent":
             compile_model(self.model)
+        elif config.compile:  # the per-batch modes call the decoder directly, not the model's forward
+            self.model.decoder.compile()
         self.optimizers = build_optimizers(self.model, config)
         self.ema = EMA(self.model, config.ema_rate) if config.ema_rate > 0 else None
         self.dense_params = list(dense_parameters(self.model).values())
@@ -76,22 +98,94 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------- steps
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """One optimiser step; returns metric sums as device tensors (no host synchronisation)."""
+        """Train on one batch as `train_mode` says (the module docstring); returns metric sums as
+        device tensors (no host synchronisation in the persistent mode)."""
         config, state = self.config, self.state
-        if state.carry is None:
-            state.carry = self.model.initial_carry(batch)
         set_learning_rate(self.optimizers, lr_at(state.step, config.lr, config.lr_warmup_steps, config.max_steps,
                                                  config.lr_schedule, config.lr_min_ratio))
         self._apply_decoder_freeze()
+        if config.train_mode != "persistent":
+            return self._supervise_batch(batch)
+        if state.carry is None:
+            state.carry = self.model.initial_carry(batch)
         with autocast_for(self.runtime.device):
             state.carry, outputs = self.model(state.carry, batch)
             loss, metrics = act_loss(outputs, state.carry.current_data["labels"], state.carry.halted,
                                      config.halt_loss_weight, steps=state.carry.steps, forced=state.carry.forced)
         (loss / config.global_batch_size).backward()
+        norms = self._optimizer_step(loss)
+        metrics.update(loss=loss.detach(), samples=torch.tensor(float(batch["inputs"].shape[0]), device=loss.device),
+                       **self._gradient_metrics([norms]))
+        return metrics
+
+    def _supervise_batch(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The per-batch modes: up to halt_max_steps supervision steps on `batch` from fresh latents,
+        each followed by an optimiser step; the decoder and context source are run directly, so no
+        halted sample is replaced. Refused by `_check_train_mode` for per_batch_encode_once: a
+        recurrent context source (its context changes at every step) and TRM's sparse embedding."""
+        config, model, device = self.config, self.model, self.runtime.device
+        inputs, labels = batch["inputs"], batch["labels"]
+        size = inputs.shape[0]
+        active = torch.ones(size, dtype=torch.bool, device=device)  # not halted yet: still supervised
+        forced, steps = torch.zeros_like(active), torch.zeros(size, dtype=torch.int32, device=device)
+        supervised = torch.zeros(size, dtype=torch.int64, device=device)  # supervision steps per sample
+        latents = model.decoder.reset_latents(model.decoder.initial_latents(size, device), active)
+        context_state = model.context_source.initial_state(size, device)
+        encode_once = config.train_mode == "per_batch_encode_once"
+        if encode_once:
+            with autocast_for(device):
+                encoded = model.context_source.step(batch, context_state, active)
+            context = encoded.context.detach().requires_grad_()  # its .grad sums the decoder steps' gradients
+            auxiliary = None if encoded.auxiliary_loss is None else encoded.auxiliary_loss.detach()
+        sums: dict[str, torch.Tensor] = {}
+        norms: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for _ in range(config.halt_max_steps):
+            with autocast_for(device):
+                if not encode_once:
+                    context, context_state, auxiliary = model.context_source.step(batch, context_state, steps == 0)
+                latents, logits, q_halt, _ = model.decoder(latents, inputs, context)
+                steps = steps + 1
+                halted = model.halting(steps, q_halt)
+                forced = forced | ((q_halt > 0) & ~halted)
+                outputs = {"logits": logits, "q_halt_logits": q_halt}
+                if auxiliary is not None:  # encode_once: a detached copy, for the metrics; trained below
+                    outputs["auxiliary_loss"] = auxiliary
+                loss, metrics = act_loss(outputs, labels, halted, config.halt_loss_weight, steps=steps,
+                                         forced=forced, active=active)
+            (loss / config.global_batch_size).backward()
+            norms.append(self._optimizer_step(loss))
+            for key, value in {**metrics, "loss": loss.detach()}.items():
+                sums[key] = sums.get(key, 0) + value
+            supervised = supervised + active
+            active = active & ~halted
+            # Every rank runs the same number of steps: their gradients are summed at each.
+            if not bool(distributed.sum_over_ranks({"active": active.sum()}, self.runtime)["active"]):
+                break
+        if encode_once and encoded.context.requires_grad:  # the zero-context floor has no encoder to step
+            tensors, grads = [encoded.context], [context.grad]
+            if encoded.auxiliary_loss is not None:  # its weight: the steps each sample was supervised
+                tensors.append((encoded.auxiliary_loss * supervised).sum() / config.global_batch_size)
+                grads.append(None)
+            torch.autograd.backward(tensors, grads)
+            norms.append(self._optimizer_step(sums["loss"]))
+        # Losses per supervised sample and step, times the batch size (the `samples` they are divided by).
+        scale = size / supervised.sum().clamp_min(1)
+        for key in ("loss", "lm_loss", "q_halt_loss", "auxiliary_loss"):
+            if key in sums:
+                sums[key] = sums[key] * scale
+        world = self.runtime.world_size
+        sums.update(samples=torch.tensor(float(size), device=device), **self._gradient_metrics(norms),
+                    optimizer_steps=torch.tensor(len(norms) / world, device=device))
+        return sums
+
+    def _optimizer_step(self, loss: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Apply the gradients `backward` left: sum them over ranks, clip the dense ones globally, step
+        every optimiser, update the EMA, flag the step if `loss` or the gradient is not finite.
+        Returns the gradient norm and the encoder's part of it (before clipping)."""
         distributed.sum_gradients(self.model, self.runtime)
         encoder_norm = _grad_norm(self.encoder_params, self.runtime.device)
         grad_norm = torch.nn.utils.clip_grad_norm_(
-            [p for p in self.dense_params if p.grad is not None], config.grad_clip_norm)
+            [p for p in self.dense_params if p.grad is not None], self.config.grad_clip_norm)
         for optimizer in self.optimizers:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -101,11 +195,16 @@ class Trainer:
         # (taken after the all-reduce), so every rank flags the same step.
         finite = torch.isfinite(loss.detach()) & torch.isfinite(grad_norm.detach())
         self.first_bad_step = torch.where(finite | (self.first_bad_step >= 0), self.first_bad_step,
-                                          torch.tensor(state.step, device=loss.device))
-        metrics.update(loss=loss.detach(), samples=torch.tensor(float(batch["inputs"].shape[0]), device=loss.device),
-                       grad_norm=grad_norm.detach() / self.runtime.world_size,
-                       encoder_grad_share=(encoder_norm / grad_norm.clamp_min(1e-12)) ** 2 / self.runtime.world_size)
-        return metrics
+                                          torch.tensor(self.state.step, device=loss.device))
+        return grad_norm.detach(), encoder_norm
+
+    def _gradient_metrics(self, norms: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """grad_norm: the mean over a batch's optimiser steps of (total, encoder) `norms`; encoder_grad_share:
+        the encoder's share of their summed squares (both divided by the world size: summed over ranks)."""
+        total, encoder = (torch.stack(column) for column in zip(*norms, strict=True))
+        world = self.runtime.world_size
+        share = (torch.linalg.vector_norm(encoder) / torch.linalg.vector_norm(total).clamp_min(1e-12)) ** 2
+        return {"grad_norm": total.mean() / world, "encoder_grad_share": share / world}
 
     def _apply_decoder_freeze(self) -> None:
         frozen_steps = self.config.freeze_decoder_steps
@@ -206,6 +305,8 @@ class Trainer:
                           unforced_exact_match=(sums["exact_match"] - forced_exact) / max(count - forced, 1))
         if "auxiliary_loss" in sums:  # a variational encoder's weighted KL
             record["auxiliary_loss"] = sums["auxiliary_loss"] / samples
+        if "optimizer_steps" in sums:  # the per-batch modes: mean optimiser steps per batch
+            record["optimizer_steps"] = sums["optimizer_steps"] / steps
         if self.logger is not None:
             self.logger.log(state.step, record)
         state.close_window(record)
@@ -300,6 +401,18 @@ class _NoPool:
         future: Future = Future()
         future.set_result(function())
         return future
+
+
+def _check_train_mode(model: ACTModel, config: RunConfig) -> None:
+    """per_batch_encode_once needs a context computed once per batch from dense parameters."""
+    if config.train_mode != "per_batch_encode_once":
+        return
+    if len(dense_parameters(model)) < len(list(model.parameters())):
+        raise ConfigError(f"train_mode=per_batch_encode_once does not fit model_type={config.model_type}: "
+                          "its sparse puzzle embedding is stepped by its own optimiser; use per_batch")
+    if model.context_source.initial_state(1, torch.device("cpu")) is not None:
+        raise ConfigError(f"train_mode=per_batch_encode_once does not fit encoder.type={config.encoder.type}: "
+                          "a recurrent context changes at every step; use per_batch")
 
 
 def _grad_norm(params: list[torch.nn.Parameter], device: torch.device) -> torch.Tensor:

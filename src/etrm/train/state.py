@@ -22,7 +22,8 @@ from etrm.models.decoder import ACTCarry
 
 @dataclass
 class TrainState:
-    """The loop's own state; `step` counts finished optimiser steps."""
+    """The loop's own state; `step` counts finished batches (`Trainer.train_step` calls: optimiser steps
+    in the persistent mode; see `etrm.train.loop`)."""
 
     step: int = 0
     carry: ACTCarry | None = None
