@@ -1,0 +1,264 @@
+"""Few-shot generalisation at CPU scale: the difficulty ladder, its bounds, and what learns fastest.
+
+Every run is a normal `etrm train` (a ladder preset plus overrides) into `runs/ladder/NAME`,
+evaluated on the held-out tasks periodically (`eval.periodic_splits=test`, for the curves) and
+at the end (training tasks and held-out). A finished run (its `summary.json` exists) is never
+re-run, so the script resumes where it stopped, and two invocations can share the machine's
+cores (`--threads` torch threads each; how they shared it is stated in the section).
+
+- `train NAME ...`: train the named runs (`RUNS`; the groups `bounds`, `study`, `modes`).
+- `extra NAME ...`: for a finished run, the held-out `params` / `compose` splits (level 3) and
+  the rule probe (`etrm.analysis.probe`) on `--probe-tasks` validation-seed tasks -> RUN/extra.json.
+- `report`: the `fewshot_ladder` section of BENCHMARKS.md (bounds and encoder efficiency per
+  level, the other splits, the rule probe, the study, the training modes) and
+  `docs/figures/fewshot_ladder.png` (held-out pass@2 against CPU minutes, bounds dashed).
+
+Encoder efficiency = (ETRM - none) / (oracle - none), same split and budget, reported only where
+the oracle beats the no-context floor by at least 10 points.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import machine, write_section  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "runs" / "ladder"
+FIGURE = ROOT / "docs" / "figures" / "fewshot_ladder.png"
+LEVELS = {1: "synth-level1", 2: "synth-level2", 3: "synth-level3"}
+BOUNDS = {"etrm": [], "oracle": ["model_type=oracle"], "none": ["encoder.type=none"]}
+# Periodic held-out evaluation for the curves (the final evaluation also scores the training tasks).
+CURVE = ["eval_every=50", "eval.periodic_splits=test"]
+# The study: one factor at a time from the level's ETRM run (`lL-etrm`, today's synth-cpu settings).
+STUDY_LEVEL = 1
+STUDY = {
+    "lr3e-3": ["lr=3e-3"], "lr3e-4": ["lr=3e-4"], "warmup10": ["lr_warmup_steps=10"],
+    "batch32": ["global_batch_size=32"], "batch128": ["global_batch_size=128"],
+    "hidden64": ["model.hidden_size=64", "encoder.hidden_size=64"], "enc1layer": ["encoder.num_layers=1"],
+    "cycles1x1": ["model.h_cycles=1", "model.l_cycles=1"], "cycles3x2": ["model.h_cycles=3"],
+    "halt2": ["halt_max_steps=2"], "halt8": ["halt_max_steps=8"], "explore0": ["halt_exploration_prob=0"],
+    "no-loo": ["leave_one_out=false"], "enclr3": ["encoder_lr_scale=3"], "ctx4": ["model.context_len=4"],
+}
+MODES = {"per-batch": ["train_mode=per_batch"], "encode-once": ["train_mode=per_batch_encode_once"]}
+RUNS: dict[str, tuple[int, list[str]]] = {
+    **{f"l{level}-{method}": (level, overrides) for level in LEVELS for method, overrides in BOUNDS.items()},
+    **{f"study-{name}": (STUDY_LEVEL, overrides) for name, overrides in STUDY.items()},
+    **{f"mode-{name}": (STUDY_LEVEL, overrides) for name, overrides in MODES.items()},
+}
+GROUPS = {"bounds": [n for n in RUNS if n[0] == "l"], "study": [f"study-{n}" for n in STUDY],
+          "modes": [f"mode-{n}" for n in MODES]}
+OTHER_SPLITS = ("params", "compose")  # level 3's other held-out splits (same training set)
+
+
+def train(name: str, minutes: float, threads: int) -> None:
+    run_dir = OUT / name
+    if (run_dir / "summary.json").is_file():
+        print(f"{name}: finished already", flush=True)
+        return
+    level, overrides = RUNS[name]
+    command = [sys.executable, "-m", "etrm", "train", f"preset={LEVELS[level]}", *CURVE, *overrides,
+               f"max_minutes={minutes}", f"run_name={name}", f"run_dir={run_dir}", "progress=false", "resume=true"]
+    print(" ".join(command[2:]), flush=True)
+    subprocess.run(command, check=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+
+
+def extra(name: str, probe_tasks: int, threads: int) -> None:
+    """Other held-out splits (level 3) and the rule probe of a finished run -> RUN/extra.json."""
+    import torch
+
+    from etrm.analysis.probe import probe_rules
+    from etrm.eval.evaluate import evaluate_run, load_for_eval
+
+    torch.set_num_threads(threads)
+    run_dir = OUT / name
+    level, _ = RUNS[name]
+    result: dict = {}
+    if level == 3:
+        for split in OTHER_SPLITS:
+            summary = evaluate_run(run_dir, [f"test_sources=synth:{split}:test:0:100:8", "leak_policy=drop",
+                                             f"eval.out_dir={run_dir / split}"])
+            result[split] = {"pass@2": summary["pass@2"], "num_tasks": summary["num_tasks"]}
+    config, model, _, _ = load_for_eval(run_dir, [f"test_sources=synth:iid:test:1:{probe_tasks}:8:{level}",
+                                                  "leak_policy=warn"])
+    if config.model_type == "etrm" and config.encoder.type != "none":
+        from etrm.models.run_data import split_of
+
+        tasks = split_of(config, "warn").test
+        result["probe"] = probe_rules(model.context_source, tasks, config.canvas_side, config.max_demos,
+                                      torch.device("cpu"), config.seed)
+    (run_dir / "extra.json").write_text(json.dumps(result, indent=1, default=str))
+    print(name, json.dumps(result, default=str)[:400], flush=True)
+
+
+# ------------------------------------------------------------------------------ the report
+def _load(name: str) -> dict | None:
+    run_dir = OUT / name
+    if not (run_dir / "summary.json").is_file():
+        return None
+    summary = json.loads((run_dir / "summary.json").read_text())
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    curve = [(r["wall_time"] / 60, r["pass@2"]) for r in records if r["kind"] == "eval_test"]
+    train_records = [r for r in records if r["kind"] == "train"]
+    extra_path = run_dir / "extra.json"
+    return {"summary": summary, "curve": curve, "extra": json.loads(extra_path.read_text()) if extra_path.is_file()
+            else {}, "seconds_per_step": train_records[-1]["seconds_per_step"] if train_records else None}
+
+
+def _pass2(run: dict | None) -> float | None:
+    return None if run is None else run["summary"]["test_eval"]["pass@2"]
+
+
+def _cell(value: float | None, percent: bool = True) -> str:
+    if value is None:
+        return "-"
+    return f"{100 * value:.1f}%" if percent else f"{value:.2f}"
+
+
+def efficiency(etrm: float | None, oracle: float | None, none: float | None) -> str:
+    """(ETRM - none) / (oracle - none), or why it is not reported."""
+    if None in (etrm, oracle, none):
+        return "-"
+    if oracle - none < 0.10:
+        return f"not reported: oracle - none = {100 * (oracle - none):.1f} points (< 10)"
+    return f"{(etrm - none) / (oracle - none):.2f}"
+
+
+def _run_row(label: str, run: dict | None, detail: str = "") -> str:
+    if run is None:
+        return f"| {label} | {detail} | not run | | | | |"
+    summary = run["summary"]
+    return (f"| {label} | {detail} | {summary['steps']} | {run['seconds_per_step']:.2f} | "
+            f"{_cell(summary['train_eval']['exact_match'])} | {_cell(summary['test_eval']['pass@2'])} | "
+            f"{_cell(summary['test_eval']['token_accuracy'])} |")
+
+
+def figure(runs: dict[str, dict | None]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(LEVELS), figsize=(4 * len(LEVELS), 3.4), sharey=True)
+    styles = {"etrm": ("ETRM", "-", "tab:blue"), "oracle": ("oracle (upper bound)", "--", "tab:green"),
+              "none": ("no context (floor)", ":", "tab:red")}
+    for axis, level in zip(axes, LEVELS, strict=True):
+        for method, (label, style, colour) in styles.items():
+            run = runs.get(f"l{level}-{method}")
+            if run and run["curve"]:
+                minutes, scores = zip(*run["curve"], strict=True)
+                axis.plot(minutes, [100 * s for s in scores], style, color=colour, marker=".", label=label)
+        axis.set_title(f"level {level} ({LEVELS[level]})", fontsize=9)
+        axis.set_xlabel("CPU minutes (max_minutes clock)")
+        axis.grid(alpha=0.3)
+    axes[0].set_ylabel("held-out pass@2 (%)")
+    axes[0].legend(fontsize=7)
+    FIGURE.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(FIGURE, dpi=90, bbox_inches="tight")
+
+
+def report(minutes: float, threads: int, sharing: str) -> None:
+    runs = {name: _load(name) for name in RUNS}
+    bounds = ["| level | ETRM | oracle | no context | encoder efficiency | ETRM train EM | "
+              "steps (ETRM / oracle / none) |", "|---|---|---|---|---|---|---|"]
+    for level, preset in LEVELS.items():
+        etrm, oracle, none = (runs[f"l{level}-{m}"] for m in BOUNDS)
+        steps = " / ".join(str(r["summary"]["steps"]) if r else "-" for r in (etrm, oracle, none))
+        train_em = _cell(etrm["summary"]["train_eval"]["exact_match"]) if etrm else "-"
+        bounds.append(f"| {level} (`{preset}`) | {_cell(_pass2(etrm))} | {_cell(_pass2(oracle))} | "
+                      f"{_cell(_pass2(none))} | {efficiency(_pass2(etrm), _pass2(oracle), _pass2(none))} | "
+                      f"{train_em} | {steps} |")
+    splits = ["| level 3 split | ETRM | oracle | no context | encoder efficiency |", "|---|---|---|---|---|"]
+    for split in OTHER_SPLITS:
+        scores = {m: (runs[f"l3-{m}"] or {}).get("extra", {}).get(split, {}).get("pass@2") for m in BOUNDS}
+        if split == "params":  # unseen values: the oracle's atoms are unknown, its score undefined
+            scores["oracle"] = None
+        efficiency_cell = efficiency(scores["etrm"], scores["oracle"], scores["none"]) if split != "params" else \
+            "undefined (unseen parameter values)"
+        splits.append(f"| {split} | {_cell(scores['etrm'])} | {_cell(scores['oracle'])} | {_cell(scores['none'])} | "
+                      f"{efficiency_cell} |")
+    probes = ["| run | rule family: accuracy (chance, classes, tasks) | first-step parameter: accuracy (chance, "
+              "classes, tasks) |", "|---|---|---|"]
+    for name, run in runs.items():
+        probe = (run or {}).get("extra", {}).get("probe")
+        if probe:
+            cells = []
+            for key in ("family", "parameter"):
+                part = probe.get(key) or {}
+                cells.append("-" if part.get("accuracy") is None else
+                             f"{_cell(part['accuracy'])} ({_cell(part['chance'])}, {part['classes']}, {part['tasks']})")
+            probes.append(f"| {name} | {cells[0]} | {cells[1]} |")
+    header = ["| setting | overrides | steps | s / step | train EM | held-out pass@2 | held-out token acc |",
+              "|---|---|---|---|---|---|---|"]
+    base = runs[f"l{STUDY_LEVEL}-etrm"]
+    study = [*header, _run_row("base (synth-cpu settings)", base)]
+    study += [_run_row(name, runs[f"study-{name}"], " ".join(f"`{o}`" for o in STUDY[name])) for name in STUDY]
+    modes = [*header, _run_row("persistent carry (base)", base)]
+    modes += [_run_row(name, runs[f"mode-{name}"], " ".join(f"`{o}`" for o in MODES[name])) for name in MODES]
+    figure(runs)
+    body = f"""## Few-shot generalisation at CPU scale: the ladder and its bounds (`benchmarks/fewshot_ladder.py`)
+
+Machine: {machine()}. Every run is `etrm train preset=synth-levelL` (+ the overrides named)
+for {minutes:g} minutes of wall-clock as `max_minutes` counts it (periodic held-out evaluations
+every 50 steps included), {threads} torch thread(s) per run; {sharing}. Held-out: 100 `iid`
+tasks of the level (pass@2 = pass@1: identity augmentation only); train EM: the EMA weights on
+the training tasks' test pairs. Oracle: `model_type=oracle` (the decoder is given the rule's
+atoms); no context: `encoder.type=none`; both trained exactly like ETRM on the same episodes.
+
+### Bounds per level
+
+{chr(10).join(bounds)}
+
+### Level 3: the other held-out splits (same three runs)
+
+{chr(10).join(splits)}
+
+### Rule probe (linear classifier on held-out contexts, 5-fold; classes under 5 tasks left out)
+
+{chr(10).join(probes) if len(probes) > 2 else "(not measured yet)"}
+
+### Study: one factor at a time on level {STUDY_LEVEL}
+
+{chr(10).join(study)}
+
+### Training modes on level {STUDY_LEVEL} (equal wall-clock)
+
+{chr(10).join(modes)}
+
+![held-out pass@2 against CPU minutes](docs/figures/fewshot_ladder.png)
+"""
+    write_section("fewshot_ladder", body)
+    print(body)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("stage", choices=["train", "extra", "report"])
+    parser.add_argument("names", nargs="*")
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--probe-tasks", type=int, default=300)
+    parser.add_argument("--sharing", default="two runs side by side on the two cores")
+    args = parser.parse_args()
+    names = [n for name in args.names for n in GROUPS.get(name, [name])]
+    unknown = [n for n in names if n not in RUNS]
+    if unknown:
+        parser.error(f"unknown runs {unknown}; known: {', '.join(RUNS)} and the groups {', '.join(GROUPS)}")
+    if args.stage == "train":
+        for name in names:
+            train(name, args.minutes, args.threads)
+    elif args.stage == "extra":
+        for name in names:
+            extra(name, args.probe_tasks, args.threads)
+    else:
+        report(args.minutes, args.threads, args.sharing)
+
+
+if __name__ == "__main__":
+    main()
