@@ -90,6 +90,24 @@ def _task_cards(run_dir: Path) -> list[str]:
     return cards
 
 
+def _rule_probe_html(run_dir: Path) -> str:
+    """The numbers of RUN_DIR/rule_probe.json (written by `etrm analyze`) as a table; "" without it."""
+    from etrm.analysis.probe import PROBES, read_probe
+
+    probes = read_probe(run_dir)
+    if probes is None:
+        return ""
+    rows = "".join(
+        f"<tr><th>{name}</th><td>{_fmt(probes[name]['accuracy'])}</td><td>{_fmt(probes[name]['chance'])}</td>"
+        f"<td>{probes[name]['classes']}</td><td>{probes[name]['tasks']}</td>"
+        f"<td>{probes[name]['tasks_dropped']} tasks / {probes[name]['classes_dropped']} classes</td></tr>"
+        for name in PROBES)
+    return ('<figure class="figure" id="rule-probe"><table><tr><th>rule probe</th><th>accuracy</th>'
+            "<th>chance (majority class)</th><th>classes</th><th>tasks</th><th>left out (small classes)</th></tr>"
+            f"{rows}</table><figcaption>rule probe: does the context identify the rule? A linear classifier, "
+            f"cross-validated, on the contexts of {html.escape(probes['tasks_from'])}</figcaption></figure>")
+
+
 def write_report(run_dir: str | Path) -> Path:
     """Write RUN_DIR/report.html (figures from `etrm analyze`, made if missing)."""
     from etrm.analysis.figures import analyze
@@ -99,10 +117,15 @@ def write_report(run_dir: str | Path) -> Path:
     figures = sorted((run_dir / "figures").glob("*.png")) if (run_dir / "figures").is_dir() else []
     if not figures:
         figures = analyze(run_dir)
+    shown = [p for p in figures if not p.name.startswith("predictions_")]
+    # The rule probe sits beside task retrieval (the diagnostics figure), or last without it.
+    probe_html = _rule_probe_html(run_dir)
     figure_html = "".join(
         f'<figure class="figure"><img alt="{p.stem}" src="data:image/png;base64,'
         f'{base64.b64encode(p.read_bytes()).decode()}"><figcaption>{p.stem}</figcaption></figure>'
-        for p in figures if not p.name.startswith("predictions_"))
+        + (probe_html if p.stem == "diagnostics" else "") for p in shown)
+    if "diagnostics" not in {p.stem for p in shown}:
+        figure_html += probe_html
     verdict_lines = [f"<li>{html.escape(line)}</li>" for line in summary.get("diagnosis", [])]
     rows = "".join(f"<tr><th>{html.escape(name)}</th><td>{html.escape(str(get(summary)))}</td></tr>"
                    for name, get in COMPARE_COLUMNS)
