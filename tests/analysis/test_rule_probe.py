@@ -69,7 +69,7 @@ def test_labels_of_single_rules_compositions_and_unlabelled_tasks():
     families, parameters = rule_labels(tasks)
     assert families == ["colour_map", "dihedral+border", "crop_object", "translate", "colour_permutation", None]
     assert parameters == ["colour_map=3", "dihedral=2", None, "translate=(0, 1)",
-                          "colour_permutation=(0, 1, 2, 3, 4, 5, 6, 7, 8, 9)", None]
+                          "colour_permutation=1->1", None]  # a permutation: the image of colour 1
 
 
 @pytest.fixture(scope="module")

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from etrm.data.synth import rule_atoms
 from etrm.data.tasks import Task
 from etrm.models.decoder import ContextSource
 
@@ -40,7 +41,9 @@ PROBE_BATCH = 64  # tasks encoded per forward pass
 
 def rule_labels(tasks: Sequence[Task]) -> tuple[list[str | None], list[str | None]]:
     """Per task, (family labels, parameter labels); None where a task has no rule (or, for the
-    parameter, where the rule's first step has no parameter value)."""
+    parameter, where the rule's first step has no parameter value). A value made of several
+    atoms (a colour permutation, unique per task) is labelled by its first atom, the image of
+    colour 1 (`colour_permutation=1->4`): nine balanced classes instead of one per task."""
     families: list[str | None] = []
     parameters: list[str | None] = []
     for task in tasks:
@@ -50,7 +53,9 @@ def rule_labels(tasks: Sequence[Task]) -> tuple[list[str | None], list[str | Non
             continue
         families.append("+".join(family for family, _ in task.rule))
         family, value = task.rule[0]
-        parameters.append(None if value is None else f"{family}={value}")
+        atoms = rule_atoms(task.rule[:1])
+        first = atoms[0].removeprefix(f"{family}(").removesuffix(")") if len(atoms) > 1 else value
+        parameters.append(None if value is None else f"{family}={first}")
     return families, parameters
 
 
