@@ -6,7 +6,8 @@ at the end (training tasks and held-out). A finished run (its `summary.json` exi
 re-run, so the script resumes where it stopped, and two invocations can share the machine's
 cores (`--threads` torch threads each; how they shared it is stated in the section).
 
-- `train NAME ...`: train the named runs (`RUNS`; the groups `bounds`, `study`, `modes`).
+- `train NAME ...`: train the named runs (`RUNS`; the groups `bounds`, `study`, `modes`,
+  `encoders`: every encoder preset's `encoder.*` settings on the study level).
 - `extra NAME ...`: for a finished run, the held-out `params` / `compose` splits (level 3) and
   the rule probe (`etrm.analysis.probe`) on `--probe-tasks` validation-seed tasks -> RUN/extra.json.
 - `report`: the `fewshot_ladder` section of BENCHMARKS.md (bounds and encoder efficiency per
@@ -47,13 +48,29 @@ STUDY = {
     "no-loo": ["leave_one_out=false"], "enclr3": ["encoder_lr_scale=3"], "ctx4": ["model.context_len=4"],
 }
 MODES = {"per-batch": ["train_mode=per_batch"], "encode-once": ["train_mode=per_batch_encode_once"]}
+# The encoder comparison: every encoder preset's `encoder:` settings on the study level.
+ENCODER_PRESETS = ("enc-standard", "enc-variational", "enc-lpn", "enc-lpn-variational", "enc-hybrid",
+                   "enc-cross-demo", "enc-set-transformer", "enc-hierarchical", "enc-recurrent")
+
+
+def encoder_overrides(preset: str) -> list[str]:
+    """The `encoder.*` settings an encoder preset makes, as dotted overrides."""
+    from omegaconf import OmegaConf
+
+    from etrm.core.config import CONFIG_DIR
+
+    settings = OmegaConf.load(CONFIG_DIR / "preset" / f"{preset}.yaml").get("encoder", {})
+    return [f"encoder.{key}={value}" for key, value in settings.items()]
+
+
 RUNS: dict[str, tuple[int, list[str]]] = {
     **{f"l{level}-{method}": (level, overrides) for level in LEVELS for method, overrides in BOUNDS.items()},
     **{f"study-{name}": (STUDY_LEVEL, overrides) for name, overrides in STUDY.items()},
     **{f"mode-{name}": (STUDY_LEVEL, overrides) for name, overrides in MODES.items()},
+    **{preset: (STUDY_LEVEL, encoder_overrides(preset)) for preset in ENCODER_PRESETS},
 }
 GROUPS = {"bounds": [n for n in RUNS if n[0] == "l"], "study": [f"study-{n}" for n in STUDY],
-          "modes": [f"mode-{n}" for n in MODES]}
+          "modes": [f"mode-{n}" for n in MODES], "encoders": list(ENCODER_PRESETS)}
 OTHER_SPLITS = ("params", "compose")  # level 3's other held-out splits (same training set)
 
 
@@ -201,6 +218,18 @@ def report(minutes: float, threads: int, sharing: str) -> None:
     study += [_run_row(name, runs[f"study-{name}"], " ".join(f"`{o}`" for o in STUDY[name])) for name in STUDY]
     modes = [*header, _run_row("persistent carry (base)", base)]
     modes += [_run_row(name, runs[f"mode-{name}"], " ".join(f"`{o}`" for o in MODES[name])) for name in MODES]
+    floor, ceiling = _pass2(runs[f"l{STUDY_LEVEL}-none"]), _pass2(runs[f"l{STUDY_LEVEL}-oracle"])
+    ranked = sorted(((name, runs[name]) for name in ENCODER_PRESETS if runs[name]),
+                    key=lambda item: -_pass2(item[1]))
+    encoders = ["| encoder (preset) | held-out pass@2 | encoder efficiency | rule probe: parameter accuracy "
+                "(chance) | steps | s / step | train EM |", "|---|---|---|---|---|---|---|"]
+    for name, run in ranked:
+        probe = (run["extra"].get("probe") or {}).get("parameter") or {}
+        probe_cell = "-" if probe.get("accuracy") is None else f"{_cell(probe['accuracy'])} ({_cell(probe['chance'])})"
+        encoders.append(f"| {name} | {_cell(_pass2(run))} | {efficiency(_pass2(run), ceiling, floor)} | {probe_cell} | "
+                        f"{run['summary']['steps']} | {run['seconds_per_step']:.2f} | "
+                        f"{_cell(run['summary']['train_eval']['exact_match'])} |")
+    encoders += [f"| {name} | not run | | | | | |" for name in ENCODER_PRESETS if not runs[name]]
     figure(runs)
     body = f"""## Few-shot generalisation at CPU scale: the ladder and its bounds (`benchmarks/fewshot_ladder.py`)
 
@@ -230,6 +259,10 @@ atoms); no context: `encoder.type=none`; both trained exactly like ETRM on the s
 ### Training modes on level {STUDY_LEVEL} (equal wall-clock)
 
 {chr(10).join(modes)}
+
+### Encoders on level {STUDY_LEVEL} (ranked by held-out pass@2)
+
+{chr(10).join(encoders)}
 
 ![held-out pass@2 against CPU minutes](docs/figures/fewshot_ladder.png)
 """
