@@ -102,14 +102,12 @@ def extra(name: str, probe_tasks: int, threads: int) -> None:
             summary = evaluate_run(run_dir, [f"test_sources=synth:{split}:test:0:100:8", "leak_policy=drop",
                                              f"eval.out_dir={run_dir / split}"])
             result[split] = {"pass@2": summary["pass@2"], "num_tasks": summary["num_tasks"]}
-    config, model, _, _ = load_for_eval(run_dir, [f"test_sources=synth:iid:test:1:{probe_tasks}:8:{level}",
-                                                  "leak_policy=warn"])
-    if config.model_type == "etrm" and config.encoder.type != "none":
-        from etrm.models.run_data import split_of
-
-        tasks = split_of(config, "warn").test
-        result["probe"] = probe_rules(model.context_source, tasks, config.canvas_side, config.max_demos,
-                                      torch.device("cpu"), config.seed)
+    # Validation-seed tasks (seed 1), never the reported held-out ones; the oracle's and the zero
+    # context's probes are the probe's own ceiling and floor.
+    config, model, augmented, _ = load_for_eval(run_dir, [f"test_sources=synth:iid:test:1:{probe_tasks}:8:{level}",
+                                                          "leak_policy=warn", "max_eval_groups=null"])
+    result["probe"] = probe_rules(model.context_source, augmented.tasks, config.canvas_side, config.max_demos,
+                                  torch.device("cpu"), config.seed)
     (run_dir / "extra.json").write_text(json.dumps(result, indent=1, default=str))
     print(name, json.dumps(result, default=str)[:400], flush=True)
 

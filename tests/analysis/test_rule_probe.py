@@ -18,8 +18,9 @@ from etrm.train.loop import train
 GRID = np.zeros((2, 2), dtype=np.uint8)
 
 
-def _task(rule):
-    return Task("t", [(GRID, GRID)], [(GRID, GRID)], rule=rule)
+def _task(rule, shows_colour_1=False):
+    demo = GRID + 1 if shows_colour_1 else GRID
+    return Task("t", [(demo, demo)], [(GRID, GRID)], rule=rule)
 
 
 def test_separable_contexts_are_told_apart():
@@ -65,11 +66,16 @@ def test_small_classes_and_unlabelled_rows_are_left_out():
 
 def test_labels_of_single_rules_compositions_and_unlabelled_tasks():
     tasks = [_task((("colour_map", 3),)), _task((("dihedral", 2), ("border", 5))), _task((("crop_object", None),)),
-             _task((("translate", (0, 1)),)), _task((("colour_permutation", tuple(range(10))),)), _task(None)]
+             _task((("translate", (0, 1)),)), _task((("colour_permutation", tuple(range(10))),), shows_colour_1=True),
+             _task(None)]
     families, parameters = rule_labels(tasks)
     assert families == ["colour_map", "dihedral+border", "crop_object", "translate", "colour_permutation", None]
     assert parameters == ["colour_map=3", "dihedral=2", None, "translate=(0, 1)",
                           "colour_permutation=1->1", None]  # a permutation: the image of colour 1
+    # ... only where colour 1 is shown in a demo input: elsewhere no encoder could know it
+    unshown = Task("u", [(GRID + 2, GRID + 3)], [(GRID, GRID)],
+                   rule=(("colour_permutation", (0, 1, 3, 2, 4, 5, 6, 7, 8, 9)),))
+    assert rule_labels([unshown]) == (["colour_permutation"], [None])
 
 
 @pytest.fixture(scope="module")

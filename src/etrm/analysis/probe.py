@@ -43,7 +43,8 @@ def rule_labels(tasks: Sequence[Task]) -> tuple[list[str | None], list[str | Non
     """Per task, (family labels, parameter labels); None where a task has no rule (or, for the
     parameter, where the rule's first step has no parameter value). A value made of several
     atoms (a colour permutation, unique per task) is labelled by its first atom, the image of
-    colour 1 (`colour_permutation=1->4`): nine balanced classes instead of one per task."""
+    colour 1 (`colour_permutation=1->4`): nine balanced classes instead of one per task; only
+    where colour 1 appears in a demo input, since elsewhere no encoder could know its image."""
     families: list[str | None] = []
     parameters: list[str | None] = []
     for task in tasks:
@@ -54,8 +55,11 @@ def rule_labels(tasks: Sequence[Task]) -> tuple[list[str | None], list[str | Non
         families.append("+".join(family for family, _ in task.rule))
         family, value = task.rule[0]
         atoms = rule_atoms(task.rule[:1])
+        if value is None or (len(atoms) > 1 and not any((grid_in == 1).any() for grid_in, _ in task.demos)):
+            parameters.append(None)
+            continue
         first = atoms[0].removeprefix(f"{family}(").removesuffix(")") if len(atoms) > 1 else value
-        parameters.append(None if value is None else f"{family}={first}")
+        parameters.append(f"{family}={first}")
     return families, parameters
 
 
