@@ -44,7 +44,8 @@ STUDY = {
     "batch32": ["global_batch_size=32"], "batch128": ["global_batch_size=128"],
     "hidden64": ["model.hidden_size=64", "encoder.hidden_size=64"], "enc1layer": ["encoder.num_layers=1"],
     "cycles1x1": ["model.h_cycles=1", "model.l_cycles=1"], "cycles3x2": ["model.h_cycles=3"],
-    "halt2": ["halt_max_steps=2"], "halt8": ["halt_max_steps=8"], "explore0": ["halt_exploration_prob=0"],
+    "halt1": ["halt_max_steps=1"], "halt2": ["halt_max_steps=2"], "halt8": ["halt_max_steps=8"],
+    "explore0": ["halt_exploration_prob=0"],
     "no-loo": ["leave_one_out=false"], "enclr3": ["encoder_lr_scale=3"], "ctx4": ["model.context_len=4"],
 }
 MODES = {"per-batch": ["train_mode=per_batch"], "encode-once": ["train_mode=per_batch_encode_once"]}
