@@ -6,7 +6,7 @@ at the end (training tasks and held-out). A finished run (its `summary.json` exi
 re-run, so the script resumes where it stopped, and two invocations can share the machine's
 cores (`--threads` torch threads each; how they shared it is stated in the section).
 
-- `train NAME ...`: train the named runs (`RUNS`; the groups `bounds`, `study`, `modes`,
+- `train NAME ...`: train the named runs (`RUNS`; the groups `bounds`, `base`, `study`, `modes`,
   `encoders`: every encoder preset's `encoder.*` settings on the study level).
 - `extra NAME ...`: for a finished run, the held-out `params` / `compose` splits (level 3) and
   the rule probe (`etrm.analysis.probe`) on `--probe-tasks` validation-seed tasks -> RUN/extra.json.
@@ -37,8 +37,10 @@ LEVELS = {1: "synth-level1", 2: "synth-level2", 3: "synth-level3"}
 BOUNDS = {"etrm": [], "oracle": ["model_type=oracle"], "none": ["encoder.type=none"]}
 # Periodic held-out evaluation for the curves (the final evaluation also scores the training tasks).
 CURVE = ["eval_every=50", "eval.periodic_splits=test"]
-# The study: one factor at a time from the level's ETRM run (`lL-etrm`, today's synth-cpu settings).
+# The study: one factor at a time from `base-etrm` (synth-cpu's training settings before the study,
+# written out so the study's runs keep their meaning when the presets change), with its bounds.
 STUDY_LEVEL = 1
+STUDY_BASE: list[str] = []
 STUDY = {
     "lr3e-3": ["lr=3e-3"], "lr3e-4": ["lr=3e-4"], "warmup10": ["lr_warmup_steps=10"],
     "batch32": ["global_batch_size=32"], "batch128": ["global_batch_size=128"],
@@ -66,12 +68,14 @@ def encoder_overrides(preset: str) -> list[str]:
 
 RUNS: dict[str, tuple[int, list[str]]] = {
     **{f"l{level}-{method}": (level, overrides) for level in LEVELS for method, overrides in BOUNDS.items()},
-    **{f"study-{name}": (STUDY_LEVEL, overrides) for name, overrides in STUDY.items()},
-    **{f"mode-{name}": (STUDY_LEVEL, overrides) for name, overrides in MODES.items()},
+    **{f"base-{method}": (STUDY_LEVEL, [*STUDY_BASE, *overrides]) for method, overrides in BOUNDS.items()},
+    **{f"study-{name}": (STUDY_LEVEL, [*STUDY_BASE, *overrides]) for name, overrides in STUDY.items()},
+    **{f"mode-{name}": (STUDY_LEVEL, [*STUDY_BASE, *overrides]) for name, overrides in MODES.items()},
     **{preset: (STUDY_LEVEL, encoder_overrides(preset)) for preset in ENCODER_PRESETS},
 }
-GROUPS = {"bounds": [n for n in RUNS if n[0] == "l"], "study": [f"study-{n}" for n in STUDY],
-          "modes": [f"mode-{n}" for n in MODES], "encoders": list(ENCODER_PRESETS)}
+GROUPS = {"bounds": [n for n in RUNS if n[0] == "l"], "base": [f"base-{m}" for m in BOUNDS],
+          "study": [f"study-{n}" for n in STUDY], "modes": [f"mode-{n}" for n in MODES],
+          "encoders": list(ENCODER_PRESETS)}
 OTHER_SPLITS = ("params", "compose")  # level 3's other held-out splits (same training set)
 
 
@@ -161,10 +165,10 @@ def figure(runs: dict[str, dict | None]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(LEVELS), figsize=(4 * len(LEVELS), 3.4), sharey=True)
+    fig, axes = plt.subplots(1, len(LEVELS) + 1, figsize=(4 * (len(LEVELS) + 1), 3.4), sharey=True)
     styles = {"etrm": ("ETRM", "-", "tab:blue"), "oracle": ("oracle (upper bound)", "--", "tab:green"),
               "none": ("no context (floor)", ":", "tab:red")}
-    for axis, level in zip(axes, LEVELS, strict=True):
+    for axis, level in zip(axes[:-1], LEVELS, strict=True):
         for method, (label, style, colour) in styles.items():
             run = runs.get(f"l{level}-{method}")
             if run and run["curve"]:
@@ -175,6 +179,21 @@ def figure(runs: dict[str, dict | None]) -> None:
         axis.grid(alpha=0.3)
     axes[0].set_ylabel("held-out pass@2 (%)")
     axes[0].legend(fontsize=7)
+    study = axes[-1]  # every setting of the study and the training modes, the level's bounds dashed
+    for name in [*(f"study-{n}" for n in STUDY), *(f"mode-{n}" for n in MODES)]:
+        run = runs.get(name)
+        if run and run["curve"]:
+            minutes, scores = zip(*run["curve"], strict=True)
+            study.plot(minutes, [100 * s for s in scores], "-", linewidth=1, label=name.split("-", 1)[1])
+    for method in ("oracle", "none"):
+        run = runs.get(f"base-{method}")
+        if run and run["curve"]:
+            minutes, scores = zip(*run["curve"], strict=True)
+            study.plot(minutes, [100 * s for s in scores], styles[method][1], color=styles[method][2], linewidth=1.5)
+    study.set_title(f"study on level {STUDY_LEVEL} (bounds at the base settings)", fontsize=9)
+    study.set_xlabel("CPU minutes (max_minutes clock)")
+    study.grid(alpha=0.3)
+    study.legend(fontsize=5, ncol=2)
     FIGURE.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(FIGURE, dpi=90, bbox_inches="tight")
 
@@ -212,8 +231,9 @@ def report(minutes: float, threads: int, sharing: str) -> None:
             probes.append(f"| {name} | {cells[0]} | {cells[1]} |")
     header = ["| setting | overrides | steps | s / step | train EM | held-out pass@2 | held-out token acc |",
               "|---|---|---|---|---|---|---|"]
-    base = runs[f"l{STUDY_LEVEL}-etrm"]
-    study = [*header, _run_row("base (synth-cpu settings)", base)]
+    base = runs["base-etrm"]
+    study = [*header, *(_run_row(f"base: {label}", runs[f"base-{method}"], " ".join(f"`{o}`" for o in BOUNDS[method]))
+                        for method, label in (("etrm", "ETRM"), ("oracle", "oracle"), ("none", "no context")))]
     study += [_run_row(name, runs[f"study-{name}"], " ".join(f"`{o}`" for o in STUDY[name])) for name in STUDY]
     modes = [*header, _run_row("persistent carry (base)", base)]
     modes += [_run_row(name, runs[f"mode-{name}"], " ".join(f"`{o}`" for o in MODES[name])) for name in MODES]
