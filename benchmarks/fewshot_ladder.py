@@ -51,6 +51,10 @@ STUDY = {
     "no-loo": ["leave_one_out=false"], "enclr3": ["encoder_lr_scale=3"], "ctx4": ["model.context_len=4"],
 }
 MODES = {"per-batch": ["train_mode=per_batch"], "encode-once": ["train_mode=per_batch_encode_once"]}
+# Every factor that makes a step cheaper or shows more fresh samples, at once (no single one
+# left the copy plateau): the study's follow-up, with its own bounds.
+FAST = ["model.hidden_size=64", "encoder.hidden_size=64", "model.h_cycles=1", "model.l_cycles=1",
+        "halt_max_steps=1", "global_batch_size=32"]
 # The encoder comparison: every encoder preset's `encoder:` settings on the study level.
 ENCODER_PRESETS = ("enc-standard", "enc-variational", "enc-lpn", "enc-lpn-variational", "enc-hybrid",
                    "enc-cross-demo", "enc-set-transformer", "enc-hierarchical", "enc-recurrent")
@@ -71,9 +75,11 @@ RUNS: dict[str, tuple[int, list[str]]] = {
     **{f"base-{method}": (STUDY_LEVEL, [*STUDY_BASE, *overrides]) for method, overrides in BOUNDS.items()},
     **{f"study-{name}": (STUDY_LEVEL, [*STUDY_BASE, *overrides]) for name, overrides in STUDY.items()},
     **{f"mode-{name}": (STUDY_LEVEL, [*STUDY_BASE, *overrides]) for name, overrides in MODES.items()},
+    **{f"fast-{method}": (STUDY_LEVEL, [*STUDY_BASE, *FAST, *overrides]) for method, overrides in BOUNDS.items()},
     **{preset: (STUDY_LEVEL, encoder_overrides(preset)) for preset in ENCODER_PRESETS},
 }
 GROUPS = {"bounds": [n for n in RUNS if n[0] == "l"], "base": [f"base-{m}" for m in BOUNDS],
+          "fast": [f"fast-{m}" for m in BOUNDS],
           "study": [f"study-{n}" for n in STUDY], "modes": [f"mode-{n}" for n in MODES],
           "encoders": list(ENCODER_PRESETS)}
 OTHER_SPLITS = ("params", "compose")  # level 3's other held-out splits (same training set)
@@ -180,7 +186,7 @@ def figure(runs: dict[str, dict | None]) -> None:
     axes[0].set_ylabel("held-out pass@2 (%)")
     axes[0].legend(fontsize=7)
     study = axes[-1]  # every setting of the study and the training modes, the level's bounds dashed
-    for name in [*(f"study-{n}" for n in STUDY), *(f"mode-{n}" for n in MODES)]:
+    for name in [*(f"study-{n}" for n in STUDY), *(f"mode-{n}" for n in MODES), *(f"fast-{m}" for m in BOUNDS)]:
         run = runs.get(name)
         if run and run["curve"]:
             minutes, scores = zip(*run["curve"], strict=True)
@@ -235,6 +241,9 @@ def report(minutes: float, threads: int, sharing: str) -> None:
     study = [*header, *(_run_row(f"base: {label}", runs[f"base-{method}"], " ".join(f"`{o}`" for o in BOUNDS[method]))
                         for method, label in (("etrm", "ETRM"), ("oracle", "oracle"), ("none", "no context")))]
     study += [_run_row(name, runs[f"study-{name}"], " ".join(f"`{o}`" for o in STUDY[name])) for name in STUDY]
+    study += [_run_row(f"all speed factors at once: {label}", runs[f"fast-{method}"],
+                       " ".join(f"`{o}`" for o in [*FAST, *BOUNDS[method]]))
+              for method, label in (("etrm", "ETRM"), ("oracle", "oracle"), ("none", "no context"))]
     modes = [*header, _run_row("persistent carry (base)", base)]
     modes += [_run_row(name, runs[f"mode-{name}"], " ".join(f"`{o}`" for o in MODES[name])) for name in MODES]
     floor, ceiling = _pass2(runs[f"l{STUDY_LEVEL}-none"]), _pass2(runs[f"l{STUDY_LEVEL}-oracle"])
