@@ -40,7 +40,8 @@ CURVE = ["eval_every=50", "eval.periodic_splits=test"]
 # The study: one factor at a time from `base-etrm` (synth-cpu's training settings before the study,
 # written out so the study's runs keep their meaning when the presets change), with its bounds.
 STUDY_LEVEL = 1
-STUDY_BASE: list[str] = []
+STUDY_BASE = ["model.hidden_size=128", "encoder.hidden_size=128", "model.h_cycles=2", "model.l_cycles=2",
+              "halt_max_steps=4", "global_batch_size=64"]
 STUDY = {
     "lr3e-3": ["lr=3e-3"], "lr3e-4": ["lr=3e-4"], "warmup10": ["lr_warmup_steps=10"],
     "batch32": ["global_batch_size=32"], "batch128": ["global_batch_size=128"],
