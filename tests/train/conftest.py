@@ -44,3 +44,32 @@ def finished_run(tmp_path_factory, tiny) -> Path:
     run_dir = tmp_path_factory.mktemp("finished") / "run"
     train(load_config(tiny(run_dir)))
     return run_dir
+
+
+class Killed(Exception):
+    """Raised inside a training step to kill a run mid-way."""
+
+
+@pytest.fixture
+def killed_then_resumed(tiny_config, monkeypatch) -> Callable[..., None]:
+    """killed_then_resumed(run_dir, *extra): train, killed during step 6 (the last checkpoint at
+    step 4 with checkpoint_every=2), then resume the same run to its end."""
+    from etrm.core.checkpoint import read_checkpoint
+    from etrm.train.loop import Trainer, train
+
+    def run(run_dir: Path, *extra: str) -> None:
+        original = Trainer.train_step
+
+        def dying(self, batch):
+            if self.state.step == 5:
+                raise Killed
+            return original(self, batch)
+
+        monkeypatch.setattr(Trainer, "train_step", dying)
+        with pytest.raises(Killed):
+            train(tiny_config(run_dir, *extra))
+        monkeypatch.setattr(Trainer, "train_step", original)
+        assert read_checkpoint(run_dir / "checkpoint.pt")["step"] == 4
+        train(tiny_config(run_dir, *extra, "resume=true"))
+
+    return run

@@ -193,12 +193,8 @@ def test_encode_once_without_encoder_parameters_trains_the_decoder(tiny_config, 
     assert all(not torch.equal(value, before[name]) for name, value in _parameters(trainer).items())
 
 
-class _Killed(Exception):
-    pass
-
-
 @pytest.mark.parametrize("train_mode", ["per_batch", ENCODE_ONCE])
-def test_a_per_batch_run_resumes_exactly(train_mode, tiny_config, tmp_path, monkeypatch):
+def test_a_per_batch_run_resumes_exactly(train_mode, tiny_config, tmp_path, monkeypatch, killed_then_resumed):
     # As tests/train/test_train_resume.py: killed during step 6, resumed from the checkpoint of
     # step 4 in the middle of the log window 4..6. q_halt > 0 from the start, so the exploration
     # draws (the torch RNG) decide how many supervision steps each batch runs.
@@ -215,19 +211,7 @@ def test_a_per_batch_run_resumes_exactly(train_mode, tiny_config, tmp_path, monk
     whole = read_metrics(tmp_path / "whole", "train")
     assert len({record["optimizer_steps"] for record in whole}) > 1  # the RNG mattered
 
-    original_step = Trainer.train_step
-
-    def dying(self, batch):
-        if self.state.step == 5:
-            raise _Killed
-        return original_step(self, batch)
-
-    monkeypatch.setattr(Trainer, "train_step", dying)
-    with pytest.raises(_Killed):
-        train(tiny_config(tmp_path / "killed", *extra))
-    monkeypatch.setattr(Trainer, "train_step", original_step)
-    assert read_checkpoint(tmp_path / "killed" / "checkpoint.pt")["step"] == 4
-    train(tiny_config(tmp_path / "killed", *extra, "resume=true"))
+    killed_then_resumed(tmp_path / "killed", *extra)
 
     resumed = read_metrics(tmp_path / "killed", "train")
     assert [r["step"] for r in resumed] == [r["step"] for r in whole] == [3, 6, 8]

@@ -18,7 +18,7 @@ from etrm.core import checkpoint as checkpoint_module
 from etrm.core.checkpoint import CheckpointReadError, read_checkpoint, write_checkpoint
 from etrm.models import run_data
 from etrm.models.build import build_model
-from etrm.train.loop import Trainer, train
+from etrm.train.loop import train
 from etrm.train.metrics import read_metrics
 
 COMPARED = ("loss", "lm_loss", "q_halt_loss", "token_accuracy", "exact_match", "q_halt_accuracy",
@@ -47,10 +47,6 @@ def _assert_same_training(a_dir, b_dir, from_step: int = 0) -> None:
     assert eval_a == eval_b
 
 
-class _Killed(Exception):
-    pass
-
-
 def _eager_to_halt(monkeypatch) -> None:
     # q_halt > 0 from the start, so only the random exploration (a drawn minimum step count)
     # keeps slots running: halting, and with it the whole run, depends on the torch RNG.
@@ -63,7 +59,7 @@ def _eager_to_halt(monkeypatch) -> None:
     monkeypatch.setattr(run_data, "build_model", build)  # what Trainer builds its model with
 
 
-def test_resume_mid_log_window_is_exact(tiny_config, tmp_path, monkeypatch):
+def test_resume_mid_log_window_is_exact(tiny_config, tmp_path, monkeypatch, killed_then_resumed):
     # log_every=3, checkpoint_every=2, killed during step 6: the resume starts at step 4, in the
     # middle of the window 4..6, so the saved metric sums and window count matter too.
     _eager_to_halt(monkeypatch)
@@ -71,20 +67,7 @@ def test_resume_mid_log_window_is_exact(tiny_config, tmp_path, monkeypatch):
     train(tiny_config(tmp_path / "whole", *extra))
     halted = [r["halted_samples"] for r in read_metrics(tmp_path / "whole", "train")]
     assert any(count % 8 for count in halted)  # slots halted at different steps: the RNG mattered
-
-    original = Trainer.train_step
-
-    def dying(self, batch):
-        if self.state.step == 5:
-            raise _Killed
-        return original(self, batch)
-
-    monkeypatch.setattr(Trainer, "train_step", dying)
-    with pytest.raises(_Killed):
-        train(tiny_config(tmp_path / "killed", *extra))
-    monkeypatch.setattr(Trainer, "train_step", original)
-    assert read_checkpoint(tmp_path / "killed" / "checkpoint.pt")["step"] == 4
-    train(tiny_config(tmp_path / "killed", *extra, "resume=true"))
+    killed_then_resumed(tmp_path / "killed", *extra)
     _assert_same_training(tmp_path / "whole", tmp_path / "killed")
 
 
