@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -135,7 +136,8 @@ def _load(name: str) -> dict | None:
     train_records = [r for r in records if r["kind"] == "train"]
     extra_path = run_dir / "extra.json"
     return {"summary": summary, "curve": curve, "extra": json.loads(extra_path.read_text()) if extra_path.is_file()
-            else {}, "seconds_per_step": train_records[-1]["seconds_per_step"] if train_records else None}
+            else {}, "seconds_per_step": statistics.median(r["seconds_per_step"] for r in train_records)
+            if train_records else None}
 
 
 def _pass2(run: dict | None) -> float | None:
@@ -159,7 +161,7 @@ def efficiency(etrm: float | None, oracle: float | None, none: float | None) -> 
 
 def _run_row(label: str, run: dict | None, detail: str = "") -> str:
     if run is None:
-        return f"| {label} | {detail} | not run | | | | |"
+        return f"| {label} | {detail} | not run (docs/LOG.md says why) | | | | |"
     summary = run["summary"]
     return (f"| {label} | {detail} | {summary['steps']} | {run['seconds_per_step']:.2f} | "
             f"{_cell(summary['train_eval']['exact_match'])} | {_cell(summary['test_eval']['pass@2'])} | "
@@ -191,7 +193,8 @@ def figure(runs: dict[str, dict | None]) -> None:
         run = runs.get(name)
         if run and run["curve"]:
             minutes, scores = zip(*run["curve"], strict=True)
-            study.plot(minutes, [100 * s for s in scores], "-", linewidth=1, label=name.split("-", 1)[1])
+            label = name if name.startswith("fast-") else name.split("-", 1)[1]
+            study.plot(minutes, [100 * s for s in scores], "-", linewidth=1, label=label)
     for method in ("oracle", "none"):
         run = runs.get(f"base-{method}")
         if run and run["curve"]:
@@ -229,6 +232,8 @@ def report(minutes: float, threads: int, sharing: str) -> None:
               "classes, tasks) |", "|---|---|---|"]
     for name, run in runs.items():
         probe = (run or {}).get("extra", {}).get("probe")
+        if name.startswith("fast-"):  # the same runs as level 1's bounds (the preset's settings now)
+            continue
         if probe:
             cells = []
             for key in ("family", "parameter"):
