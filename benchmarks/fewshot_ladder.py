@@ -179,7 +179,7 @@ def figure(runs: dict[str, dict | None]) -> None:
 
     fig, axes = plt.subplots(1, len(LEVELS) + 1, figsize=(4 * (len(LEVELS) + 1), 3.4), sharey=True)
     styles = {"etrm": ("ETRM", "-", "tab:blue"), "oracle": ("oracle (upper bound)", "--", "tab:green"),
-              "none": ("no context (floor)", ":", "tab:red")}
+              "none": ("no context (floor)", ":", "tab:red"), "etrm-30min": ("ETRM, 30 minutes", "-", "tab:purple")}
     for axis, level in zip(axes[:-1], LEVELS, strict=True):
         for method, (label, style, colour) in styles.items():
             run = runs.get(f"l{level}-{method}")
