@@ -115,3 +115,10 @@ def test_the_probe_does_not_apply_without_rules_or_to_trm(synth_run, tmp_path):
                       .replace("augmentations_per_task: 0", "augmentations_per_task: 1"))
     outcome = probe_run(copy)
     assert outcome.probes is None and "TRM" in outcome.reason and not (copy / PROBE_FILE).exists()
+
+
+def test_equal_contexts_can_only_guess_the_majority_class():
+    labels = ["a"] * 12 + ["b"] * 8
+    result = rule_probe(np.zeros((20, 6)), labels)
+    assert result["accuracy"] == pytest.approx(0.6) and result["chance"] == pytest.approx(0.6)
+    assert "same" in result["note"]

@@ -74,6 +74,8 @@ def rule_probe(contexts: np.ndarray, labels: Sequence[str | None], folds: int = 
     `note` says why.
     """
     from sklearn.decomposition import PCA
+    from sklearn.dummy import DummyClassifier
+    from sklearn.feature_selection import VarianceThreshold
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_score
     from sklearn.pipeline import make_pipeline
@@ -102,11 +104,20 @@ def rule_probe(contexts: np.ndarray, labels: Sequence[str | None], folds: int = 
     # PCA keeping every component only rotates the standardised training rows into their own span:
     # an L2-penalised logistic regression's weights lie in that span anyway, so its predictions are
     # the same, with min(N, D) features instead of D (2-3x faster when contexts outnumber tasks).
-    classifier = make_pipeline(StandardScaler(), PCA(svd_solver="full"), LogisticRegression(max_iter=2000))
+    # Constant features (a context position an encoder never uses) carry nothing and would make
+    # PCA divide by a zero variance; contexts that are all equal (the zero context) leave only the
+    # majority-class guess, which is scored the same way.
+    features = np.asarray(contexts, dtype=np.float64)[rows]
+    if np.ptp(features, axis=0).max(initial=0.0) == 0:
+        classifier = DummyClassifier(strategy="most_frequent")
+        result["note"] = "every context is the same: only the majority class can be guessed"
+    else:
+        classifier = make_pipeline(VarianceThreshold(), StandardScaler(), PCA(svd_solver="full"),
+                                   LogisticRegression(max_iter=2000))
     # One BLAS thread: these matrices are small, and on a busy machine OpenBLAS threads spin-waiting
     # for cores made a probe of 200 tasks some 60x slower than one thread.
     with threadpool_limits(limits=1):
-        scores = cross_val_score(classifier, np.asarray(contexts, dtype=np.float64)[rows], targets,
+        scores = cross_val_score(classifier, features, targets,
                                  cv=StratifiedKFold(folds, shuffle=True, random_state=seed), scoring="accuracy")
     result.update(accuracy=float(scores.mean()), accuracy_std=float(scores.std()),
                   chance=max(Counter(targets.tolist()).values()) / len(rows), folds=folds)
