@@ -106,8 +106,8 @@ def extra(name: str, probe_tasks: int, threads: int) -> None:
     """Other held-out splits (level 3) and the rule probe of a finished run -> RUN/extra.json."""
     import torch
 
-    from etrm.analysis.probe import probe_rules
-    from etrm.eval.evaluate import evaluate_run, load_for_eval
+    from etrm.analysis.probe import probe_run
+    from etrm.eval.evaluate import evaluate_run
 
     torch.set_num_threads(threads)
     run_dir = OUT / name
@@ -120,10 +120,7 @@ def extra(name: str, probe_tasks: int, threads: int) -> None:
             result[split] = {"pass@2": summary["pass@2"], "num_tasks": summary["num_tasks"]}
     # Validation-seed tasks (seed 1), never the reported held-out ones; the oracle's and the zero
     # context's probes are the probe's own ceiling and floor.
-    config, model, augmented, _ = load_for_eval(run_dir, [f"test_sources=synth:iid:test:1:{probe_tasks}:8:{level}",
-                                                          "leak_policy=warn", "max_eval_groups=null"])
-    result["probe"] = probe_rules(model.context_source, augmented.tasks, config.canvas_side, config.max_demos,
-                                  torch.device("cpu"), config.seed)
+    result["probe"] = probe_run(run_dir, f"synth:iid:test:1:{probe_tasks}:8:{level}").probes
     (run_dir / "extra.json").write_text(json.dumps(result, indent=1, default=str))
     print(name, json.dumps(result, default=str)[:400], flush=True)
 

@@ -21,6 +21,7 @@ A batch is a dict of numpy arrays (uint8 tokens; `etrm.data.tensors.to_torch` ma
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import math
 from collections.abc import Iterator, Sequence
@@ -56,7 +57,13 @@ def atom_key(atom: str) -> int:
 
 def task_atom_keys(task: Task) -> list[int]:
     """The keys of a task's rule atoms, in order; empty for a task without a rule."""
-    return [] if task.rule is None else [atom_key(atom) for atom in rule_atoms(task.rule)]
+    return [] if task.rule is None else list(_rule_keys(task.rule))
+
+
+@functools.cache
+def _rule_keys(rule: tuple[tuple[str, object], ...]) -> tuple[int, ...]:
+    # Every batch asks for its tasks' keys: hash each rule's atoms once.
+    return tuple(atom_key(atom) for atom in rule_atoms(rule))
 
 
 def _atom_rows(tasks: Sequence[Task]) -> np.ndarray:
