@@ -4,11 +4,12 @@ Trains three models on the one synthetic training set (ETRM with the standard en
 another encoder, the TRM baseline), each for `--minutes` of wall-clock, then evaluates each on
 the held-out tasks of the three splits (iid, params, compose):
 
-- ETRM: the encoder's context; ETRM + TTO: that context refined on the task's demos.
+- ETRM: the encoder's context; ETRM + TTO: that context refined on the task's demos
+  (test-time training of the context on the all-demos objective, `ttt.params=context`).
 - the other encoder, plain.
 - TRM without fitting (the blank embedding row: it cannot know an unseen task) and TRM with
   test-time fitting (a fresh row from the mean embedding, fitted on the demos with the same
-  optimisation budget as TTO).
+  optimisation budget as TTO: the same `ttt.*` settings).
 
 For each: pass@1, pass@2, wall-clock seconds of the evaluation and analytic test-time FLOPs per
 task. Stages (so that runs can be spread over the machine's cores): `train MODEL`, `eval MODEL`,
@@ -39,10 +40,9 @@ MODELS = {"etrm": ["model_type=etrm"], "etrm-cross-demo": ["model_type=etrm", "e
 METHODS = [("ETRM (standard encoder)", "etrm", False), ("ETRM + TTO", "etrm", True),
            ("ETRM (cross_demo encoder)", "etrm-cross-demo", False), ("TRM, no fitting", "trm", False),
            ("TRM + test-time fitting", "trm", True)]
-# One test-time budget for ETRM + TTO and TRM + fitting; the lr (`--tto-lr`, per model) is picked on
-# validation tasks by `benchmarks/tto_parameterisation.py` (`synth:iid:test` with seed 1, never on
-# the reported held-out tasks).
-TTO = ["tto.steps=30", "tto.act_steps=2"]
+# One test-time budget for ETRM + TTO and TRM + fitting; the lr (`--tto-lr`, per model) was picked on
+# validation tasks (`synth:iid:test` with seed 1, never on the reported held-out tasks).
+TTO = ["ttt.steps=30", "ttt.act_steps=2", "ttt.params=context", "ttt.objective=all_demos", "ttt.augment=false"]
 
 
 def held_out(split: str, count: int) -> str:
@@ -62,7 +62,7 @@ def evaluate_model(model: str, tto: list[str], count: int, threads: int) -> None
 
     from etrm.core.distributed import Runtime
     from etrm.eval.evaluate import evaluate, load_for_eval
-    from etrm.models.flops import eval_flops_per_sample
+    from etrm.models.flops import eval_flops_per_sample, ttt_flops_per_task
 
     torch.set_num_threads(threads)
     results = {}
@@ -75,16 +75,16 @@ def evaluate_model(model: str, tto: list[str], count: int, threads: int) -> None
             start = time.perf_counter()
             summary = evaluate(net, augmented, canvas_side=config.canvas_side, max_demos=config.max_demos,
                                batch_size=config.eval.batch_size, runtime=Runtime(torch.device("cpu")),
-                               tto=config.tto if optimise else None)
+                               ttt=config.ttt if optimise else None)
             seconds = time.perf_counter() - start
             demos = sum(len(t.demos) for t in augmented.tasks) / len(augmented.tasks)
             cells = sum(i.size + o.size for t in augmented.tasks for i, o in t.demos) / (demos * len(augmented.tasks))
             samples = summary["num_predictions"] / summary["num_tasks"]
-            flops = samples * eval_flops_per_sample(config, demos, cells, config.halt_max_steps,
-                                                    config.tto.steps if optimise else 0, config.tto.act_steps)
+            flops = samples * eval_flops_per_sample(config, demos, cells, config.halt_max_steps)
+            flops += ttt_flops_per_task(config, demos, cells) if optimise else 0
             results[f"{label}|{split}"] = {"pass@1": summary["pass@1"], "pass@2": summary["pass@2"],
                                            "tasks": summary["num_tasks"], "seconds": seconds, "flops_per_task": flops,
-                                           "tto": f"lr {config.tto.lr:g}, {config.tto.parameterisation}"
+                                           "tto": f"lr {config.ttt.lr:g}, {config.ttt.context_parameterisation}"
                                            if optimise else ""}
             print(label, split, results[f"{label}|{split}"], flush=True)
     (OUT / model / "fewshot.json").write_text(json.dumps(results, indent=1))
@@ -193,7 +193,7 @@ def main() -> None:
             train(model, args.minutes, args.threads)
     if args.stage in ("eval", "all"):
         for model in models:
-            evaluate_model(model, [*TTO, f"tto.lr={args.tto_lr}"], args.held_out, args.threads)
+            evaluate_model(model, [*TTO, f"ttt.lr={args.tto_lr}"], args.held_out, args.threads)
     if args.stage in ("report", "all"):
         tsne_figure(args.held_out)
         report(args.held_out, args.minutes)

@@ -70,6 +70,20 @@ def test_leak_policies_through_the_split(arc1_training):
         few_shot_split("arc1:training", "arc1:evaluation", canvas_side=30, leak_policy="error")
 
 
+@pytest.mark.parametrize("leak_policy", ("drop", "warn"))
+def test_validation_tasks_are_kept_out_of_training(arc1_training, leak_policy):
+    split = few_shot_split("arc1:training", "arc1:evaluation", canvas_side=10, leak_policy=leak_policy,
+                           validation_sources="arc1:training", max_validation_groups=30)
+    fitting = sorted(t.id for t in arc1_training if _largest_side(t) <= 10)
+    assert [t.id for t in split.validation] == fitting[:30]
+    assert not {t.id for t in split.train} & {t.id for t in split.validation}
+    plain = few_shot_split("arc1:training", "arc1:evaluation", canvas_side=10, leak_policy=leak_policy)
+    assert {t.id for t in plain.train} - {t.id for t in split.train} >= set(fitting[:30])
+    if leak_policy == "drop":
+        assert find_leaks(split.train, split.validation).overlapping_tasks == 0
+    assert "validation tasks: 30" in split.summary(10)[0]
+
+
 def test_fitting_subset(arc1_training):
     shuffled = arc1_training[::-1]
     chosen, dropped = fitting_subset(shuffled, 8, None)

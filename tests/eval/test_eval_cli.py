@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
+from etrm.core.errors import EtrmError
 from etrm.data import load_tasks
+from etrm.eval.evaluate import load_for_eval
 
 
 def test_etrm_eval_writes_eval_and_submission(finished_eval_run, etrm_cli, tmp_path):
@@ -48,3 +52,11 @@ def test_etrm_eval_with_a_misspelt_key_is_one_line(finished_eval_run, etrm_cli, 
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("etrm: error:"), result.stderr
     assert "num_augmentation" in lines[0]
+
+
+def test_etrm_eval_on_validation_tasks(finished_eval_run):
+    _, _, augmented, _ = load_for_eval(finished_eval_run, ["eval.split=validation", "validation_sources=arc1:training",
+                                                           "max_validation_groups=2"])
+    assert [t.id for t in augmented.tasks] == [t.id for t in load_tasks("arc1:training") if t.fits(6)][:2]
+    with pytest.raises(EtrmError, match="no validation tasks"):
+        load_for_eval(finished_eval_run, ["eval.split=validation"])

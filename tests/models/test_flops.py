@@ -1,7 +1,13 @@
 """Analytic FLOP counts agree with the modules they count."""
 
 from etrm.core.config import load_config
-from etrm.models.flops import block_flops_per_token, decoder_step_flops, encoder_flops, eval_flops_per_sample
+from etrm.models.flops import (
+    block_flops_per_token,
+    decoder_step_flops,
+    encoder_flops,
+    eval_flops_per_sample,
+    ttt_flops_per_task,
+)
 from etrm.models.layers import PostNormBlock
 
 
@@ -29,17 +35,23 @@ def test_encoder_training_costs_three_forwards():
     assert encoder_flops(config, 10, 50.0, train=True) == 3 * encoder_flops(config, 10, 50.0, train=False)
 
 
-def test_evaluation_flops_encoder_once_versus_every_step_and_tto_cost():
+def test_evaluation_flops_encoder_once_versus_every_step_and_ttt_cost():
     config = load_config(["preset=overfit-cpu"])
     step, encoder = decoder_step_flops(config, 1, train=False), encoder_flops(config, 3, 40.0, train=False)
     assert eval_flops_per_sample(config, 3, 40.0, 16) == 16 * step + encoder
     assert eval_flops_per_sample(config, 3, 40.0, 16, encoder_every_step=True) == 16 * (step + encoder)
     trm = load_config(["preset=overfit-cpu", "model_type=trm"])
     assert eval_flops_per_sample(trm, 3, 40.0, 16, encoder_every_step=True) == 16 * step
-    # TTO: each extra optimisation step adds a demo-loss pass (act_steps steps on 3 demos) and its backward.
-    one, two = (eval_flops_per_sample(config, 3, 40.0, 4, tto_steps=n, tto_act_steps=2) for n in (1, 2))
+    # TTT: each step adds, per episode, the encoder over the other demos, act_steps decoder steps
+    # and the last one's backward (input gradients only for LoRA; weight gradients too for decoder).
     backward = decoder_step_flops(config, 1, train=True) - step
-    assert two - one == 3 * (2 * step + backward)
+    loo_encoder = encoder_flops(config, 2, 40.0, train=False)
+    def ttt(*overrides):
+        return ttt_flops_per_task(load_config(["preset=overfit-cpu", "ttt.act_steps=2", *overrides]), 3, 40.0)
+    assert ttt("ttt.steps=0") == 0
+    assert ttt("ttt.steps=2") - ttt("ttt.steps=1") == 3 * (loo_encoder + 2 * step + backward / 2)
+    assert ttt("ttt.steps=2", "ttt.params=decoder") - ttt("ttt.steps=1", "ttt.params=decoder") == \
+        3 * (loo_encoder + 2 * step + backward)
 
 
 def test_kept_demo_tokens_counts_real_cells_of_real_demos_in_numpy_and_torch():

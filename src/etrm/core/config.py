@@ -63,7 +63,8 @@ class EvalConfig:
 
     num_augmentations: int = 8
     batch_size: int = 64
-    split: str = "test"  # etrm eval: test (held-out tasks) | train (the training tasks' test pairs)
+    # etrm eval: test (held-out tasks) | validation (validation_sources) | train (the training tasks' test pairs)
+    split: str = "test"
     periodic_splits: str = "train,test"  # what eval_every evaluates during training
     checkpoint: str = ""  # a checkpoint file or run directory (etrm eval)
     out_dir: str = ""  # where eval.json and submission.json go (default: the run directory)
@@ -73,16 +74,31 @@ class EvalConfig:
 
 
 @dataclass
-class TTOConfig:
-    """Test-time latent optimisation at evaluation (`etrm eval tto.steps=100`); steps=0: off."""
+class TTTConfig:
+    """Test-time training at evaluation (`etrm eval RUN ttt.steps=50`): adapt `params` to each
+    held-out task's demonstrations before predicting it (etrm.eval.ttt); steps=0: off."""
 
     steps: int = 0
-    lr: float = 5e-2
-    act_steps: int = 2  # ACT steps the decoder runs inside each optimisation step
-    grad_clip: float = 1.0  # per-sample gradient norm
-    # scaled: the context stays on the scale the decoder was trained on; raw: Adam moves the
-    # context itself (the earlier behaviour). See etrm.eval.tto.context_parameterisation.
-    parameterisation: str = "scaled"
+    lr: float = 1e-3
+    # What adapts: context (the task's context vectors), lora (rank-r adapters on the decoder's
+    # projections), decoder (its weights), all (decoder and context source). A TRM's fresh
+    # context row for the unseen task adapts with every choice.
+    params: str = "lora"
+    lora_rank: int = 8
+    # leave_one_out: each demo in turn the query, the others the context (as training builds
+    # episodes); all_demos: every demo the query with all demos as context (the objective of the
+    # earlier test-time optimisation, tto.*).
+    objective: str = "leave_one_out"
+    # Each step has every demo of the task once as the query, under one of the task's evaluation
+    # augmentations drawn per episode (augment=false: identity only).
+    augment: bool = True
+    tasks_per_batch: int = 16  # tasks adapted together (context and lora; decoder and all: one at a time)
+    act_steps: int = 2  # ACT steps the decoder runs per episode; the gradient flows through the last
+    grad_clip: float = 1.0  # per task, over all its adapted tensors
+    # context: scaled keeps each context vector's norm and moves its direction (the scale the
+    # decoder was trained on); raw moves the vectors themselves.
+    context_parameterisation: str = "scaled"
+    seed: int = 0
 
 
 @dataclass
@@ -111,6 +127,10 @@ class RunConfig:
     leave_one_out: bool = False
     max_train_groups: int | None = None
     max_eval_groups: int | None = None
+    # Validation tasks, kept out of training like the held-out ones (`etrm eval RUN
+    # eval.split=validation`): where settings are chosen without touching the held-out tasks.
+    validation_sources: str = ""
+    max_validation_groups: int | None = None
     leak_policy: str = "drop"  # drop | warn | error
     augment: bool = True
     translate: bool = True
@@ -169,7 +189,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    tto: TTOConfig = field(default_factory=TTOConfig)
+    ttt: TTTConfig = field(default_factory=TTTConfig)
 
 
 _CHOICES = {
@@ -182,8 +202,10 @@ _CHOICES = {
     "lr_schedule": ("constant", "cosine"),
     "train_mode": ("persistent", "per_batch", "per_batch_encode_once"),
     "encoder.pooling": ("mean", "max", "attention", "cls"),
-    "eval.split": ("test", "train"),
-    "tto.parameterisation": ("scaled", "raw"),
+    "eval.split": ("test", "validation", "train"),
+    "ttt.params": ("context", "lora", "decoder", "all"),
+    "ttt.objective": ("leave_one_out", "all_demos"),
+    "ttt.context_parameterisation": ("scaled", "raw"),
 }
 
 ConfigStore.instance().store(name="run_schema", node=RunConfig)
@@ -201,6 +223,9 @@ def _normalise_overrides(overrides: list[str]) -> tuple[str, list[str]]:
         if not sep:
             raise ConfigError(f"override '{override}' is not of the form key=value")
         key = key.lstrip("+")
+        if key.split(".")[0] == "tto":
+            raise ConfigError(f"'{key}': test-time optimisation is now test-time training of the context: "
+                              "ttt.params=context ttt.objective=all_demos (see the README)")
         if key == "preset":
             preset = value
         else:
@@ -223,6 +248,17 @@ def _validate(config: RunConfig) -> None:
     if config.model_type == "oracle" and (config.augment or config.eval.num_augmentations > 1):
         raise ConfigError("model_type=oracle needs augment=false and eval.num_augmentations=1: an augmentation "
                           "changes the rule that the task's label names")
+    for key in ("steps", "lora_rank", "tasks_per_batch", "act_steps"):
+        least = 0 if key == "steps" else 1
+        if getattr(config.ttt, key) < least:
+            raise ConfigError(f"ttt.{key} must be at least {least}, got {getattr(config.ttt, key)}")
+    if config.ttt.steps and config.encoder.type == "recurrent" and config.model_type == "etrm":
+        raise ConfigError("ttt.steps > 0 with encoder.type=recurrent: the recurrent encoder refines its context "
+                          "in the ACT carry, test-time training needs a context computed once per episode")
+    if (config.ttt.params == "context" and config.ttt.context_parameterisation == "scaled"
+            and config.model_type == "etrm" and config.encoder.type == "none"):
+        raise ConfigError("ttt.params=context with encoder.type=none needs ttt.context_parameterisation=raw: "
+                          "the zero context has no norm to keep")
     if not 1 <= config.canvas_side <= 30:
         raise ConfigError(f"canvas_side must be in 1..30, got {config.canvas_side}")
 
@@ -259,7 +295,11 @@ def load_config(overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
 def config_from_yaml(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """Read a resolved run config (as saved beside a run), applying further overrides."""
     try:
-        saved = OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.load(path))
+        saved_yaml = OmegaConf.load(path)
+        # Runs saved before test-time training replaced test-time optimisation: `tto` was an
+        # evaluation setting, not part of the trained model.
+        saved_yaml.pop("tto", None)
+        saved = OmegaConf.merge(OmegaConf.structured(RunConfig), saved_yaml)
         _, rest = _normalise_overrides(list(overrides))
         merged = OmegaConf.merge(saved, OmegaConf.from_dotlist(rest))
     except OmegaConfBaseException as error:

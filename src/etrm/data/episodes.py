@@ -74,9 +74,9 @@ def _atom_rows(tasks: Sequence[Task]) -> np.ndarray:
     return rows
 
 
-def _query_and_context(task: Task, query: int, max_demos: int) -> tuple[tuple, list]:
-    if query >= 0:
-        return task.tests[query], task.demos[:max_demos]
+def _query_and_context(task: Task, query: int, max_demos: int, context_includes_query: bool) -> tuple[tuple, list]:
+    if query >= 0 or context_includes_query:
+        return task.tests[query] if query >= 0 else task.demos[-(query + 1)], task.demos[:max_demos]
     held_out = -(query + 1)
     context = [pair for d, pair in enumerate(task.demos) if d != held_out]
     return task.demos[held_out], context[:max_demos]
@@ -108,14 +108,17 @@ def encode_episodes(
     offset_fractions: np.ndarray | None = None,
     puzzle_identifiers: np.ndarray | None = None,
     augmentation_index: np.ndarray | None = None,
+    context_includes_query: bool = False,
 ) -> Batch:
     """Encode episodes (rows of `training_episodes` form) under one augmentation each.
 
     `offset_fractions` (B, max_demos + 1, 2) in [0, 1) translate each example inside the canvas
     (context demos first, the query last); None places every grid at the top-left corner.
+    `context_includes_query`: a held-out demo stays in its own context (every demo as context;
+    test-time training's all-demos objective).
     """
     size = len(episodes)
-    prepared = [_query_and_context(tasks[t], int(q), max_demos) for t, q in episodes]
+    prepared = [_query_and_context(tasks[t], int(q), max_demos, context_includes_query) for t, q in episodes]
     num_demos = max((len(context) for _, context in prepared), default=0)
     area = canvas_side * canvas_side
     inputs = np.zeros((size, canvas_side, canvas_side), dtype=np.uint8)
@@ -277,9 +280,11 @@ class EvalEnumeration:
         """This rank's (task_index, test_index, augmentation_index) rows."""
         return np.array_split(self.items, world_size)[rank]
 
-    def batches(self, batch_size: int, rank: int = 0, world_size: int = 1) -> Iterator[Batch]:
-        """This rank's items in batches of exactly `batch_size` rows (the last one padded)."""
-        items = self.shard(rank, world_size)
+    def batches(self, batch_size: int, rank: int = 0, world_size: int = 1,
+                items: np.ndarray | None = None) -> Iterator[Batch]:
+        """This rank's items (or the given `items` rows) in batches of exactly `batch_size` rows
+        (the last one padded)."""
+        items = self.shard(rank, world_size) if items is None else items
         for start in range(0, len(items), batch_size):
             chunk = items[start:start + batch_size]
             real = len(chunk)

@@ -6,6 +6,13 @@ share a pair with an evaluated held-out task are handled by the leak policy (def
 
 Subsets (`max_train_groups`, `max_eval_groups`) are the first N tasks in task-id order among
 those that fit the canvas, so a subset is the same on every machine and every run.
+
+Validation tasks (`validation_sources`, `max_validation_groups`): held-out tasks of their own,
+for choices that must not be made on the reported held-out set (test-time settings, for one).
+A training task with a validation task's id is always taken out of training, and one sharing
+a pair with a validation task is handled by the leak policy like a held-out task's, so they may
+name tasks of a training source: `validation_sources=arc1:training max_validation_groups=30` keeps the first 30 fitting
+ARC-AGI-1 training tasks apart.
 """
 
 from __future__ import annotations
@@ -34,10 +41,12 @@ class FewShotSplit:
     dropped_test_canvas: int = 0
     leaks: LeakReport = field(default_factory=LeakReport)
     dropped_train_leaks: list[str] = field(default_factory=list)
+    validation: list[Task] = field(default_factory=list)
 
     def summary(self, canvas_side: int) -> list[str]:
         """Human-readable lines saying what the split holds and what it dropped."""
-        lines = [f"train tasks: {len(self.train)}, held-out tasks: {len(self.test)}"]
+        lines = [f"train tasks: {len(self.train)}, held-out tasks: {len(self.test)}"
+                 + (f", validation tasks: {len(self.validation)}" if self.validation else "")]
         if self.dropped_train_canvas or self.dropped_test_canvas:
             lines.append(f"tasks not fitting the {canvas_side}x{canvas_side} canvas: "
                          f"{self.dropped_train_canvas} train, {self.dropped_test_canvas} held-out (dropped)")
@@ -52,11 +61,17 @@ class FewShotSplit:
 
 def few_shot_split(train_sources: str, test_sources: str, canvas_side: int,
                    max_train_groups: int | None = None, max_eval_groups: int | None = None,
-                   leak_policy: str = "drop") -> FewShotSplit:
-    """Load, filter to the canvas, select subsets and apply the leak policy."""
+                   leak_policy: str = "drop", validation_sources: str = "",
+                   max_validation_groups: int | None = None) -> FewShotSplit:
+    """Load, filter to the canvas, select subsets and apply the leak policy (against the
+    held-out and the validation tasks together)."""
     test, dropped_test = fitting_subset(load_tasks(test_sources), canvas_side, max_eval_groups)
+    validation = fitting_subset(load_tasks(validation_sources), canvas_side, max_validation_groups)[0] \
+        if validation_sources else []
     train_pool, dropped_train = fitting_subset(load_tasks(train_sources), canvas_side, None)
-    kept, leaks = remove_leaks(train_pool, test, leak_policy)
+    validation_ids = {task.id for task in validation}
+    train_pool = [task for task in train_pool if task.id not in validation_ids]
+    kept, leaks = remove_leaks(train_pool, [*test, *validation], leak_policy)
     dropped_leaks = sorted({t.id for t in train_pool} - {t.id for t in kept})
     train = kept if max_train_groups is None else kept[:max_train_groups]
-    return FewShotSplit(train, test, dropped_train, dropped_test, leaks, dropped_leaks)
+    return FewShotSplit(train, test, dropped_train, dropped_test, leaks, dropped_leaks, validation)

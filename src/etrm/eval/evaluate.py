@@ -7,19 +7,20 @@ its shard of the enumeration; rank 0 gathers, votes and writes the results).
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from etrm.core.config import RunConfig, TTOConfig
+from etrm.core.config import RunConfig, TTTConfig
 from etrm.core.distributed import Runtime, autocast_for, gather_objects
 from etrm.core.errors import EtrmError
 from etrm.data.encoding import IGNORE_LABEL, decode_grid
 from etrm.data.episodes import AugmentedTasks, EvalEnumeration
 from etrm.data.tensors import to_torch
-from etrm.eval.tto import optimise_contexts
+from etrm.eval.ttt import TASK_SLOT, adapt, task_groups
 from etrm.eval.voting import pass_at_k, rank_of_truth, vote
 from etrm.models.decoder import ACTModel
 from etrm.models.oracle import ORACLE_KEYS_BUFFER
@@ -56,48 +57,42 @@ def _records(numpy_batch: dict[str, np.ndarray], labels: torch.Tensor, outputs: 
 
 
 def predict(model: ACTModel, augmented: AugmentedTasks, *, canvas_side: int, max_demos: int, batch_size: int,
-            runtime: Runtime, num_steps: int | None = None, tto: TTOConfig | None = None,
+            runtime: Runtime, num_steps: int | None = None, ttt: TTTConfig | None = None,
             early_stop_confidence: float = 0.0) -> list[dict[str, Any]]:
     """This rank's predictions: one record per (task, test input, augmentation).
 
-    With test-time optimisation (`tto.steps > 0`) each item gets two records, from its best
-    (`tto_rank` 0) and second-best (`tto_rank` 1) context by demo loss. `early_stop_confidence`:
-    see `ACTModel.run_fixed_steps`.
+    With test-time training (`ttt.steps > 0`) the ranks share out the tasks instead of the
+    items; each group of tasks is adapted (`etrm.eval.ttt`), then its items are predicted with
+    the adapted parameters, and every record carries its task's `test_time_seconds` (adaptation
+    and prediction). `early_stop_confidence`: see `ACTModel.run_fixed_steps`.
     """
     num_steps = num_steps or model.config.halt_max_steps
     enumeration = EvalEnumeration(augmented, canvas_side=canvas_side, max_demos=max_demos)
     was_training = model.training
     model.eval()
     records = []
-    for numpy_batch in enumeration.batches(batch_size, runtime.rank, runtime.world_size):
-        batch = to_torch(numpy_batch, runtime.device)
-        if tto is None or tto.steps == 0:
+    if ttt is None or ttt.steps == 0:
+        for numpy_batch in enumeration.batches(batch_size, runtime.rank, runtime.world_size):
+            batch = to_torch(numpy_batch, runtime.device)
             with torch.no_grad(), autocast_for(runtime.device):
                 outputs = model.run_fixed_steps(batch, num_steps, early_stop_confidence)
             records += _records(numpy_batch, batch["labels"], outputs, augmented, canvas_side)
-            continue
-        contexts, demo_losses = optimise_contexts(model, batch, tto)
-        for rank in (0, 1):
-            with torch.no_grad(), autocast_for(runtime.device):
-                outputs = model.decode(batch["inputs"], contexts[:, rank], num_steps, early_stop_confidence)
-            ranks = np.full(len(numpy_batch["valid"]), rank)
-            records += _records(numpy_batch, batch["labels"], outputs, augmented, canvas_side, tto_rank=ranks,
-                                demo_loss=demo_losses[:, rank].cpu().numpy())
+    else:
+        for group in task_groups(len(augmented.tasks), ttt, runtime.rank, runtime.world_size):
+            start = time.perf_counter()
+            adapter, _ = adapt(model, augmented, group.tolist(), ttt, canvas_side=canvas_side, max_demos=max_demos)
+            group_records = []
+            items = enumeration.items[np.isin(enumeration.items[:, 0], group)]
+            for numpy_batch in enumeration.batches(batch_size, items=items):
+                numpy_batch[TASK_SLOT] = np.searchsorted(group, numpy_batch["task_index"])  # group is sorted
+                batch = to_torch(numpy_batch, runtime.device)
+                with torch.no_grad(), autocast_for(runtime.device):
+                    outputs = adapter.forward(batch, num_steps, early_stop_confidence)
+                group_records += _records(numpy_batch, batch["labels"], outputs, augmented, canvas_side)
+            seconds = (time.perf_counter() - start) / len(group)
+            records += [{**record, "test_time_seconds": seconds} for record in group_records]
     model.train(was_training)
     return records
-
-
-def _candidates(group: list[dict[str, Any]]) -> list:
-    # Vote over the primary predictions; with TTO, the second-best contexts' predictions (lowest
-    # demo loss first) fill in when the vote yields fewer than two distinct grids.
-    candidates = vote([(r["grid"], r["q_halt"]) for r in group if r.get("tto_rank", 0) == 0])
-    fallbacks = sorted((r for r in group if r.get("tto_rank", 0) == 1), key=lambda r: r["demo_loss"])
-    for record in fallbacks:
-        if len(candidates) >= 2:
-            break
-        if not any(c.grid.shape == record["grid"].shape and np.array_equal(c.grid, record["grid"]) for c in candidates):
-            candidates += vote([(record["grid"], record["q_halt"])])
-    return candidates
 
 
 def score(records: list[dict[str, Any]], augmented: AugmentedTasks, num_steps: int) -> tuple[dict, dict]:
@@ -110,7 +105,7 @@ def score(records: list[dict[str, Any]], augmented: AugmentedTasks, num_steps: i
         ranks, attempts, tests = [], [], []
         for test_index, (_, truth) in enumerate(task.tests):
             group = by_test.get((task_index, test_index), [])
-            candidates = _candidates(group)
+            candidates = vote([(r["grid"], r["q_halt"]) for r in group])
             rank = rank_of_truth(candidates, truth)
             ranks.append(rank)
             top = [c.grid.tolist() if c.grid.size else [[0]] for c in candidates[:2]] or [[[0]]]
@@ -120,20 +115,22 @@ def score(records: list[dict[str, Any]], augmented: AugmentedTasks, num_steps: i
         ranks_per_task.append(ranks)
         submission[task.id] = attempts
         per_task[task.id] = {**{f"pass@{k}": pass_at_k([ranks], k) for k in PASS_AT}, "tests": tests}
-    labelled = [r for r in records if r["exact"] is not None and r.get("tto_rank", 0) == 0]
+    labelled = [r for r in records if r["exact"] is not None]
+    seconds = {r["task_index"]: r["test_time_seconds"] for r in records if "test_time_seconds" in r}
     summary = {
         **{f"pass@{k}": pass_at_k(ranks_per_task, k) for k in PASS_AT},
         "num_tasks": len(augmented.tasks),
         "num_test_inputs": sum(len(t.tests) for t in augmented.tasks),
-        "num_predictions": sum(r.get("tto_rank", 0) == 0 for r in records),
+        "num_predictions": len(records),
         "exact_match": float(np.mean([r["exact"] for r in labelled])) if labelled else None,
         "token_accuracy": float(np.mean([r["token_accuracy"] for r in labelled])) if labelled else None,
         "q_halt_accuracy": float(np.mean([(r["q_halt"] > 0) == r["exact"] for r in labelled])) if labelled else None,
         "mean_act_steps": float(np.mean([r["halt_step"] for r in labelled])) if labelled else None,
-        "mean_steps_run": float(np.mean([r["steps_run"] for r in records if r.get("tto_rank", 0) == 0]))
-        if records else None,
+        "mean_steps_run": float(np.mean([r["steps_run"] for r in records])) if records else None,
         "halt_step_histogram": _halt_step_histogram(labelled),
         "steps_run": num_steps,
+        # test-time training: seconds per task, adaptation and prediction (None without it)
+        "test_time_seconds_per_task": float(np.mean(list(seconds.values()))) if seconds else None,
         "per_task": per_task,
     }
     return summary, submission
@@ -150,14 +147,14 @@ def _halt_step_histogram(records: list[dict[str, Any]]) -> dict[str, dict[str, f
 
 def evaluate(model: ACTModel, augmented: AugmentedTasks, *, canvas_side: int, max_demos: int, batch_size: int,
              runtime: Runtime, out_dir: str | Path | None = None, num_steps: int | None = None,
-             tto: TTOConfig | None = None, early_stop_confidence: float = 0.0) -> dict | None:
+             ttt: TTTConfig | None = None, early_stop_confidence: float = 0.0) -> dict | None:
     """Predict on every rank, vote and score on rank 0; write eval.json and submission.json there.
 
     Returns the summary on rank 0 and None on the other ranks.
     """
     num_steps = num_steps or model.config.halt_max_steps
     local = predict(model, augmented, canvas_side=canvas_side, max_demos=max_demos, batch_size=batch_size,
-                    runtime=runtime, num_steps=num_steps, tto=tto, early_stop_confidence=early_stop_confidence)
+                    runtime=runtime, num_steps=num_steps, ttt=ttt, early_stop_confidence=early_stop_confidence)
     gathered = gather_objects(local, runtime)
     if not runtime.is_main:
         return None
@@ -197,6 +194,11 @@ def load_for_eval(target: str | Path, overrides: list[str] | tuple[str, ...] = (
     load_evaluation_weights(model, state)
     if config.eval.split == "train":
         augmented = data.training_test_pairs(config.eval.num_augmentations)
+    elif config.eval.split == "validation":
+        if not data.split.validation:
+            raise EtrmError(f"{saved_config}: eval.split=validation, but the run has no validation tasks "
+                            "(validation_sources is empty or nothing in it fits the canvas)")
+        augmented = data.held_out(config.eval.num_augmentations, data.split.validation)
     else:
         augmented = data.held_out(config.eval.num_augmentations)
     return config, model, augmented, checkpoint
@@ -216,7 +218,7 @@ def evaluate_run(target: str | Path, overrides: list[str] | tuple[str, ...] = ()
         model.to(runtime.device)
         out_dir = Path(config.eval.out_dir) if config.eval.out_dir else checkpoint.parent
         summary = evaluate(model, augmented, canvas_side=config.canvas_side, max_demos=config.max_demos,
-                           batch_size=config.eval.batch_size, runtime=runtime, out_dir=out_dir, tto=config.tto,
+                           batch_size=config.eval.batch_size, runtime=runtime, out_dir=out_dir, ttt=config.ttt,
                            early_stop_confidence=config.eval.early_stop_confidence)
         if summary is not None:
             print(f"{config.eval.split} tasks: {summary['num_tasks']}, pass@1 {summary['pass@1']:.3f}, "

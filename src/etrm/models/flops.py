@@ -116,19 +116,41 @@ def encoder_batch_flops(config: RunConfig, demo_inputs: Any, demo_outputs: Any, 
 
 
 def eval_flops_per_sample(config: RunConfig, num_demos: float, cells_per_demo: float, num_steps: float,
-                          tto_steps: int = 0, tto_act_steps: int = 0, encoder_every_step: bool = False) -> float:
-    """Test-time FLOPs of one (test input, augmentation).
+                          encoder_every_step: bool = False) -> float:
+    """Test-time FLOPs of one (test input, augmentation) prediction.
 
     ETRM runs the encoder once (every step with `encoder_every_step`, as the reference protocol
-    did), then `num_steps` decoder steps. With test-time optimisation (`tto_steps` > 0): each
-    of the steps + 1 demo-loss evaluations runs `tto_act_steps` decoder steps on every demo, the
-    steps backpropagate through the last one, and the two best contexts are decoded at the end.
+    did), then `num_steps` decoder steps. Test-time training's adaptation comes on top, once per
+    task: `ttt_flops_per_task`.
     """
     step_forward = decoder_step_flops(config, 1, train=False)
-    reads_demos = config.model_type == "etrm" and config.encoder.type != "none"  # the zero context costs nothing
-    encoder = encoder_flops(config, round(num_demos), cells_per_demo, train=False) if reads_demos else 0
-    if tto_steps == 0:
-        return num_steps * step_forward + encoder * (num_steps if encoder_every_step else 1)
-    backward = decoder_step_flops(config, 1, train=True) - step_forward
-    per_loss = num_demos * tto_act_steps * step_forward
-    return encoder + (tto_steps + 1) * per_loss + tto_steps * num_demos * backward + 2 * num_steps * step_forward
+    encoder = encoder_flops(config, round(num_demos), cells_per_demo, train=False) if _reads_demos(config) else 0
+    return num_steps * step_forward + encoder * (num_steps if encoder_every_step else 1)
+
+
+def _reads_demos(config: RunConfig) -> bool:
+    return config.model_type == "etrm" and config.encoder.type != "none"  # the zero context costs nothing
+
+
+def ttt_flops_per_task(config: RunConfig, num_demos: float, cells_per_demo: float) -> float:
+    """Test-time training's adaptation of one task (`ttt.*`), before its predictions.
+
+    Each of `ttt.steps` steps runs one episode per demo: the encoder over the episode's
+    context demos (num_demos - 1 with leave-one-out), `act_steps` decoder steps forward, and the
+    backward of the last one: twice its forward where weights adapt (`decoder`, `all`: weight and
+    input gradients), once where only the context or LoRA adapters do (input gradients; the
+    adapters' own rank-r products are not counted). With `all` the encoder backpropagates too.
+    One more forward pass measures the loss after the last step.
+    """
+    ttt = config.ttt
+    if ttt.steps == 0:
+        return 0.0
+    context_demos = max(1, round(num_demos) - (ttt.objective == "leave_one_out"))
+    encoder = encoder_flops(config, context_demos, cells_per_demo, train=False) if _reads_demos(config) else 0
+    step_forward = decoder_step_flops(config, 1, train=False)
+    last_step = decoder_step_flops(config, 1, train=True) - step_forward  # 2 x its graph's forward
+    weights_adapt = ttt.params in ("decoder", "all")
+    backward = last_step if weights_adapt else last_step / 2
+    encoder_backward = 2 * encoder if ttt.params == "all" else 0
+    forward = encoder + ttt.act_steps * step_forward
+    return num_demos * (ttt.steps * (forward + backward + encoder_backward) + forward)

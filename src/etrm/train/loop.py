@@ -346,7 +346,7 @@ class Trainer:
                 results["train"] = evaluate(self.model, self.data.training_test_pairs(), out_dir=None, **kwargs)
             if "test" in splits and self.data.split.test:
                 results["test"] = evaluate(self.model, self.data.held_out(config.eval.num_augmentations),
-                                           out_dir=self.run_dir, tto=config.tto, **kwargs)
+                                           out_dir=self.run_dir, ttt=config.ttt, **kwargs)
         finally:
             self.model.load_state_dict(raw)
         if self.runtime.is_main and self.logger is not None:

@@ -3,8 +3,8 @@
 `encoder.type=none` gives the decoder an all-zero context, the same for every task, so it sees
 the query alone: what it solves that way is what no encoder is needed for. Trained and evaluated
 exactly like any encoder (an ETRM run with nothing to read the demos). It has no parameters;
-test-time optimisation of its context needs `tto.parameterisation=raw` (a zero vector has no
-direction for the scale-keeping default to turn).
+test-time training of its context needs `ttt.context_parameterisation=raw` (a zero vector has
+no direction for the scale-keeping default to turn).
 """
 
 from __future__ import annotations
