@@ -7,7 +7,8 @@ re-run, so the script resumes where it stopped, and two invocations can share th
 cores (`--threads` torch threads each; how they shared it is stated in the section).
 
 - `train NAME ...`: train the named runs (`RUNS`; the groups `bounds`, `base`, `study`, `modes`,
-  `encoders`: every encoder preset's `encoder.*` settings on level 3).
+  `encoders`: every encoder preset's `encoder.*` settings on level 3; `study3`: one factor at a
+  time from the chosen settings on level 3).
 - `extra NAME ...`: for a finished run, the held-out `params` / `compose` splits (level 3) and
   the rule probe (`etrm.analysis.probe`) on `--probe-tasks` validation-seed tasks -> RUN/extra.json.
 - `report`: the `fewshot_ladder` section of BENCHMARKS.md (bounds and encoder efficiency per
@@ -22,14 +23,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import machine, write_section  # noqa: E402
+from report import machine, train_run, write_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "runs" / "ladder"
@@ -52,14 +51,19 @@ STUDY = {
     "explore0": ["halt_exploration_prob=0"],
     "no-loo": ["leave_one_out=false"], "enclr3": ["encoder_lr_scale=3"], "ctx4": ["model.context_len=4"],
 }
+# The second study, one factor at a time from the chosen settings (synth-cpu's now) on level 3,
+# where ETRM is off the floor (14.5% in 10 minutes) and below the oracle (35.5%).
+STUDY3 = {"lr3e-3": ["lr=3e-3"], "enclr3": ["encoder_lr_scale=3"], "batch64": ["global_batch_size=64"],
+          "hidden128": ["model.hidden_size=128", "encoder.hidden_size=128"]}
 MODES = {"per-batch": ["train_mode=per_batch"], "encode-once": ["train_mode=per_batch_encode_once"]}
 # Every factor that makes a step cheaper or shows more fresh samples, at once (no single one
 # left the copy plateau): the study's follow-up, with its own bounds.
 FAST = ["model.hidden_size=64", "encoder.hidden_size=64", "model.h_cycles=1", "model.l_cycles=1",
         "halt_max_steps=1", "global_batch_size=32"]
-# The encoder comparison: every encoder preset's `encoder:` settings on the level where ETRM is
-# neither at zero nor at the ceiling with the chosen settings (level 1: 4.5%, level 3: 14.5%).
-ENCODER_LEVEL = 3
+# The level where ETRM is neither at zero nor at the ceiling with the chosen settings (level 1:
+# 4.5%, level 3: 14.5%, its oracle 35.5%): the encoder comparison and the second study run there.
+CHOSEN_LEVEL = 3
+# The encoder comparison: every encoder preset's `encoder:` settings.
 ENCODER_PRESETS = ("enc-standard", "enc-variational", "enc-lpn", "enc-lpn-variational", "enc-hybrid",
                    "enc-cross-demo", "enc-set-transformer", "enc-hierarchical", "enc-recurrent")
 
@@ -78,30 +82,25 @@ RUNS: dict[str, tuple[int, list[str]]] = {
     **{f"l{level}-{method}": (level, overrides) for level in LEVELS for method, overrides in BOUNDS.items()},
     **{f"base-{method}": (STUDY_LEVEL, [*STUDY_BASE, *overrides]) for method, overrides in BOUNDS.items()},
     **{f"study-{name}": (STUDY_LEVEL, [*STUDY_BASE, *overrides]) for name, overrides in STUDY.items()},
+    **{f"study3-{name}": (CHOSEN_LEVEL, overrides) for name, overrides in STUDY3.items()},
     **{f"mode-{name}": (STUDY_LEVEL, [*STUDY_BASE, *overrides]) for name, overrides in MODES.items()},
     **{f"fast-{method}": (STUDY_LEVEL, [*STUDY_BASE, *FAST, *overrides]) for method, overrides in BOUNDS.items()},
-    **{preset: (ENCODER_LEVEL, encoder_overrides(preset)) for preset in ENCODER_PRESETS},
+    **{preset: (CHOSEN_LEVEL, encoder_overrides(preset)) for preset in ENCODER_PRESETS},
     # The targets' budget: run with `--minutes 30`.
     **{f"l{level}-etrm-30min": (level, []) for level in LEVELS},
 }
 TARGETS = {1: 0.90, 3: 0.50}  # held-out pass@2 of ETRM after 30 minutes (level 3: synth-iid)
 GROUPS = {"bounds": [n for n in RUNS if n[0] == "l"], "base": [f"base-{m}" for m in BOUNDS],
           "fast": [f"fast-{m}" for m in BOUNDS],
-          "study": [f"study-{n}" for n in STUDY], "modes": [f"mode-{n}" for n in MODES],
+          "study": [f"study-{n}" for n in STUDY], "study3": [f"study3-{n}" for n in STUDY3],
+          "modes": [f"mode-{n}" for n in MODES],
           "encoders": list(ENCODER_PRESETS), "targets": [f"l{level}-etrm-30min" for level in TARGETS]}
 OTHER_SPLITS = ("params", "compose")  # level 3's other held-out splits (same training set)
 
 
 def train(name: str, minutes: float, threads: int) -> None:
-    run_dir = OUT / name
-    if (run_dir / "summary.json").is_file():
-        print(f"{name}: finished already", flush=True)
-        return
     level, overrides = RUNS[name]
-    command = [sys.executable, "-m", "etrm", "train", f"preset={LEVELS[level]}", *CURVE, *overrides,
-               f"max_minutes={minutes}", f"run_name={name}", f"run_dir={run_dir}", "progress=false", "resume=true"]
-    print(" ".join(command[2:]), flush=True)
-    subprocess.run(command, check=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+    train_run(OUT / name, [f"preset={LEVELS[level]}", *CURVE, *overrides], minutes, threads)
 
 
 def extra(name: str, probe_tasks: int, threads: int) -> None:
@@ -170,42 +169,47 @@ def _run_row(label: str, run: dict | None, detail: str = "") -> str:
             f"{_cell(summary['test_eval']['token_accuracy'])} |")
 
 
+STYLES = {"etrm": ("ETRM", "-", "tab:blue"), "oracle": ("oracle (upper bound)", "--", "tab:green"),
+          "none": ("no context (floor)", ":", "tab:red"), "etrm-30min": ("ETRM, 30 minutes", "-", "tab:purple")}
+
+
+def _curve(axis, run: dict | None, style: str = "-", **plot_options) -> None:
+    if run and run["curve"]:
+        minutes, scores = zip(*run["curve"], strict=True)
+        axis.plot(minutes, [100 * score for score in scores], style, **plot_options)
+
+
+def _settings_panel(axis, runs: dict[str, dict | None], names: list[str], bounds: str, title: str) -> None:
+    # One curve per setting, the bounds runs `{bounds}-oracle` / `{bounds}-none` dashed.
+    for name in names:
+        label = name.removeprefix("enc-") if name.startswith(("enc-", "fast-")) else name.split("-", 1)[1]
+        _curve(axis, runs.get(name), linewidth=1, label=label)
+    for method in ("oracle", "none"):
+        _curve(axis, runs.get(f"{bounds}-{method}"), STYLES[method][1], color=STYLES[method][2], linewidth=1.5)
+    axis.set_title(title, fontsize=9)
+    axis.legend(fontsize=5, ncol=2)
+
+
 def figure(runs: dict[str, dict | None]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(LEVELS) + 1, figsize=(4 * (len(LEVELS) + 1), 3.4), sharey=True)
-    styles = {"etrm": ("ETRM", "-", "tab:blue"), "oracle": ("oracle (upper bound)", "--", "tab:green"),
-              "none": ("no context (floor)", ":", "tab:red"), "etrm-30min": ("ETRM, 30 minutes", "-", "tab:purple")}
-    for axis, level in zip(axes[:-1], LEVELS, strict=True):
-        for method, (label, style, colour) in styles.items():
-            run = runs.get(f"l{level}-{method}")
-            if run and run["curve"]:
-                minutes, scores = zip(*run["curve"], strict=True)
-                axis.plot(minutes, [100 * s for s in scores], style, color=colour, marker=".", label=label)
+    fig, axes = plt.subplots(1, len(LEVELS) + 2, figsize=(4 * (len(LEVELS) + 2), 3.4), sharey=True)
+    for axis, level in zip(axes[:len(LEVELS)], LEVELS, strict=True):
+        for method, (label, style, colour) in STYLES.items():
+            _curve(axis, runs.get(f"l{level}-{method}"), style, color=colour, marker=".", label=label)
         axis.set_title(f"level {level} ({LEVELS[level]})", fontsize=9)
-        axis.set_xlabel("CPU minutes (max_minutes clock)")
-        axis.grid(alpha=0.3)
     axes[0].set_ylabel("held-out pass@2 (%)")
     axes[0].legend(fontsize=7)
-    study = axes[-1]  # every setting of the study and the training modes, the level's bounds dashed
-    for name in [*(f"study-{n}" for n in STUDY), *(f"mode-{n}" for n in MODES), *(f"fast-{m}" for m in BOUNDS)]:
-        run = runs.get(name)
-        if run and run["curve"]:
-            minutes, scores = zip(*run["curve"], strict=True)
-            label = name if name.startswith("fast-") else name.split("-", 1)[1]
-            study.plot(minutes, [100 * s for s in scores], "-", linewidth=1, label=label)
-    for method in ("oracle", "none"):
-        run = runs.get(f"base-{method}")
-        if run and run["curve"]:
-            minutes, scores = zip(*run["curve"], strict=True)
-            study.plot(minutes, [100 * s for s in scores], styles[method][1], color=styles[method][2], linewidth=1.5)
-    study.set_title(f"study on level {STUDY_LEVEL} (bounds at the base settings)", fontsize=9)
-    study.set_xlabel("CPU minutes (max_minutes clock)")
-    study.grid(alpha=0.3)
-    study.legend(fontsize=5, ncol=2)
+    study = [*(f"study-{n}" for n in STUDY), *(f"mode-{n}" for n in MODES), *(f"fast-{m}" for m in BOUNDS)]
+    _settings_panel(axes[-2], runs, study, "base", f"study on level {STUDY_LEVEL} (bounds at the base settings)")
+    _settings_panel(axes[-1], runs, [*ENCODER_PRESETS, *(f"study3-{n}" for n in STUDY3)], f"l{CHOSEN_LEVEL}",
+                    f"encoders and the second study on level {CHOSEN_LEVEL} (its bounds dashed)")
+    for axis in axes:
+        axis.set_xlabel("CPU minutes (max_minutes clock)")
+        axis.grid(alpha=0.3)
     FIGURE.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(FIGURE, dpi=90, bbox_inches="tight")
 
@@ -252,20 +256,27 @@ def report(minutes: float, threads: int, sharing: str) -> None:
     study += [_run_row(f"all speed factors at once: {label}", runs[f"fast-{method}"],
                        " ".join(f"`{o}`" for o in [*FAST, *BOUNDS[method]]))
               for method, label in (("etrm", "ETRM"), ("oracle", "oracle"), ("none", "no context"))]
+    study3 = [*header, _run_row(f"chosen settings (`{LEVELS[CHOSEN_LEVEL]}`)", runs[f"l{CHOSEN_LEVEL}-etrm"])]
+    study3 += [_run_row(name, runs[f"study3-{name}"], " ".join(f"`{o}`" for o in STUDY3[name])) for name in STUDY3]
     modes = [*header, _run_row("persistent carry (base)", base)]
     modes += [_run_row(name, runs[f"mode-{name}"], " ".join(f"`{o}`" for o in MODES[name])) for name in MODES]
-    floor, ceiling = _pass2(runs[f"l{ENCODER_LEVEL}-none"]), _pass2(runs[f"l{ENCODER_LEVEL}-oracle"])
+    floor, ceiling = _pass2(runs[f"l{CHOSEN_LEVEL}-none"]), _pass2(runs[f"l{CHOSEN_LEVEL}-oracle"])
     ranked = sorted(((name, runs[name]) for name in ENCODER_PRESETS if runs[name]),
                     key=lambda item: -_pass2(item[1]))
-    encoders = ["| encoder (preset) | held-out pass@2 | encoder efficiency | rule probe: parameter accuracy "
-                "(chance) | steps | s / step | train EM |", "|---|---|---|---|---|---|---|"]
+    encoders = ["| encoder (preset) | iid pass@2 | encoder efficiency (iid) | params | compose | rule probe: family "
+                "(chance) | rule probe: parameter (chance) | steps | s / step | train EM |",
+                "|---|---|---|---|---|---|---|---|---|---|"]
     for name, run in ranked:
-        probe = (run["extra"].get("probe") or {}).get("parameter") or {}
-        probe_cell = "-" if probe.get("accuracy") is None else f"{_cell(probe['accuracy'])} ({_cell(probe['chance'])})"
-        encoders.append(f"| {name} | {_cell(_pass2(run))} | {efficiency(_pass2(run), ceiling, floor)} | {probe_cell} | "
-                        f"{run['summary']['steps']} | {run['seconds_per_step']:.2f} | "
-                        f"{_cell(run['summary']['train_eval']['exact_match'])} |")
-    encoders += [f"| {name} | not run | | | | | |" for name in ENCODER_PRESETS if not runs[name]]
+        cells = []
+        for key in ("family", "parameter"):
+            probe = (run["extra"].get("probe") or {}).get(key) or {}
+            cells.append("-" if probe.get("accuracy") is None else
+                         f"{_cell(probe['accuracy'])} ({_cell(probe['chance'])})")
+        other = [_cell(run["extra"].get(split, {}).get("pass@2")) for split in OTHER_SPLITS]
+        encoders.append(f"| {name} | {_cell(_pass2(run))} | {efficiency(_pass2(run), ceiling, floor)} | "
+                        f"{' | '.join(other)} | {cells[0]} | {cells[1]} | {run['summary']['steps']} | "
+                        f"{run['seconds_per_step']:.2f} | {_cell(run['summary']['train_eval']['exact_match'])} |")
+    encoders += [f"| {name} | not run | | | | | | | | |" for name in ENCODER_PRESETS if not runs[name]]
     targets = ["| level | ETRM held-out pass@2 after 30 minutes | target | steps | train EM | met |",
                "|---|---|---|---|---|---|"]
     for level, target in TARGETS.items():
@@ -302,6 +313,10 @@ atoms); no context: `encoder.type=none`; both trained exactly like ETRM on the s
 
 {chr(10).join(study)}
 
+### Study from the chosen settings on level {CHOSEN_LEVEL}
+
+{chr(10).join(study3)}
+
 ### Training modes on level {STUDY_LEVEL} (equal wall-clock)
 
 {chr(10).join(modes)}
@@ -310,7 +325,7 @@ atoms); no context: `encoder.type=none`; both trained exactly like ETRM on the s
 
 {chr(10).join(targets)}
 
-### Encoders on level {ENCODER_LEVEL} (ranked by held-out pass@2)
+### Encoders on level {CHOSEN_LEVEL} (ranked by held-out pass@2)
 
 {chr(10).join(encoders)}
 

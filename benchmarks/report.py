@@ -6,6 +6,8 @@ import datetime
 import os
 import platform
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
@@ -49,3 +51,15 @@ def section_rows(name: str, first_cell: str) -> list[str]:
     """The table rows of the section whose first cell is `first_cell`: a script re-measuring some
     of its models keeps the rows of the others as they stand."""
     return [line for line in section_text(name).splitlines() if line.startswith(f"| {first_cell} |")]
+
+
+def train_run(run_dir: Path, overrides: list[str], minutes: float, threads: int) -> None:
+    """`etrm train` with `overrides` for `minutes` of wall-clock into `run_dir` on `threads` torch
+    threads; resumed where it stopped, skipped once finished (its summary.json exists)."""
+    if (run_dir / "summary.json").is_file():
+        print(f"{run_dir.name}: finished already", flush=True)
+        return
+    command = [sys.executable, "-m", "etrm", "train", *overrides, f"max_minutes={minutes}", f"run_name={run_dir.name}",
+               f"run_dir={run_dir}", "progress=false", "resume=true"]
+    print(" ".join(command[2:]), flush=True)
+    subprocess.run(command, check=True, cwd=BENCHMARKS.parent, env={**os.environ, "OMP_NUM_THREADS": str(threads)})

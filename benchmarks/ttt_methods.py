@@ -1,0 +1,262 @@
+"""Test-time training against the other test-time methods, compared at equal test-time cost.
+
+Models (normal `etrm train` runs into runs/ttt/NAME; `train NAME ...`):
+- `synth-etrm`, `synth-trm`: `preset=synth-level3` (synth-cpu's data), `--minutes` each (30);
+  `--synth-etrm DIR` / `--synth-trm DIR` take finished runs instead (the ladder's 30-minute runs).
+- `arc-etrm`, `arc-trm`: `preset=arc10-cpu` (ARC-AGI-1 training + ConceptARC fitting 10x10, the
+  first 30 fitting ARC-AGI-1 training tasks kept apart as validation tasks), 60 minutes each.
+
+Methods (`METHODS`): a model and its test-time settings. Each method's test-time work per task
+(adaptation and prediction, `test_time_seconds_per_task` of eval.json) is held to a budget in
+seconds: `calibrate` times every TTT method at two step counts on validation tasks and fits
+seconds = fixed + steps x per-step, which gives the steps of each budget; `choose` picks each
+method's learning rate on validation tasks at the first budget (synthetic: `iid` tasks of seed 1;
+ARC: the 30 validation tasks), never on the reported ones. `eval` runs every cell (method,
+split, budget, test-time augmentation on or off) into runs/ttt/cells/CELL/eval.json, skipping
+finished cells, so the script resumes where it stopped. `curve`: pass@2 against TTT steps and
+LoRA rank for one method on ARC. `report`: the `ttt_synth`, `ttt_arc` and `ttt_curve` sections
+of BENCHMARKS.md. Cost per task: seconds measured, FLOPs analytic (`etrm.models.flops`).
+Run with `--threads 2` (the budgets are wall-clock on two threads).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import machine, train_run, write_section  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "runs" / "ttt"
+TRAINING = {"synth-etrm": ("synth-level3", []), "synth-trm": ("synth-level3", ["model_type=trm",
+                                                                              "augmentations_per_task=1"]),
+            "arc-etrm": ("arc10-cpu", []), "arc-trm": ("arc10-cpu", ["model_type=trm", "augmentations_per_task=8"])}
+# method -> (model kind, test-time settings); the plain methods have no budget.
+METHODS = {
+    "ETRM": ("etrm", None),
+    "ETRM + context optimisation": ("etrm", ["ttt.params=context", "ttt.objective=all_demos"]),
+    "ETRM + TTT (LoRA)": ("etrm", ["ttt.params=lora"]),
+    "ETRM + TTT (decoder)": ("etrm", ["ttt.params=decoder"]),
+    "ETRM + TTT (decoder and encoder)": ("etrm", ["ttt.params=all"]),
+    "TRM, no fitting": ("trm", None),
+    "TRM + test-time fitting": ("trm", ["ttt.params=context", "ttt.objective=all_demos"]),
+    "TRM + TTT (decoder)": ("trm", ["ttt.params=decoder"]),
+}
+SYNTH_SPLITS = {split: f"synth:{split}:test:0:50:8" for split in ("iid", "params", "compose")}
+SYNTH_VALIDATION = "synth:iid:test:1:20:8"
+SYNTH_BUDGETS = (3.0, 15.0)
+ARC_BUDGETS = (30.0,)
+LEARNING_RATES = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
+CALIBRATION_STEPS = (2, 8)
+
+
+def model_dir(benchmark: str, kind: str, args: argparse.Namespace) -> Path:
+    given = getattr(args, f"{benchmark}_{kind}")
+    return Path(given) if given else OUT / f"{benchmark}-{kind}"
+
+
+def _methods(benchmark: str, args: argparse.Namespace, adapted_only: bool = False) -> list[tuple[str, str, list]]:
+    """(method, model kind, test-time settings) of the methods whose model is trained."""
+    chosen = []
+    for method, (kind, ttt) in METHODS.items():
+        if adapted_only and ttt is None:
+            continue
+        if not (model_dir(benchmark, kind, args) / "summary.json").is_file():
+            print(f"{method}: no finished {benchmark} {kind} run at {model_dir(benchmark, kind, args)}; skipped")
+            continue
+        chosen.append((method, kind, ttt))
+    return chosen
+
+
+def train(name: str, minutes: float, threads: int) -> None:
+    preset, overrides = TRAINING[name]
+    train_run(OUT / name, [f"preset={preset}", *overrides, "tracker=none"], minutes, threads)
+
+
+def _data_overrides(benchmark: str, split: str, augment: bool) -> list[str]:
+    """Which tasks a cell evaluates and under which augmentations."""
+    if benchmark == "synth":
+        source = SYNTH_VALIDATION if split == "validation" else SYNTH_SPLITS[split]
+        tasks = [f"test_sources={source}", "leak_policy=warn", "eval.split=test"]
+    else:
+        tasks = [f"eval.split={'validation' if split == 'validation' else 'test'}"]
+    views = ["eval.num_augmentations=8", "ttt.augment=true"] if augment else \
+        ["eval.num_augmentations=1", "ttt.augment=false"]
+    return [*tasks, *views]
+
+
+def run_cell(name: str, run_dir: Path, overrides: list[str]) -> dict:
+    """One evaluation (cached in runs/ttt/cells/NAME/eval.json) with its analytic FLOPs per task."""
+    from etrm.eval.evaluate import evaluate_run, load_for_eval
+    from etrm.models.flops import eval_flops_per_sample, ttt_flops_per_task
+
+    out = OUT / "cells" / name
+    if (out / "result.json").is_file():
+        return json.loads((out / "result.json").read_text())
+    summary = evaluate_run(run_dir, [*overrides, f"eval.out_dir={out}"])
+    config, _, augmented, _ = load_for_eval(run_dir, overrides)
+    tasks = augmented.tasks
+    demos = sum(len(t.demos) for t in tasks) / len(tasks)
+    cells = sum(i.size + o.size for t in tasks for i, o in t.demos) / (demos * len(tasks))
+    predictions = summary["num_predictions"] / summary["num_tasks"]
+    flops = predictions * eval_flops_per_sample(config, demos, cells, config.halt_max_steps)
+    flops += ttt_flops_per_task(config, demos, cells)
+    result = {"pass@1": summary["pass@1"], "pass@2": summary["pass@2"], "tasks": summary["num_tasks"],
+              "seconds_per_task": summary["test_time_seconds_per_task"], "flops_per_task": flops,
+              "overrides": overrides}
+    (out / "result.json").write_text(json.dumps(result, indent=1))
+    print(name, {k: v for k, v in result.items() if k != "overrides"}, flush=True)
+    return result
+
+
+def _settings(benchmark: str) -> dict:
+    path = OUT / f"{benchmark}-settings.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _save_settings(benchmark: str, settings: dict) -> None:
+    (OUT / f"{benchmark}-settings.json").write_text(json.dumps(settings, indent=1))
+
+
+def _slug(*parts: object) -> str:
+    return "-".join(str(p) for p in parts).lower().replace(" ", "").replace("+", "_").replace("(", "").replace(")", "")
+
+
+def calibrate(benchmark: str, args: argparse.Namespace) -> None:
+    """Seconds per task at two step counts, per TTT method -> the steps of each budget."""
+    settings = _settings(benchmark)
+    budgets = SYNTH_BUDGETS if benchmark == "synth" else ARC_BUDGETS
+    for method, kind, ttt in _methods(benchmark, args, adapted_only=True):
+        seconds = [run_cell(_slug(benchmark, "calibrate", method, steps), model_dir(benchmark, kind, args),
+                            [*_data_overrides(benchmark, "validation", benchmark == "arc"), *ttt,
+                             f"ttt.steps={steps}"])["seconds_per_task"] for steps in CALIBRATION_STEPS]
+        per_step = (seconds[1] - seconds[0]) / (CALIBRATION_STEPS[1] - CALIBRATION_STEPS[0])
+        fixed = seconds[0] - CALIBRATION_STEPS[0] * per_step
+        steps = {str(budget): max(1, int((budget - fixed) / per_step)) for budget in budgets}
+        settings.setdefault(method, {}).update({"seconds_per_step": per_step, "fixed_seconds": fixed, "steps": steps})
+        print(method, settings[method], flush=True)
+    _save_settings(benchmark, settings)
+
+
+def choose(benchmark: str, args: argparse.Namespace) -> None:
+    """Each TTT method's learning rate: the best validation pass@2 at the first budget (ties: the
+    smaller rate)."""
+    settings = _settings(benchmark)
+    budget = str((SYNTH_BUDGETS if benchmark == "synth" else ARC_BUDGETS)[0])
+    for method, kind, ttt in _methods(benchmark, args, adapted_only=True):
+        steps = settings[method]["steps"][budget]
+        scores = {lr: run_cell(_slug(benchmark, "choose", method, lr), model_dir(benchmark, kind, args),
+                               [*_data_overrides(benchmark, "validation", benchmark == "arc"), *ttt,
+                                f"ttt.steps={steps}", f"ttt.lr={lr}"])["pass@2"] for lr in LEARNING_RATES}
+        settings[method]["lr"] = max(scores, key=lambda lr: (scores[lr], -lr))
+        settings[method]["validation_pass@2"] = scores
+        print(method, "lr", settings[method]["lr"], scores, flush=True)
+    _save_settings(benchmark, settings)
+
+
+def cell_overrides(benchmark: str, method: str, split: str, budget: float | None, augment: bool) -> list[str]:
+    _, ttt = METHODS[method]
+    data = _data_overrides(benchmark, split, augment)
+    if ttt is None:
+        return data
+    chosen = _settings(benchmark)[method]
+    return [*data, *ttt, f"ttt.steps={chosen['steps'][str(budget)]}", f"ttt.lr={chosen['lr']}"]
+
+
+def evaluate_cells(benchmark: str, args: argparse.Namespace) -> None:
+    splits = list(SYNTH_SPLITS) if benchmark == "synth" else ["test"]
+    budgets = SYNTH_BUDGETS if benchmark == "synth" else ARC_BUDGETS
+    views = (False, True) if benchmark == "synth" else (True,)
+    for method, kind, ttt in _methods(benchmark, args):
+        for split in splits:
+            for augment in views:
+                for budget in (budgets if ttt else (None,)):
+                    overrides = cell_overrides(benchmark, method, split, budget, augment)
+                    run_cell(_slug(benchmark, method, split, budget, "aug" if augment else "id"),
+                             model_dir(benchmark, kind, args), overrides)
+
+
+def cost_curve(args: argparse.Namespace, method: str = "ETRM + TTT (LoRA)") -> None:
+    """pass@2 on the ARC validation tasks against TTT steps, and against LoRA rank."""
+    kind, ttt = METHODS[method]
+    lr = _settings("arc")[method]["lr"]
+    base = [*_data_overrides("arc", "validation", True), *ttt, f"ttt.lr={lr}"]
+    for steps in (1, 4, 16, 64):
+        run_cell(_slug("arc-curve-steps", steps), model_dir("arc", kind, args), [*base, f"ttt.steps={steps}"])
+    for rank in (1, 4, 16):
+        run_cell(_slug("arc-curve-rank", rank), model_dir("arc", kind, args), [*base, "ttt.steps=16",
+                                                                                f"ttt.lora_rank={rank}"])
+
+
+def _result(name: str) -> dict | None:
+    path = OUT / "cells" / name / "result.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _cell(result: dict | None) -> str:
+    return "-" if result is None else f"{100 * result['pass@2']:.1f}%"
+
+
+def report(args: argparse.Namespace) -> None:
+    for benchmark, splits, budgets, views in (("synth", list(SYNTH_SPLITS), SYNTH_BUDGETS, (False, True)),
+                                              ("arc", ["test"], ARC_BUDGETS, (True,))):
+        settings = _settings(benchmark)
+        header = "| method | budget (s / task) | steps, lr | " + " | ".join(
+            f"{split}{'' if len(views) == 1 else (' + TTA' if augment else '')}" for augment in views
+            for split in splits) + " | seconds / task | GFLOPs / task |"
+        rows = [header, "|" + "---|" * (header.count("|") - 1)]
+        for method, (_, ttt) in METHODS.items():
+            for budget in (budgets if ttt else (None,)):
+                results = [_result(_slug(benchmark, method, split, budget, "aug" if augment else "id"))
+                           for augment in views for split in splits]
+                done = [r for r in results if r]
+                chosen = settings.get(method, {})
+                detail = f"{chosen['steps'][str(budget)]}, {chosen['lr']:g}" if ttt and "lr" in chosen else ""
+                seconds = f"{sum(r['seconds_per_task'] or 0 for r in done) / len(done):.1f}" if done and ttt else "-"
+                flops = f"{sum(r['flops_per_task'] for r in done) / len(done) / 1e9:.1f}" if done else "-"
+                rows.append(f"| {method} | {budget or '-'} | {detail} | "
+                            + " | ".join(_cell(r) for r in results) + f" | {seconds} | {flops} |")
+        write_section(f"ttt_{benchmark}", f"""## Test-time training, {benchmark} (`benchmarks/ttt_methods.py`)
+
+Machine: {machine()}; {args.threads} torch threads. pass@2 per held-out split; budget: test-time
+wall-clock seconds per task (adaptation and prediction), steps fitted on validation tasks;
+learning rates chosen on validation tasks (never the reported ones).
+
+{chr(10).join(rows)}
+""")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("stage", choices=["train", "calibrate", "choose", "eval", "curve", "report"])
+    parser.add_argument("names", nargs="*", help="train: model names; other stages: synth and/or arc")
+    parser.add_argument("--minutes", type=float, default=30.0)
+    parser.add_argument("--threads", type=int, default=2)
+    for benchmark in ("synth", "arc"):
+        for kind in ("etrm", "trm"):
+            parser.add_argument(f"--{benchmark}-{kind}", default="", help=f"a finished {benchmark} {kind} run")
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    OUT.mkdir(parents=True, exist_ok=True)
+    if args.stage == "train":
+        for name in args.names:
+            train(name, args.minutes, args.threads)
+        return
+    if args.stage == "report":
+        report(args)
+        return
+    stage = {"calibrate": calibrate, "choose": choose, "eval": evaluate_cells}
+    for benchmark in args.names or ["synth", "arc"]:
+        if args.stage == "curve":
+            cost_curve(args)
+        else:
+            stage[args.stage](benchmark, args)
+
+
+if __name__ == "__main__":
+    main()
