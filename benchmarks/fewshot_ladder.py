@@ -141,6 +141,14 @@ def _load(name: str) -> dict | None:
             if train_records else None}
 
 
+def _encoder_parameters(name: str) -> int:
+    from etrm.core.config import config_from_yaml
+    from etrm.models.build import build_model
+
+    model = build_model(config_from_yaml(OUT / name / "config.yaml"))
+    return sum(p.numel() for p in model.context_source.parameters())
+
+
 def _pass2(run: dict | None) -> float | None:
     return None if run is None else run["summary"]["test_eval"]["pass@2"]
 
@@ -264,8 +272,8 @@ def report(minutes: float, threads: int, sharing: str) -> None:
     ranked = sorted(((name, runs[name]) for name in ENCODER_PRESETS if runs[name]),
                     key=lambda item: -_pass2(item[1]))
     encoders = ["| encoder (preset) | iid pass@2 | encoder efficiency (iid) | params | compose | rule probe: family "
-                "(chance) | rule probe: parameter (chance) | steps | s / step | train EM |",
-                "|---|---|---|---|---|---|---|---|---|---|"]
+                "(chance) | rule probe: parameter (chance) | encoder parameters | steps | s / step | train EM |",
+                "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, run in ranked:
         cells = []
         for key in ("family", "parameter"):
@@ -274,9 +282,10 @@ def report(minutes: float, threads: int, sharing: str) -> None:
                          f"{_cell(probe['accuracy'])} ({_cell(probe['chance'])})")
         other = [_cell(run["extra"].get(split, {}).get("pass@2")) for split in OTHER_SPLITS]
         encoders.append(f"| {name} | {_cell(_pass2(run))} | {efficiency(_pass2(run), ceiling, floor)} | "
-                        f"{' | '.join(other)} | {cells[0]} | {cells[1]} | {run['summary']['steps']} | "
+                        f"{' | '.join(other)} | {cells[0]} | {cells[1]} | {_encoder_parameters(name):,} | "
+                        f"{run['summary']['steps']} | "
                         f"{run['seconds_per_step']:.2f} | {_cell(run['summary']['train_eval']['exact_match'])} |")
-    encoders += [f"| {name} | not run | | | | | | | | |" for name in ENCODER_PRESETS if not runs[name]]
+    encoders += [f"| {name} | not run | | | | | | | | | |" for name in ENCODER_PRESETS if not runs[name]]
     targets = ["| level | ETRM held-out pass@2 after 30 minutes | target | steps | train EM | met |",
                "|---|---|---|---|---|---|"]
     for level, target in TARGETS.items():

@@ -27,13 +27,16 @@ from report import machine, section_rows, section_text, write_section  # noqa: E
 ROOT = Path(__file__).resolve().parents[1]
 
 
-# Training settings to compare on Phase 1 (`--setting`): the preset as it stands, and the ladder
-# study's speed factors (synth-cpu's settings: many cheap steps), at the preset's width and at 64.
+# Training settings to compare on Phase 1 (`--setting`), written out so that a row keeps its
+# meaning when the preset changes: the preset as it stands, its earlier settings, and the ladder
+# study's speed factors (synth-cpu's settings: many cheap steps) at width 64 and at 128.
+SPEED = ["model.h_cycles=1", "model.l_cycles=1", "halt_max_steps=1", "global_batch_size=32"]
 SETTINGS = {
     "preset": [],
-    "fast": ["model.hidden_size=64", "encoder.hidden_size=64", "model.h_cycles=1", "model.l_cycles=1",
-             "halt_max_steps=1", "global_batch_size=32"],
-    "fast-wide": ["model.h_cycles=1", "model.l_cycles=1", "halt_max_steps=1", "global_batch_size=32"],
+    "earlier": ["model.hidden_size=128", "encoder.hidden_size=128", "model.h_cycles=2", "model.l_cycles=2",
+                "halt_max_steps=4", "global_batch_size=64"],
+    "fast": ["model.hidden_size=64", "encoder.hidden_size=64", *SPEED],
+    "fast-wide": ["model.hidden_size=128", "encoder.hidden_size=128", *SPEED],
 }
 MODELS = ("etrm", "trm")
 

@@ -20,8 +20,8 @@ def test_block_matmul_flops_are_twice_its_parameters():
 
 
 def test_training_step_counts_the_backward_of_the_last_cycle_only():
-    config = load_config(["preset=overfit-cpu"])
-    one_cycle = load_config(["preset=overfit-cpu", "model.h_cycles=1"])
+    config = load_config(["preset=overfit-cpu", "model.h_cycles=3", "model.l_cycles=2"])
+    one_cycle = load_config(["preset=overfit-cpu", "model.h_cycles=1", "model.l_cycles=2"])
     forward = decoder_step_flops(config, 1, train=False)
     train = decoder_step_flops(config, 1, train=True)
     # Backward = twice the forward of the one cycle (and the heads) that build a graph.
