@@ -212,9 +212,9 @@ def figure(runs: dict[str, dict | None]) -> None:
     axes[0].set_ylabel("held-out pass@2 (%)")
     axes[0].legend(fontsize=7)
     study = [*(f"study-{n}" for n in STUDY), *(f"mode-{n}" for n in MODES), *(f"fast-{m}" for m in BOUNDS)]
-    _settings_panel(axes[-2], runs, study, "base", f"study on level {STUDY_LEVEL} (bounds at the base settings)")
+    _settings_panel(axes[-2], runs, study, "base", f"study, level {STUDY_LEVEL} (base bounds)")
     _settings_panel(axes[-1], runs, [*ENCODER_PRESETS, *(f"study3-{n}" for n in STUDY3)], f"l{CHOSEN_LEVEL}",
-                    f"encoders and the second study on level {CHOSEN_LEVEL} (its bounds dashed)")
+                    f"encoders, second study: level {CHOSEN_LEVEL}")
     for axis in axes:
         axis.set_xlabel("CPU minutes (max_minutes clock)")
         axis.grid(alpha=0.3)

@@ -250,12 +250,12 @@ def main() -> None:
     if args.stage == "report":
         report(args)
         return
+    if args.stage == "curve":
+        cost_curve(args)
+        return
     stage = {"calibrate": calibrate, "choose": choose, "eval": evaluate_cells}
     for benchmark in args.names or ["synth", "arc"]:
-        if args.stage == "curve":
-            cost_curve(args)
-        else:
-            stage[args.stage](benchmark, args)
+        stage[args.stage](benchmark, args)
 
 
 if __name__ == "__main__":
