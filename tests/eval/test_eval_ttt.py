@@ -66,7 +66,7 @@ def test_ttt_lowers_the_demo_loss(trained, augmented, params):
     fixed = _episodes(augmented, tasks, config, step=99)  # episodes the steps never drew
     with torch.no_grad():  # adapt enables gradients for its own steps
         start = task_losses(TaskAdapter(trained, config, [augmented.tasks[t].id for t in tasks]), fixed)
-        adapter, _ = _adapt(trained, augmented, tasks, config)
+        adapter = _adapt(trained, augmented, tasks, config)
         end = task_losses(adapter, fixed)
     assert torch.all(end < start - 1e-3), (start, end)
 
@@ -103,9 +103,9 @@ def test_a_batched_adaptation_equals_adapting_each_task_alone(trained, augmented
     # zero, such as the radial direction of a norm-kept context) cannot hide a real difference.
     model = copy.deepcopy(trained).double()
     config = TTTConfig(steps=4, lr=0.05, params=params)
-    adapted, _ = _adapt(model, augmented, [0, 1, 2], config)
+    adapted = _adapt(model, augmented, [0, 1, 2], config)
     for slot in range(3):
-        alone, _ = _adapt(model, augmented, [slot], config)
+        alone = _adapt(model, augmented, [slot], config)
         for batched, single in zip(adapted.per_task_tensors, alone.per_task_tensors, strict=True):
             assert torch.allclose(batched[slot], single[0], rtol=1e-9, atol=1e-12)
     one_by_one = _predict(model, augmented, replace(config, tasks_per_batch=1))
@@ -151,7 +151,7 @@ def test_trm_ttt_adapts_a_fresh_row_and_the_decoder(tiny_eval_config, tmp_path, 
     fixed = _episodes(augmented, [0], config, step=99)
     with torch.no_grad():
         start = task_losses(TaskAdapter(model, config, [augmented.tasks[0].id]), fixed)
-        adapter, _ = _adapt(model, augmented, [0], config)
+        adapter = _adapt(model, augmented, [0], config)
         end = task_losses(adapter, fixed)
     assert float(end) < float(start) - 1e-3
     assert sorted(adapter.weights) == sorted(n for n, _ in model.decoder.named_parameters(prefix="decoder"))

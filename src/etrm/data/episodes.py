@@ -108,17 +108,19 @@ def encode_episodes(
     offset_fractions: np.ndarray | None = None,
     puzzle_identifiers: np.ndarray | None = None,
     augmentation_index: np.ndarray | None = None,
-    context_includes_query: bool = False,
+    context_includes_query: bool | np.ndarray = False,
 ) -> Batch:
     """Encode episodes (rows of `training_episodes` form) under one augmentation each.
 
     `offset_fractions` (B, max_demos + 1, 2) in [0, 1) translate each example inside the canvas
     (context demos first, the query last); None places every grid at the top-left corner.
-    `context_includes_query`: a held-out demo stays in its own context (every demo as context;
-    test-time training's all-demos objective).
+    `context_includes_query` (one flag, or one per episode): a held-out demo stays in its own
+    context (every demo as context; test-time training's all-demos objective).
     """
     size = len(episodes)
-    prepared = [_query_and_context(tasks[t], int(q), max_demos, context_includes_query) for t, q in episodes]
+    includes_query = np.broadcast_to(context_includes_query, (size,))
+    prepared = [_query_and_context(tasks[t], int(q), max_demos, bool(include))
+                for (t, q), include in zip(episodes, includes_query, strict=True)]
     num_demos = max((len(context) for _, context in prepared), default=0)
     area = canvas_side * canvas_side
     inputs = np.zeros((size, canvas_side, canvas_side), dtype=np.uint8)

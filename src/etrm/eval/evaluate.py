@@ -80,7 +80,7 @@ def predict(model: ACTModel, augmented: AugmentedTasks, *, canvas_side: int, max
     else:
         for group in task_groups(len(augmented.tasks), ttt, runtime.rank, runtime.world_size):
             start = time.perf_counter()
-            adapter, _ = adapt(model, augmented, group.tolist(), ttt, canvas_side=canvas_side, max_demos=max_demos)
+            adapter = adapt(model, augmented, group.tolist(), ttt, canvas_side=canvas_side, max_demos=max_demos)
             group_records = []
             items = enumeration.items[np.isin(enumeration.items[:, 0], group)]
             for numpy_batch in enumeration.batches(batch_size, items=items):

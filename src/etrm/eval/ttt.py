@@ -183,31 +183,20 @@ def episode_batch(augmented: AugmentedTasks, task_indices: Sequence[int], step: 
     depend neither on the tasks beside it nor on its place in the list. A task with one demo
     has nothing to leave out: its episode uses the all-demos objective.
     """
-    parts = []
+    rows, augmentations, slots, includes_query = [], [], [], []
     for slot, task_index in enumerate(task_indices):
         task, options = augmented.tasks[task_index], augmented.lists[task_index]
         num_demos = len(task.demos)
         rng = np.random.default_rng([task_seed(config.seed, task.id), step])
         choices = rng.integers(len(options), size=num_demos)
-        augmentations = [options[int(c)] if config.augment else Augmentation() for c in choices]
-        rows = np.asarray([(task_index, -(d + 1)) for d in range(num_demos)])
-        part = encode_episodes(augmented.tasks, rows, augmentations, canvas_side, max_demos,
-                               context_includes_query=config.objective == "all_demos" or num_demos < 2)
-        part[TASK_SLOT] = np.full(num_demos, slot, dtype=np.int64)
-        parts.append(part)
-    return to_torch(_concatenate(parts), device)
-
-
-def _concatenate(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    # Batches whose demo dimension (dim 1 of the demo arrays) differs: pad to the widest.
-    joined = {}
-    for key in parts[0]:
-        arrays = [part[key] for part in parts]
-        if key in ("demo_inputs", "demo_outputs", "demo_mask", "rule_atoms"):
-            width = max(a.shape[1] for a in arrays)
-            arrays = [np.pad(a, [(0, 0), (0, width - a.shape[1])] + [(0, 0)] * (a.ndim - 2)) for a in arrays]
-        joined[key] = np.concatenate(arrays)
-    return joined
+        augmentations += [options[int(c)] if config.augment else Augmentation() for c in choices]
+        rows += [(task_index, -(d + 1)) for d in range(num_demos)]
+        slots += [slot] * num_demos
+        includes_query += [config.objective == "all_demos" or num_demos < 2] * num_demos
+    batch = encode_episodes(augmented.tasks, np.asarray(rows), augmentations, canvas_side, max_demos,
+                            context_includes_query=np.asarray(includes_query))
+    batch[TASK_SLOT] = np.asarray(slots, dtype=np.int64)
+    return to_torch(batch, device)
 
 
 def episode_losses(outputs: dict[str, Tensor], labels: Tensor) -> Tensor:
@@ -237,31 +226,24 @@ def _clip_per_task(adapter: TaskAdapter, gradients: list[Tensor], max_norm: floa
 
 
 def adapt(model: ACTModel, augmented: AugmentedTasks, task_indices: Sequence[int], config: TTTConfig, *,
-          canvas_side: int, max_demos: int) -> tuple[TaskAdapter, list[float]]:
-    """Train a fresh adapter on the tasks' demos for `config.steps` steps -> (adapter, mean task
-    loss before each step and after the last)."""
+          canvas_side: int, max_demos: int) -> TaskAdapter:
+    """A fresh adapter for the tasks, trained on their demos for `config.steps` steps."""
     device = next(model.parameters()).device
     adapter = TaskAdapter(model, config, [augmented.tasks[t].id for t in task_indices])
     optimiser = torch.optim.Adam(adapter.tensors, lr=config.lr)
-    history = []
-    for step in range(config.steps + 1):
+    for step in range(config.steps):
         batch = episode_batch(augmented, task_indices, step, config, canvas_side=canvas_side,
                               max_demos=max_demos, device=device)
-        if step == config.steps:  # the loss after the last step, on fresh episodes
-            with torch.no_grad(), autocast_for(device):
-                history.append(float(task_losses(adapter, batch).mean()))
-            break
         with torch.enable_grad():  # also when called under no_grad
             with autocast_for(device):
                 losses = task_losses(adapter, batch)
             gradients = torch.autograd.grad(losses.sum(), adapter.tensors, allow_unused=True)
-        history.append(float(losses.detach().mean()))
         gradients = [torch.zeros_like(t) if g is None else g for t, g in zip(adapter.tensors, gradients, strict=True)]
         for tensor, gradient in zip(adapter.tensors, _clip_per_task(adapter, gradients, config.grad_clip),
                                     strict=True):
             tensor.grad = gradient
         optimiser.step()
-    return adapter, history
+    return adapter
 
 
 def task_groups(num_tasks: int, config: TTTConfig, rank: int, world_size: int) -> list[np.ndarray]:

@@ -140,7 +140,6 @@ def ttt_flops_per_task(config: RunConfig, num_demos: float, cells_per_demo: floa
     backward of the last one: twice its forward where weights adapt (`decoder`, `all`: weight and
     input gradients), once where only the context or LoRA adapters do (input gradients; the
     adapters' own rank-r products are not counted). With `all` the encoder backpropagates too.
-    One more forward pass measures the loss after the last step.
     """
     ttt = config.ttt
     if ttt.steps == 0:
@@ -153,4 +152,4 @@ def ttt_flops_per_task(config: RunConfig, num_demos: float, cells_per_demo: floa
     backward = last_step if weights_adapt else last_step / 2
     encoder_backward = 2 * encoder if ttt.params == "all" else 0
     forward = encoder + ttt.act_steps * step_forward
-    return num_demos * (ttt.steps * (forward + backward + encoder_backward) + forward)
+    return num_demos * ttt.steps * (forward + backward + encoder_backward)
