@@ -10,13 +10,17 @@ Methods (`METHODS`): a model and its test-time settings. Each method's test-time
 (adaptation and prediction, `test_time_seconds_per_task` of eval.json) is held to a budget in
 seconds: `calibrate` times every TTT method at two step counts on validation tasks and fits
 seconds = fixed + steps x per-step, which gives the steps of each budget; `choose` picks each
-method's learning rate on validation tasks at the first budget (synthetic: `iid` tasks of seed 1;
-ARC: the 30 validation tasks), never on the reported ones. `eval` runs every cell (method,
-split, budget, test-time augmentation on or off) into runs/ttt/cells/CELL/eval.json, skipping
-finished cells, so the script resumes where it stopped. `curve`: pass@2 against TTT steps and
-LoRA rank for one method on ARC. `report`: the `ttt_synth`, `ttt_arc` and `ttt_curve` sections
-of BENCHMARKS.md. Cost per task: seconds measured, FLOPs analytic (`etrm.models.flops`).
-Run with `--threads 2` (the budgets are wall-clock on two threads).
+method's learning rate on validation tasks at `CHOICE_BUDGET` (synthetic: `iid` tasks of seed 1;
+ARC: the 30 validation tasks), never on the reported ones, and with it which of the ETRM + TTT
+variants (LoRA, decoder, decoder and encoder) is "ETRM + TTT": the best on validation. `eval`
+runs every cell (method, split, budget, test-time augmentation on or off; `--methods`,
+`--splits`, `--views` narrow it) into runs/ttt/cells/CELL/, skipping finished cells, so the
+script resumes where it stopped; of the ETRM + TTT variants only the chosen one unless
+`--all-variants`. `curve`: pass@2 against TTT steps and LoRA rank for one method on ARC.
+`report`: the `ttt_synth` and `ttt_arc` sections of BENCHMARKS.md. Cost per task: seconds
+measured, FLOPs analytic (`etrm.models.flops`). The budgets are wall-clock under the conditions
+of the run (`--threads` torch threads per job, and whatever runs beside it: `--sharing` says),
+so calibrate under the conditions the cells will run in.
 """
 
 from __future__ import annotations
@@ -31,8 +35,12 @@ from report import machine, train_run, write_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "runs" / "ttt"
+# the ladder's 30-minute ETRM runs evaluated every 50 steps while training; the TRM run does too,
+# so both lose the same share of their 30 minutes to it
+LADDER_CURVE = ["eval_every=50", "eval.periodic_splits=test"]
 TRAINING = {"synth-etrm": ("synth-level3", []), "synth-trm": ("synth-level3", ["model_type=trm",
-                                                                              "augmentations_per_task=1"]),
+                                                                              "augmentations_per_task=1",
+                                                                              *LADDER_CURVE]),
             "arc-etrm": ("arc10-cpu", []), "arc-trm": ("arc10-cpu", ["model_type=trm", "augmentations_per_task=8"])}
 # method -> (model kind, test-time settings); the plain methods have no budget.
 METHODS = {
@@ -48,8 +56,14 @@ METHODS = {
 SYNTH_SPLITS = {split: f"synth:{split}:test:0:50:8" for split in ("iid", "params", "compose")}
 SYNTH_VALIDATION = "synth:iid:test:1:20:8"
 SYNTH_BUDGETS = (3.0, 15.0)
-ARC_BUDGETS = (30.0,)
-LEARNING_RATES = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
+# <= 30 s per task is the target's bound; 10 s keeps a method's 76 held-out tasks to ~13 minutes
+# here, and the cost curve shows what more steps would buy
+ARC_BUDGETS = (10.0,)
+# the budget at which `choose` compares learning rates (on ARC a third of the budget: six methods x
+# three rates x 30 tasks at 10 s would take 1.5 CPU-hours)
+CHOICE_BUDGET = {"synth": 3.0, "arc": 3.0}
+LEARNING_RATES = (1e-3, 3e-3, 1e-2)
+ETRM_TTT_VARIANTS = ("ETRM + TTT (LoRA)", "ETRM + TTT (decoder)", "ETRM + TTT (decoder and encoder)")
 CALIBRATION_STEPS = (2, 8)
 
 
@@ -59,10 +73,11 @@ def model_dir(benchmark: str, kind: str, args: argparse.Namespace) -> Path:
 
 
 def _methods(benchmark: str, args: argparse.Namespace, adapted_only: bool = False) -> list[tuple[str, str, list]]:
-    """(method, model kind, test-time settings) of the methods whose model is trained."""
+    """(method, model kind, test-time settings) of the methods whose model is trained, narrowed
+    to `--methods` where given."""
     chosen = []
     for method, (kind, ttt) in METHODS.items():
-        if adapted_only and ttt is None:
+        if (adapted_only and ttt is None) or (args.methods and method not in args.methods):
             continue
         if not (model_dir(benchmark, kind, args) / "summary.json").is_file():
             print(f"{method}: no finished {benchmark} {kind} run at {model_dir(benchmark, kind, args)}; skipped")
@@ -117,8 +132,13 @@ def _settings(benchmark: str) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def _save_settings(benchmark: str, settings: dict) -> None:
+def _update_settings(benchmark: str, method: str, values: dict) -> dict:
+    """Merge `values` into one method's saved settings, re-reading the file first so that two jobs
+    working on different methods of one benchmark do not overwrite each other; returns them."""
+    settings = _settings(benchmark)
+    settings.setdefault(method, {}).update(values)
     (OUT / f"{benchmark}-settings.json").write_text(json.dumps(settings, indent=1))
+    return settings[method]
 
 
 def _slug(*parts: object) -> str:
@@ -127,8 +147,7 @@ def _slug(*parts: object) -> str:
 
 def calibrate(benchmark: str, args: argparse.Namespace) -> None:
     """Seconds per task at two step counts, per TTT method -> the steps of each budget."""
-    settings = _settings(benchmark)
-    budgets = SYNTH_BUDGETS if benchmark == "synth" else ARC_BUDGETS
+    budgets = {*(SYNTH_BUDGETS if benchmark == "synth" else ARC_BUDGETS), CHOICE_BUDGET[benchmark]}
     for method, kind, ttt in _methods(benchmark, args, adapted_only=True):
         seconds = [run_cell(_slug(benchmark, "calibrate", method, steps), model_dir(benchmark, kind, args),
                             [*_data_overrides(benchmark, "validation", benchmark == "arc"), *ttt,
@@ -136,25 +155,31 @@ def calibrate(benchmark: str, args: argparse.Namespace) -> None:
         per_step = (seconds[1] - seconds[0]) / (CALIBRATION_STEPS[1] - CALIBRATION_STEPS[0])
         fixed = seconds[0] - CALIBRATION_STEPS[0] * per_step
         steps = {str(budget): max(1, int((budget - fixed) / per_step)) for budget in budgets}
-        settings.setdefault(method, {}).update({"seconds_per_step": per_step, "fixed_seconds": fixed, "steps": steps})
-        print(method, settings[method], flush=True)
-    _save_settings(benchmark, settings)
+        print(method, _update_settings(benchmark, method, {"seconds_per_step": per_step, "fixed_seconds": fixed,
+                                                           "steps": steps}), flush=True)
+
+
+def chosen_variant(benchmark: str) -> str | None:
+    """The ETRM + TTT variant with the best validation pass@2 (ties: the cheaper, listed first)."""
+    settings = _settings(benchmark)
+    scored = [m for m in ETRM_TTT_VARIANTS if "validation_pass@2" in settings.get(m, {})]
+    return max(scored, key=lambda m: (max(settings[m]["validation_pass@2"].values()), -scored.index(m)),
+               default=None)
 
 
 def choose(benchmark: str, args: argparse.Namespace) -> None:
-    """Each TTT method's learning rate: the best validation pass@2 at the first budget (ties: the
+    """Each TTT method's learning rate: the best validation pass@2 at `CHOICE_BUDGET` (ties: the
     smaller rate)."""
-    settings = _settings(benchmark)
-    budget = str((SYNTH_BUDGETS if benchmark == "synth" else ARC_BUDGETS)[0])
+    budget = str(CHOICE_BUDGET[benchmark])
     for method, kind, ttt in _methods(benchmark, args, adapted_only=True):
-        steps = settings[method]["steps"][budget]
+        steps = _settings(benchmark)[method]["steps"][budget]
         scores = {lr: run_cell(_slug(benchmark, "choose", method, lr), model_dir(benchmark, kind, args),
                                [*_data_overrides(benchmark, "validation", benchmark == "arc"), *ttt,
                                 f"ttt.steps={steps}", f"ttt.lr={lr}"])["pass@2"] for lr in LEARNING_RATES}
-        settings[method]["lr"] = max(scores, key=lambda lr: (scores[lr], -lr))
-        settings[method]["validation_pass@2"] = scores
-        print(method, "lr", settings[method]["lr"], scores, flush=True)
-    _save_settings(benchmark, settings)
+        lr = max(scores, key=lambda lr: (scores[lr], -lr))
+        _update_settings(benchmark, method, {"lr": lr, "validation_pass@2": scores})
+        print(method, "lr", lr, scores, flush=True)
+    print("ETRM + TTT is", chosen_variant(benchmark), flush=True)
 
 
 def cell_overrides(benchmark: str, method: str, split: str, budget: float | None, augment: bool) -> list[str]:
@@ -167,10 +192,15 @@ def cell_overrides(benchmark: str, method: str, split: str, budget: float | None
 
 
 def evaluate_cells(benchmark: str, args: argparse.Namespace) -> None:
-    splits = list(SYNTH_SPLITS) if benchmark == "synth" else ["test"]
-    budgets = SYNTH_BUDGETS if benchmark == "synth" else ARC_BUDGETS
-    views = (False, True) if benchmark == "synth" else (True,)
+    splits = [s for s in SYNTH_SPLITS if not args.splits or s in args.splits] if benchmark == "synth" else ["test"]
+    budgets = [b for b in (SYNTH_BUDGETS if benchmark == "synth" else ARC_BUDGETS)
+               if not args.budgets or b in args.budgets]
+    views = {"id": (False,), "aug": (True,), "both": (False, True)}[args.views or ("both" if benchmark == "synth"
+                                                                                    else "aug")]
+    variant = chosen_variant(benchmark)
     for method, kind, ttt in _methods(benchmark, args):
+        if method in ETRM_TTT_VARIANTS and method != variant and not args.all_variants:
+            continue
         for split in splits:
             for augment in views:
                 for budget in (budgets if ttt else (None,)):
@@ -179,16 +209,25 @@ def evaluate_cells(benchmark: str, args: argparse.Namespace) -> None:
                              model_dir(benchmark, kind, args), overrides)
 
 
-def cost_curve(args: argparse.Namespace, method: str = "ETRM + TTT (LoRA)") -> None:
-    """pass@2 on the ARC validation tasks against TTT steps, and against LoRA rank."""
+CURVE_STEPS = (1, 4, 16, 64, 256)
+CURVE_RANKS = (1, 4, 16)
+
+
+def cost_curve(args: argparse.Namespace) -> None:
+    """pass@2 on the ARC validation tasks against TTT steps for the chosen ETRM + TTT variant (and
+    against LoRA rank, at the budget's steps, where that variant is LoRA)."""
+    method = chosen_variant("arc")
     kind, ttt = METHODS[method]
-    lr = _settings("arc")[method]["lr"]
-    base = [*_data_overrides("arc", "validation", True), *ttt, f"ttt.lr={lr}"]
-    for steps in (1, 4, 16, 64):
-        run_cell(_slug("arc-curve-steps", steps), model_dir("arc", kind, args), [*base, f"ttt.steps={steps}"])
-    for rank in (1, 4, 16):
-        run_cell(_slug("arc-curve-rank", rank), model_dir("arc", kind, args), [*base, "ttt.steps=16",
-                                                                                f"ttt.lora_rank={rank}"])
+    chosen = _settings("arc")[method]
+    base = [*_data_overrides("arc", "validation", True), *ttt, f"ttt.lr={chosen['lr']}"]
+    for steps in CURVE_STEPS:
+        run_cell(_slug("arc-curve", method, "steps", steps), model_dir("arc", kind, args),
+                 [*base, f"ttt.steps={steps}"])
+    if method == "ETRM + TTT (LoRA)":
+        steps = chosen["steps"][str(ARC_BUDGETS[0])]
+        for rank in CURVE_RANKS:
+            run_cell(_slug("arc-curve", method, "rank", rank), model_dir("arc", kind, args),
+                     [*base, f"ttt.steps={steps}", f"ttt.lora_rank={rank}"])
 
 
 def _result(name: str) -> dict | None:
@@ -197,7 +236,33 @@ def _result(name: str) -> dict | None:
 
 
 def _cell(result: dict | None) -> str:
-    return "-" if result is None else f"{100 * result['pass@2']:.1f}%"
+    return "-" if result is None else f"{100 * result['pass@1']:.0f} / {100 * result['pass@2']:.0f}"
+
+
+def _validation_rows(benchmark: str) -> list[str]:
+    """Validation pass@2 per learning rate for every TTT method, the chosen rate in bold."""
+    settings = _settings(benchmark)
+    rows = ["| method | " + " | ".join(f"lr {lr:g}" for lr in LEARNING_RATES) + " |",
+            "|---|" + "---|" * len(LEARNING_RATES)]
+    for method, chosen in settings.items():
+        scores = chosen.get("validation_pass@2")
+        if scores:
+            rows.append(f"| {method} | " + " | ".join(
+                (f"**{100 * scores[str(lr)]:.1f}%**" if lr == chosen["lr"] else f"{100 * scores[str(lr)]:.1f}%")
+                if str(lr) in scores else "-" for lr in LEARNING_RATES) + " |")
+    return rows
+
+
+def _curve_rows() -> list[str]:
+    """pass@2 on the ARC validation tasks against steps (and rank) of the chosen variant."""
+    method = chosen_variant("arc")
+    rows = ["| setting | validation pass@2 | seconds / task |", "|---|---|---|"]
+    for label, part, values in (("steps", "steps", CURVE_STEPS), ("LoRA rank", "rank", CURVE_RANKS)):
+        for value in values:
+            result = _result(_slug("arc-curve", method, part, value))
+            if result:
+                rows.append(f"| {label} {value} | {100 * result['pass@2']:.1f}% | {result['seconds_per_task']:.2f} |")
+    return [f"Cost curve of {method} on the 30 ARC validation tasks (with TTA):", "", *rows] if len(rows) > 2 else []
 
 
 def report(args: argparse.Namespace) -> None:
@@ -208,24 +273,39 @@ def report(args: argparse.Namespace) -> None:
             f"{split}{'' if len(views) == 1 else (' + TTA' if augment else '')}" for augment in views
             for split in splits) + " | seconds / task | GFLOPs / task |"
         rows = [header, "|" + "---|" * (header.count("|") - 1)]
+        variant = chosen_variant(benchmark)
         for method, (_, ttt) in METHODS.items():
             for budget in (budgets if ttt else (None,)):
                 results = [_result(_slug(benchmark, method, split, budget, "aug" if augment else "id"))
                            for augment in views for split in splits]
                 done = [r for r in results if r]
+                if not done:
+                    continue
                 chosen = settings.get(method, {})
                 detail = f"{chosen['steps'][str(budget)]}, {chosen['lr']:g}" if ttt and "lr" in chosen else ""
-                seconds = f"{sum(r['seconds_per_task'] or 0 for r in done) / len(done):.1f}" if done and ttt else "-"
-                flops = f"{sum(r['flops_per_task'] for r in done) / len(done) / 1e9:.1f}" if done else "-"
-                rows.append(f"| {method} | {budget or '-'} | {detail} | "
+                seconds = f"{sum(r['seconds_per_task'] or 0 for r in done) / len(done):.1f}" if ttt else "-"
+                flops = f"{sum(r['flops_per_task'] for r in done) / len(done) / 1e9:.1f}"
+                name = f"**{method}**" if method == variant else method
+                rows.append(f"| {name} | {budget or '-'} | {detail} | "
                             + " | ".join(_cell(r) for r in results) + f" | {seconds} | {flops} |")
+        tasks = "50 held-out tasks per split" if benchmark == "synth" else "the held-out ARC-AGI-1 evaluation tasks"
+        validation = ("20 `iid` tasks of another seed" if benchmark == "synth"
+                      else "the 30 ARC-AGI-1 training tasks kept out of training")
         write_section(f"ttt_{benchmark}", f"""## Test-time training, {benchmark} (`benchmarks/ttt_methods.py`)
 
-Machine: {machine()}; {args.threads} torch threads. pass@2 per held-out split; budget: test-time
-wall-clock seconds per task (adaptation and prediction), steps fitted on validation tasks;
-learning rates chosen on validation tasks (never the reported ones).
+Machine: {machine()}; {args.threads} torch thread(s) per job, {args.sharing}. pass@1 / pass@2 (%)
+on {tasks}; "+ TTA": with test-time augmentation (8 views, voted). Budget: test-time wall-clock
+seconds per task (adaptation and prediction); each method's steps fitted to it on validation
+tasks ({validation}), where the learning rate and the ETRM + TTT variant (in bold) were chosen
+too, never on the reported tasks.
 
 {chr(10).join(rows)}
+
+Validation pass@2 at {CHOICE_BUDGET[benchmark]:g} s per task:
+
+{chr(10).join(_validation_rows(benchmark))}
+
+{chr(10).join(_curve_rows() if benchmark == "arc" else [])}
 """)
 
 
@@ -235,6 +315,14 @@ def main() -> None:
     parser.add_argument("names", nargs="*", help="train: model names; other stages: synth and/or arc")
     parser.add_argument("--minutes", type=float, default=30.0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--sharing", default="two jobs side by side on the two cores",
+                        help="report: what ran beside each job")
+    parser.add_argument("--methods", nargs="*", default=[], help="only these methods (names of METHODS)")
+    parser.add_argument("--splits", nargs="*", default=[], help="eval synth: only these splits")
+    parser.add_argument("--budgets", nargs="*", type=float, default=[], help="eval: only these budgets")
+    parser.add_argument("--views", choices=["id", "aug", "both"], default="",
+                        help="eval: identity only, with test-time augmentation, or both (synth default: both)")
+    parser.add_argument("--all-variants", action="store_true", help="eval: every ETRM + TTT variant")
     for benchmark in ("synth", "arc"):
         for kind in ("etrm", "trm"):
             parser.add_argument(f"--{benchmark}-{kind}", default="", help=f"a finished {benchmark} {kind} run")
