@@ -56,8 +56,14 @@ def _query_and_context(task: Task, query: int, max_demos: int):
 # --- determinism ---------------------------------------------------------------------------------
 
 
-def test_same_seed_and_step_give_identical_batches(tasks):
-    first, second = _sampler(tasks, seed=3), _sampler(tasks, seed=3)
+# A size-aware canvas (region_margin) reorders each epoch by size: every guarantee holds for both.
+MARGINS = pytest.mark.parametrize("region_margin", [None, 1])
+
+
+@MARGINS
+def test_same_seed_and_step_give_identical_batches(tasks, region_margin):
+    first, second = _sampler(tasks, seed=3, region_margin=region_margin), _sampler(tasks, seed=3,
+                                                                                     region_margin=region_margin)
     for step in (0, 1, 7, 40):
         _assert_batches_equal(first.batch(step, 8), second.batch(step, 8))
 
@@ -68,19 +74,21 @@ def test_different_seeds_differ(tasks):
     assert not np.array_equal(a["inputs"], b["inputs"])
 
 
-def test_a_batch_does_not_depend_on_earlier_draws(tasks):
-    direct = _sampler(tasks, seed=5).batch(5, 8)
-    walked = _sampler(tasks, seed=5)
+@MARGINS
+def test_a_batch_does_not_depend_on_earlier_draws(tasks, region_margin):
+    direct = _sampler(tasks, seed=5, region_margin=region_margin).batch(5, 8)
+    walked = _sampler(tasks, seed=5, region_margin=region_margin)
     for step in range(5):
         walked.batch(step, 8)
     _assert_batches_equal(direct, walked.batch(5, 8))
-    jumped = _sampler(tasks, seed=5)
+    jumped = _sampler(tasks, seed=5, region_margin=region_margin)
     jumped.batch(1000, 8)  # several epochs later, then back
     _assert_batches_equal(direct, jumped.batch(5, 8))
 
 
-def test_epoch_boundary_wraps_and_each_epoch_covers_every_episode_once(tasks):
-    sampler = _sampler(tasks, seed=11)
+@MARGINS
+def test_epoch_boundary_wraps_and_each_epoch_covers_every_episode_once(tasks, region_margin):
+    sampler = _sampler(tasks, seed=11, region_margin=region_margin)
     n = sampler.num_episodes
     expected = Counter(map(tuple, training_episodes(tasks, leave_one_out=True).tolist()))
     assert sum(expected.values()) == n and max(expected.values()) == 1
@@ -100,16 +108,18 @@ def test_epoch_boundary_wraps_and_each_epoch_covers_every_episode_once(tasks):
 # --- ranks ---------------------------------------------------------------------------------------
 
 
+@MARGINS
 @pytest.mark.parametrize("step", [0, 3, 12])
-def test_ranks_split_the_global_batch(tasks, step):
-    whole = _sampler(tasks, seed=2).batch(step, 8)
-    parts = [_sampler(tasks, seed=2, rank=r, world_size=2).batch(step, 8) for r in range(2)]
+def test_ranks_split_the_global_batch(tasks, step, region_margin):
+    whole = _sampler(tasks, seed=2, region_margin=region_margin).batch(step, 8)
+    parts = [_sampler(tasks, seed=2, rank=r, world_size=2, region_margin=region_margin).batch(step, 8)
+             for r in range(2)]
     rows = [_rows(p) for p in parts]
     assert len(rows[0]) == len(rows[1]) == 4
     assert not set(rows[0]) & set(rows[1])
     assert Counter(rows[0] + rows[1]) == Counter(_rows(whole))
     # Same episodes, same augmentation and placement: rank 0 then rank 1 is the whole batch.
-    for key in ("inputs", "labels", "task_index", "query_index"):
+    for key in ("inputs", "labels", "task_index", "query_index", *(["region_side"] if region_margin else [])):
         np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), whole[key], err_msg=key)
     offset = 0
     for part in parts:

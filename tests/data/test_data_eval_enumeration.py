@@ -32,10 +32,11 @@ def _expected(augmented: AugmentedTasks) -> Counter:
     )
 
 
+@pytest.mark.parametrize("region_margin", [None, 1])  # a size-aware canvas sorts the items by size
 @pytest.mark.parametrize("world_size", [1, 2, 3])
 @pytest.mark.parametrize("batch_size", [1, 4, 7, 16, 500])
-def test_every_item_exactly_once_over_ranks(augmented, world_size, batch_size):
-    enumeration = EvalEnumeration(augmented, canvas_side=SIDE, max_demos=10)
+def test_every_item_exactly_once_over_ranks(augmented, world_size, batch_size, region_margin):
+    enumeration = EvalEnumeration(augmented, canvas_side=SIDE, max_demos=10, region_margin=region_margin)
     expected = _expected(augmented)
     assert len(expected) == len(enumeration.items) and len(expected) > 100
     found = Counter()

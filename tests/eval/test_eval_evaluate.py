@@ -120,13 +120,16 @@ def tiny_model(tiny_eval_config, tmp_path_factory):
     return model
 
 
-def test_batch_size_does_not_change_the_results(tiny_model, mixed_tasks, tmp_path):
+@pytest.mark.parametrize("region_margin", [None, 0])
+def test_batch_size_does_not_change_the_results(tiny_model, mixed_tasks, tmp_path, region_margin):
+    # With a size-aware canvas a batch of one runs on its item's own region, a batch of seven on
+    # the largest of seven: the masked keys make that invisible.
     augmented = AugmentedTasks(mixed_tasks, 3, seed=0)
     outputs = {}
     for batch_size in (1, 7):
         out = tmp_path / str(batch_size)
         summary = evaluate(tiny_model, augmented, canvas_side=CANVAS, max_demos=10, batch_size=batch_size,
-                           runtime=CPU, out_dir=out)
+                           runtime=CPU, out_dir=out, region_margin=region_margin)
         outputs[batch_size] = (summary, json.loads((out / "submission.json").read_text()))
     (one, sub_one), (seven, sub_seven) = outputs[1], outputs[7]
     assert one["num_predictions"] == seven["num_predictions"] == _num_items(augmented)

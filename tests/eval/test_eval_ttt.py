@@ -39,13 +39,13 @@ def _episodes(augmented, tasks, config, step=0):
     return episode_batch(augmented, tasks, step, config, canvas_side=CANVAS, max_demos=10, device=torch.device("cpu"))
 
 
-def _adapt(model, augmented, tasks, config):
-    return adapt(model, augmented, tasks, config, canvas_side=CANVAS, max_demos=10)
+def _adapt(model, augmented, tasks, config, region_margin=None):
+    return adapt(model, augmented, tasks, config, canvas_side=CANVAS, max_demos=10, region_margin=region_margin)
 
 
-def _predict(model, augmented, config, batch_size=4):
+def _predict(model, augmented, config, batch_size=4, region_margin=None):
     records = predict(model, augmented, canvas_side=CANVAS, max_demos=10, batch_size=batch_size, runtime=CPU,
-                      ttt=config)
+                      ttt=config, region_margin=region_margin)
     return {(augmented.tasks[r["task_index"]].id, r["test_index"], r["augmentation_index"]): r for r in records}
 
 
@@ -97,19 +97,20 @@ def test_lora_has_rank_r_adapters_on_every_projection(trained):
     assert 0 < expected < 0.2 * sum(p.numel() for p in trained.decoder.parameters())
 
 
+@pytest.mark.parametrize("region_margin", [None, 0])  # a size-aware canvas: alone, a task runs on its region
 @pytest.mark.parametrize("params", ("context", "lora"))
-def test_a_batched_adaptation_equals_adapting_each_task_alone(trained, augmented, params):
+def test_a_batched_adaptation_equals_adapting_each_task_alone(trained, augmented, params, region_margin):
     # In float64, so that rounding (which Adam's normalised steps magnify where a gradient is
     # zero, such as the radial direction of a norm-kept context) cannot hide a real difference.
     model = copy.deepcopy(trained).double()
     config = TTTConfig(steps=4, lr=0.05, params=params)
-    adapted = _adapt(model, augmented, [0, 1, 2], config)
+    adapted = _adapt(model, augmented, [0, 1, 2], config, region_margin)
     for slot in range(3):
-        alone = _adapt(model, augmented, [slot], config)
+        alone = _adapt(model, augmented, [slot], config, region_margin)
         for batched, single in zip(adapted.per_task_tensors, alone.per_task_tensors, strict=True):
             assert torch.allclose(batched[slot], single[0], rtol=1e-9, atol=1e-12)
-    one_by_one = _predict(model, augmented, replace(config, tasks_per_batch=1))
-    batched = _predict(model, augmented, replace(config, tasks_per_batch=3))
+    one_by_one = _predict(model, augmented, replace(config, tasks_per_batch=1), region_margin=region_margin)
+    batched = _predict(model, augmented, replace(config, tasks_per_batch=3), region_margin=region_margin)
     for key, record in one_by_one.items():
         assert np.array_equal(record["grid"], batched[key]["grid"])
         assert record["q_halt"] == pytest.approx(batched[key]["q_halt"], abs=1e-9)

@@ -182,3 +182,72 @@ def test_carry_is_detached_and_gradients_reach_decoder_and_context():
     (outputs["logits"].sum() + outputs["q_halt_logits"].sum()).backward()
     assert all(p.grad is not None for p in model.decoder.parameters())
     assert model.context_source.table.weight.grad is not None
+
+
+# ---------------------------------------------------------------- size-aware canvas (region_side)
+CANVAS = 5
+
+
+def _region_model(seed: int = 0) -> ACTModel:
+    return tiny_model(seed, seq_len=CANVAS * CANVAS)
+
+
+def _region_batch(regions: list[int], seed: int) -> dict[str, torch.Tensor]:
+    """Random tokens inside each sample's region, PAD outside (as the data layer writes them)."""
+    generator = torch.Generator().manual_seed(seed)
+    size = len(regions)
+    grid = torch.randint(2, 12, (size, CANVAS, CANVAS), generator=generator)
+    ticks = torch.arange(CANVAS)
+    region = torch.tensor(regions)
+    inside = (ticks[None, :, None] < region[:, None, None]) & (ticks[None, None, :] < region[:, None, None])
+    return {"inputs": (grid * inside).reshape(size, -1),
+            "puzzle_identifiers": torch.randint(0, NUM_IDS, (size,), generator=generator),
+            "region_side": region}
+
+
+def _run_decoder(model: ACTModel, batch: dict[str, torch.Tensor], region: bool, steps: int = 2):
+    context = model.context_source(batch)
+    size = batch["inputs"].shape[0]
+    latents = model.decoder.reset_latents(model.decoder.initial_latents(size), torch.ones(size, dtype=torch.bool))
+    for _ in range(steps):
+        latents, logits, q_halt, _ = model.decoder(latents, batch["inputs"], context,
+                                                   batch["region_side"] if region else None)
+    return latents, logits, q_halt
+
+
+def test_regions_filling_the_canvas_compute_what_the_fixed_canvas_does():
+    model = _region_model()
+    batch = _region_batch([CANVAS] * 3, seed=1)
+    fixed, regions = _run_decoder(model, batch, region=False), _run_decoder(model, batch, region=True)
+    for a, b in zip(fixed[0], regions[0], strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(regions[1], fixed[1], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(regions[2], fixed[2], rtol=1e-5, atol=1e-5)
+
+
+def test_a_sample_computes_the_same_whatever_its_batch_mates():
+    # Alone, its batch runs on its own 2x2 square; beside a full-canvas sample, on the whole
+    # canvas: the keys beyond its region are masked, so logits, halting and latents agree.
+    model = _region_model()
+    pair = _region_batch([2, CANVAS], seed=2)
+    alone = {key: value[:1] for key, value in pair.items()}
+    (z_pair, _), logits_pair, q_pair = _run_decoder(model, pair, region=True)
+    (z_alone, _), logits_alone, q_alone = _run_decoder(model, alone, region=True)
+    torch.testing.assert_close(logits_pair[:1], logits_alone, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(q_pair[:1], q_alone, rtol=1e-5, atol=1e-5)
+    cells = [0, 1, CANVAS, CANVAS + 1]  # the 2x2 region's cells on the full canvas
+    positions = list(range(TINY["context_len"])) + [TINY["context_len"] + c for c in cells]
+    torch.testing.assert_close(z_pair[:1, positions], z_alone[:, positions], rtol=1e-5, atol=1e-5)
+    # ... and it differs from the fixed canvas, where the PAD cells beyond its grid are keys.
+    assert not torch.allclose(_run_decoder(model, alone, region=False)[1][:, cells], logits_alone[:, cells])
+
+
+def test_logits_beyond_a_region_are_zero_and_gradients_reach_every_weight():
+    model = _region_model()
+    batch = _region_batch([3, 2], seed=3)
+    _, logits, q_halt = _run_decoder(model, batch, region=True, steps=1)
+    canvas = logits.view(2, CANVAS, CANVAS, -1)
+    assert canvas[0, 3:].eq(0).all() and canvas[0, :, 3:].eq(0).all() and canvas[1, 2:].eq(0).all()
+    assert canvas[0, :3, :3].ne(0).any(dim=-1).all()
+    (logits.square().sum() + q_halt.sum()).backward()
+    assert all(p.grad is not None for p in model.decoder.parameters() if p.requires_grad)

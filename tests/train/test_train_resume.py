@@ -59,11 +59,14 @@ def _eager_to_halt(monkeypatch) -> None:
     monkeypatch.setattr(run_data, "build_model", build)  # what Trainer builds its model with
 
 
-def test_resume_mid_log_window_is_exact(tiny_config, tmp_path, monkeypatch, killed_then_resumed):
+@pytest.mark.parametrize("canvas", ["dynamic_canvas=false", "dynamic_canvas=true"])
+def test_resume_mid_log_window_is_exact(canvas, tiny_config, tmp_path, monkeypatch, killed_then_resumed):
     # log_every=3, checkpoint_every=2, killed during step 6: the resume starts at step 4, in the
-    # middle of the window 4..6, so the saved metric sums and window count matter too.
+    # middle of the window 4..6, so the saved metric sums and window count matter too. With a
+    # size-aware canvas the carry also holds each slot's region.
     _eager_to_halt(monkeypatch)
-    extra = ("max_steps=8", "log_every=3", "checkpoint_every=2", "halt_exploration_prob=0.5", "halt_max_steps=4")
+    extra = ("max_steps=8", "log_every=3", "checkpoint_every=2", "halt_exploration_prob=0.5", "halt_max_steps=4",
+             canvas)
     train(tiny_config(tmp_path / "whole", *extra))
     halted = [r["halted_samples"] for r in read_metrics(tmp_path / "whole", "train")]
     assert any(count % 8 for count in halted)  # slots halted at different steps: the RNG mattered

@@ -123,6 +123,12 @@ class RunConfig:
     train_sources: str = "arc1:training"
     test_sources: str = "arc1:evaluation"
     canvas_side: int = 30
+    # Size-aware canvas (`etrm.data.canvas`): each sample runs on the top-left region its grids
+    # need, keys beyond it masked, batches grouped by size. Not the reference's computation
+    # (the PAD cells of its full canvas are keys), so for training and evaluating your own models,
+    # not official checkpoints. The margin widens every region by that many cells.
+    dynamic_canvas: bool = False
+    dynamic_canvas_margin: int = 1
     max_demos: int = 10
     leave_one_out: bool = False
     max_train_groups: int | None = None
@@ -261,6 +267,8 @@ def _validate(config: RunConfig) -> None:
                           "the zero context has no norm to keep")
     if not 1 <= config.canvas_side <= 30:
         raise ConfigError(f"canvas_side must be in 1..30, got {config.canvas_side}")
+    if config.dynamic_canvas_margin < 0:
+        raise ConfigError(f"dynamic_canvas_margin must be at least 0, got {config.dynamic_canvas_margin}")
 
 
 def _describe(error: Exception) -> str:
@@ -311,6 +319,11 @@ def config_from_yaml(path: str | Path, overrides: list[str] | tuple[str, ...] = 
 
 def to_yaml(config: RunConfig) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(config))
+
+
+def canvas_region_margin(config: RunConfig) -> int | None:
+    """The data layer's `region_margin`: the margin with a size-aware canvas, else None."""
+    return config.dynamic_canvas_margin if config.dynamic_canvas else None
 
 
 def context_description(config: RunConfig) -> str:

@@ -16,6 +16,9 @@ A batch is a dict of numpy arrays (uint8 tokens; `etrm.data.tensors.to_torch` ma
 - `valid`: (B,) False for the filler rows that complete the last evaluation batch
 - `rule_atoms`: (B, A) the keys (`atom_key`) of each task's rule atoms in order, 0-padded; A = the
   most atoms in the batch (0 when no task has a rule). Read only by the oracle context source.
+- `region_side`: (B,) with a size-aware canvas only (`region_margin` given): the side of the
+  top-left square each episode's grids sit in (`etrm.data.canvas`); the decoder runs the batch
+  on the smallest square holding them all.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from etrm.data.augment import NUM_DIHEDRAL, Augmentation, augmentation_list, dihedral
+from etrm.data.canvas import region_side
 from etrm.data.encoding import COLOUR_OFFSET, place_grid
 from etrm.data.synth import rule_atoms
 from etrm.data.tasks import NUM_COLOURS, Task
@@ -83,20 +87,24 @@ def _query_and_context(task: Task, query: int, max_demos: int, context_includes_
 
 
 def _place_pair(canvas_in: np.ndarray, canvas_out: np.ndarray, pair: tuple, augmentation: Augmentation,
-                lut: np.ndarray, offset_fraction: np.ndarray | None) -> None:
-    # Input and output of one example share one offset, drawn inside the free space of both.
+                lut: np.ndarray, offset_fraction: np.ndarray | None, region: int) -> None:
+    # Input and output of one example share one offset, drawn inside the free space of both
+    # within the region (the whole canvas unless it is size-aware). A grid inside the region is
+    # written into the region alone, so its EOS border stops at the region's edge as it would at
+    # a canvas's; one the region cuts off (a training output the rule did not foresee) is kept
+    # whole, and the cells beyond the region count as errors.
     grid_in = dihedral(pair[0], augmentation.dihedral)
     grid_out = None if pair[1] is None else dihedral(pair[1], augmentation.dihedral)
     row = col = 0
     if offset_fraction is not None:
-        side = canvas_in.shape[0]
         height = max(grid_in.shape[0], 0 if grid_out is None else grid_out.shape[0])
         width = max(grid_in.shape[1], 0 if grid_out is None else grid_out.shape[1])
-        row = int(offset_fraction[0] * (side - height + 1))
-        col = int(offset_fraction[1] * (side - width + 1))
-    place_grid(canvas_in, lut[grid_in], row, col)
-    if grid_out is not None:
-        place_grid(canvas_out, lut[grid_out], row, col)
+        row = int(offset_fraction[0] * (max(region, height) - height + 1))
+        col = int(offset_fraction[1] * (max(region, width) - width + 1))
+    for canvas, grid in ((canvas_in, grid_in), (canvas_out, grid_out)):
+        if grid is not None:
+            fits = row + grid.shape[0] <= region and col + grid.shape[1] <= region
+            place_grid(canvas[:region, :region] if fits else canvas, lut[grid], row, col)
 
 
 def encode_episodes(
@@ -109,6 +117,7 @@ def encode_episodes(
     puzzle_identifiers: np.ndarray | None = None,
     augmentation_index: np.ndarray | None = None,
     context_includes_query: bool | np.ndarray = False,
+    region_margin: int | None = None,
 ) -> Batch:
     """Encode episodes (rows of `training_episodes` form) under one augmentation each.
 
@@ -116,6 +125,8 @@ def encode_episodes(
     (context demos first, the query last); None places every grid at the top-left corner.
     `context_includes_query` (one flag, or one per episode): a held-out demo stays in its own
     context (every demo as context; test-time training's all-demos objective).
+    `region_margin`: a size-aware canvas (`etrm.data.canvas`): each episode's grids sit (and
+    translate) inside its region, whose side the batch gives as `region_side`.
     """
     size = len(episodes)
     includes_query = np.broadcast_to(context_includes_query, (size,))
@@ -128,14 +139,18 @@ def encode_episodes(
     demo_inputs = np.zeros((size, num_demos, canvas_side, canvas_side), dtype=np.uint8)
     demo_outputs = np.zeros_like(demo_inputs)
     demo_mask = np.zeros((size, num_demos), dtype=bool)
+    regions = np.full(size, canvas_side, dtype=np.int64)
     for b, ((query_pair, context), augmentation) in enumerate(zip(prepared, augmentations, strict=True)):
         lut = augmentation.colour_lut + COLOUR_OFFSET
         offsets = offset_fractions[b] if offset_fractions is not None else [None] * (max_demos + 1)
+        if region_margin is not None:
+            regions[b] = region_side(context, query_pair[0], canvas_side, region_margin)
         for d, pair in enumerate(context):
-            _place_pair(demo_inputs[b, d], demo_outputs[b, d], pair, augmentation, lut, offsets[d])
+            _place_pair(demo_inputs[b, d], demo_outputs[b, d], pair, augmentation, lut, offsets[d], regions[b])
         demo_mask[b, : len(context)] = True
-        _place_pair(inputs[b], labels[b], query_pair, augmentation, lut, offsets[-1])
+        _place_pair(inputs[b], labels[b], query_pair, augmentation, lut, offsets[-1], regions[b])
     zeros = np.zeros(size, dtype=np.int64)
+    region = {} if region_margin is None else {"region_side": regions}
     return {
         "inputs": inputs.reshape(size, area),
         "labels": labels.reshape(size, area),
@@ -148,6 +163,7 @@ def encode_episodes(
         "augmentation_index": zeros if augmentation_index is None else augmentation_index.astype(np.int64),
         "valid": np.ones(size, dtype=bool),
         "rule_atoms": _atom_rows([tasks[t] for t in episodes[:, 0]]),
+        **region,
     }
 
 
@@ -190,19 +206,30 @@ class TrainSampler:
     one augmentation and one set of translation offsets per episode; with translation, each
     example of a task with n examples (demos + tests) is left at the top-left with probability
     1/n, as in the reference (which leaves one of them untranslated).
+
+    With a size-aware canvas (`region_margin` given) an epoch's order also groups episodes of
+    similar region: each window of `SIZE_GROUP_BATCHES` global batches is sorted by region and
+    its batches shuffled, so a batch pads little and the order is still a function of (seed,
+    epoch) alone.
     """
+
+    SIZE_GROUP_BATCHES = 16
 
     def __init__(self, tasks: Sequence[Task], *, canvas_side: int, max_demos: int, leave_one_out: bool,
                  seed: int, augment: bool = True, translate: bool = True,
-                 enumerated: AugmentedTasks | None = None, rank: int = 0, world_size: int = 1):
+                 enumerated: AugmentedTasks | None = None, rank: int = 0, world_size: int = 1,
+                 region_margin: int | None = None):
         self.tasks = list(tasks)
         self.episodes = training_episodes(self.tasks, leave_one_out)
         if len(self.episodes) == 0:
             raise ValueError("no training episodes: the training tasks have no test pair with a known output")
         self.canvas_side, self.max_demos, self.seed = canvas_side, max_demos, seed
         self.augment, self.translate, self.enumerated = augment, translate, enumerated
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.region_margin = rank, world_size, region_margin
         self.examples_per_task = np.asarray([len(t.demos) + len(t.tests) for t in self.tasks])
+        self.episode_regions = None if region_margin is None else np.asarray([
+            region_side(context, query[0], canvas_side, region_margin) for query, context in
+            (_query_and_context(self.tasks[t], int(q), max_demos, False) for t, q in self.episodes)])
         self._epoch_cache: dict[int, dict[str, np.ndarray]] = {}
 
     @property
@@ -213,12 +240,12 @@ class TrainSampler:
         """Optimiser steps for one pass over every real episode (multi-test tasks counted in full)."""
         return math.ceil(self.num_episodes / global_batch_size)
 
-    def _epoch_draws(self, epoch: int) -> dict[str, np.ndarray]:
+    def _epoch_draws(self, epoch: int, global_batch_size: int) -> dict[str, np.ndarray]:
         if epoch not in self._epoch_cache:
             n = self.num_episodes
             rng = np.random.default_rng([self.seed, epoch])
             self._epoch_cache = {epoch: {
-                "order": rng.permutation(n),
+                "order": self._grouped_by_size(rng.permutation(n), global_batch_size, epoch),
                 "dihedral": rng.integers(NUM_DIHEDRAL, size=n),
                 "colours": np.argsort(rng.random((n, NUM_COLOURS - 1)), axis=1) + 1,
                 "choice": rng.random(n),
@@ -227,6 +254,20 @@ class TrainSampler:
                 "untranslated": rng.random((n, self.max_demos + 1)),
             }, **{e: d for e, d in self._epoch_cache.items() if e == epoch - 1}}
         return self._epoch_cache[epoch]
+
+    def _grouped_by_size(self, order: np.ndarray, global_batch_size: int, epoch: int) -> np.ndarray:
+        # Its own generator, so that the epoch's other draws are those of a fixed canvas.
+        if self.episode_regions is None:
+            return order
+        rng = np.random.default_rng([self.seed, epoch, 1])
+        window = self.SIZE_GROUP_BATCHES * global_batch_size
+        grouped = []
+        for start in range(0, len(order), window):
+            part = order[start:start + window]
+            part = part[np.argsort(self.episode_regions[part], kind="stable")]
+            blocks = [part[i:i + global_batch_size] for i in range(0, len(part), global_batch_size)]
+            grouped += [blocks[i] for i in rng.permutation(len(blocks))]
+        return np.concatenate(grouped)
 
     def batch(self, step: int, global_batch_size: int) -> Batch:
         """This rank's share of optimiser step `step`'s batch."""
@@ -237,7 +278,7 @@ class TrainSampler:
         epochs, slots = np.divmod(positions, self.num_episodes)
         chosen, augmentations, offsets, puzzle_ids, aug_ids = [], [], [], [], []
         for epoch, slot in zip(epochs.tolist(), slots.tolist(), strict=True):
-            draws = self._epoch_draws(epoch)
+            draws = self._epoch_draws(epoch, global_batch_size)
             episode = int(draws["order"][slot])
             chosen.append(episode)
             task_index = int(self.episodes[episode, 0])
@@ -260,7 +301,7 @@ class TrainSampler:
             self.tasks, self.episodes[chosen], augmentations, self.canvas_side, self.max_demos,
             offset_fractions=np.stack(offsets) if self.translate else None,
             puzzle_identifiers=np.asarray(puzzle_ids) if puzzle_ids else None,
-            augmentation_index=np.asarray(aug_ids) if aug_ids else None,
+            augmentation_index=np.asarray(aug_ids) if aug_ids else None, region_margin=self.region_margin,
         )
 
 
@@ -272,11 +313,18 @@ class EvalEnumeration:
     boundaries and no item is counted twice.
     """
 
-    def __init__(self, augmented: AugmentedTasks, *, canvas_side: int, max_demos: int):
+    def __init__(self, augmented: AugmentedTasks, *, canvas_side: int, max_demos: int,
+                 region_margin: int | None = None):
         self.augmented, self.canvas_side, self.max_demos = augmented, canvas_side, max_demos
+        self.region_margin = region_margin
         rows = [(t, q, a) for t, task in enumerate(augmented.tasks)
                 for q in range(len(task.tests)) for a in range(len(augmented.lists[t]))]
         self.items = np.asarray(rows, dtype=np.int64).reshape(-1, 3)
+        if region_margin is not None:
+            # Items of similar region share batches (the order of records never matters).
+            regions = [region_side(augmented.tasks[t].demos[:max_demos], augmented.tasks[t].tests[q][0], canvas_side,
+                                   region_margin) for t, q, _ in self.items]
+            self.items = self.items[np.argsort(regions, kind="stable")]
 
     def shard(self, rank: int = 0, world_size: int = 1) -> np.ndarray:
         """This rank's (task_index, test_index, augmentation_index) rows."""
@@ -296,6 +344,6 @@ class EvalEnumeration:
             puzzle_ids = np.asarray([self.augmented.puzzle_id(t, a) for t, _, a in chunk])
             batch = encode_episodes(self.augmented.tasks, chunk[:, :2], augmentations, self.canvas_side,
                                     self.max_demos, puzzle_identifiers=puzzle_ids,
-                                    augmentation_index=chunk[:, 2])
+                                    augmentation_index=chunk[:, 2], region_margin=self.region_margin)
             batch["valid"][real:] = False
             yield batch

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from etrm.core.config import RunConfig, TTTConfig
+from etrm.core.config import RunConfig, TTTConfig, canvas_region_margin
 from etrm.core.distributed import Runtime, autocast_for, gather_objects
 from etrm.core.errors import EtrmError
 from etrm.data.encoding import IGNORE_LABEL, decode_grid
@@ -58,16 +58,18 @@ def _records(numpy_batch: dict[str, np.ndarray], labels: torch.Tensor, outputs: 
 
 def predict(model: ACTModel, augmented: AugmentedTasks, *, canvas_side: int, max_demos: int, batch_size: int,
             runtime: Runtime, num_steps: int | None = None, ttt: TTTConfig | None = None,
-            early_stop_confidence: float = 0.0) -> list[dict[str, Any]]:
+            early_stop_confidence: float = 0.0, region_margin: int | None = None) -> list[dict[str, Any]]:
     """This rank's predictions: one record per (task, test input, augmentation).
 
     With test-time training (`ttt.steps > 0`) the ranks share out the tasks instead of the
     items; each group of tasks is adapted (`etrm.eval.ttt`), then its items are predicted with
     the adapted parameters, and every record carries its task's `test_time_seconds` (adaptation
-    and prediction). `early_stop_confidence`: see `ACTModel.run_fixed_steps`.
+    and prediction). `early_stop_confidence`: see `ACTModel.run_fixed_steps`. `region_margin`:
+    a size-aware canvas (`etrm.data.canvas`).
     """
     num_steps = num_steps or model.config.halt_max_steps
-    enumeration = EvalEnumeration(augmented, canvas_side=canvas_side, max_demos=max_demos)
+    enumeration = EvalEnumeration(augmented, canvas_side=canvas_side, max_demos=max_demos,
+                                  region_margin=region_margin)
     was_training = model.training
     model.eval()
     records = []
@@ -80,7 +82,8 @@ def predict(model: ACTModel, augmented: AugmentedTasks, *, canvas_side: int, max
     else:
         for group in task_groups(len(augmented.tasks), ttt, runtime.rank, runtime.world_size):
             start = time.perf_counter()
-            adapter = adapt(model, augmented, group.tolist(), ttt, canvas_side=canvas_side, max_demos=max_demos)
+            adapter = adapt(model, augmented, group.tolist(), ttt, canvas_side=canvas_side, max_demos=max_demos,
+                            region_margin=region_margin)
             group_records = []
             items = enumeration.items[np.isin(enumeration.items[:, 0], group)]
             for numpy_batch in enumeration.batches(batch_size, items=items):
@@ -147,14 +150,16 @@ def _halt_step_histogram(records: list[dict[str, Any]]) -> dict[str, dict[str, f
 
 def evaluate(model: ACTModel, augmented: AugmentedTasks, *, canvas_side: int, max_demos: int, batch_size: int,
              runtime: Runtime, out_dir: str | Path | None = None, num_steps: int | None = None,
-             ttt: TTTConfig | None = None, early_stop_confidence: float = 0.0) -> dict | None:
+             ttt: TTTConfig | None = None, early_stop_confidence: float = 0.0,
+             region_margin: int | None = None) -> dict | None:
     """Predict on every rank, vote and score on rank 0; write eval.json and submission.json there.
 
     Returns the summary on rank 0 and None on the other ranks.
     """
     num_steps = num_steps or model.config.halt_max_steps
     local = predict(model, augmented, canvas_side=canvas_side, max_demos=max_demos, batch_size=batch_size,
-                    runtime=runtime, num_steps=num_steps, ttt=ttt, early_stop_confidence=early_stop_confidence)
+                    runtime=runtime, num_steps=num_steps, ttt=ttt, early_stop_confidence=early_stop_confidence,
+                    region_margin=region_margin)
     gathered = gather_objects(local, runtime)
     if not runtime.is_main:
         return None
@@ -219,7 +224,8 @@ def evaluate_run(target: str | Path, overrides: list[str] | tuple[str, ...] = ()
         out_dir = Path(config.eval.out_dir) if config.eval.out_dir else checkpoint.parent
         summary = evaluate(model, augmented, canvas_side=config.canvas_side, max_demos=config.max_demos,
                            batch_size=config.eval.batch_size, runtime=runtime, out_dir=out_dir, ttt=config.ttt,
-                           early_stop_confidence=config.eval.early_stop_confidence)
+                           early_stop_confidence=config.eval.early_stop_confidence,
+                           region_margin=canvas_region_margin(config))
         if summary is not None:
             print(f"{config.eval.split} tasks: {summary['num_tasks']}, pass@1 {summary['pass@1']:.3f}, "
                   f"pass@2 {summary['pass@2']:.3f}, exact match {summary['exact_match'] or 0:.3f}, "

@@ -172,11 +172,12 @@ class _AdaptedRun(nn.Module):
 
     def forward(self, batch: dict[str, Tensor], num_steps: int, early_stop_confidence: float) -> dict[str, Tensor]:
         context = self.adapter.adapt_context(self.model.context_source(batch), batch[TASK_SLOT])
-        return self.model.decode(batch["inputs"], context, num_steps, early_stop_confidence)
+        return self.model.decode(batch["inputs"], context, num_steps, early_stop_confidence, batch.get("region_side"))
 
 
 def episode_batch(augmented: AugmentedTasks, task_indices: Sequence[int], step: int, config: TTTConfig, *,
-                  canvas_side: int, max_demos: int, device: torch.device) -> dict[str, Tensor]:
+                  canvas_side: int, max_demos: int, device: torch.device,
+                  region_margin: int | None = None) -> dict[str, Tensor]:
     """Step `step`'s episodes of the tasks: every demo of each task once as the query.
 
     Each under an augmentation drawn from (seed, the task's id, step), so a task's episodes
@@ -194,7 +195,7 @@ def episode_batch(augmented: AugmentedTasks, task_indices: Sequence[int], step: 
         slots += [slot] * num_demos
         includes_query += [config.objective == "all_demos" or num_demos < 2] * num_demos
     batch = encode_episodes(augmented.tasks, np.asarray(rows), augmentations, canvas_side, max_demos,
-                            context_includes_query=np.asarray(includes_query))
+                            context_includes_query=np.asarray(includes_query), region_margin=region_margin)
     batch[TASK_SLOT] = np.asarray(slots, dtype=np.int64)
     return to_torch(batch, device)
 
@@ -226,14 +227,14 @@ def _clip_per_task(adapter: TaskAdapter, gradients: list[Tensor], max_norm: floa
 
 
 def adapt(model: ACTModel, augmented: AugmentedTasks, task_indices: Sequence[int], config: TTTConfig, *,
-          canvas_side: int, max_demos: int) -> TaskAdapter:
+          canvas_side: int, max_demos: int, region_margin: int | None = None) -> TaskAdapter:
     """A fresh adapter for the tasks, trained on their demos for `config.steps` steps."""
     device = next(model.parameters()).device
     adapter = TaskAdapter(model, config, [augmented.tasks[t].id for t in task_indices])
     optimiser = torch.optim.Adam(adapter.tensors, lr=config.lr)
     for step in range(config.steps):
         batch = episode_batch(augmented, task_indices, step, config, canvas_side=canvas_side,
-                              max_demos=max_demos, device=device)
+                              max_demos=max_demos, device=device, region_margin=region_margin)
         with torch.enable_grad():  # also when called under no_grad
             with autocast_for(device):
                 losses = task_losses(adapter, batch)

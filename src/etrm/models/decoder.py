@@ -14,6 +14,11 @@ Design choices:
   recomputed from the current batch at every step, so the context source is trained on every
   sample at every step.
 - Logits come from z_H without the context positions; halting logits from z_H at position 0.
+- Size-aware canvas (a batch with `region_side`, `etrm.data.canvas`): the step runs on the
+  context positions and the top-left square that holds every sample's region, each cell with its
+  full-canvas rotary angle, keys outside a sample's own region masked; the latents keep their
+  full-canvas layout (the rest of it untouched), and the logits come back on the full canvas,
+  zero outside each sample's region (so argmax reads PAD there).
 - Halting bookkeeping lives in `ACTModel`, apart from the recursion: a slot whose sample halted
   takes the next batch's sample and restarts from the fixed initial latents; a running slot
   keeps its own sample (inputs, labels, demos). Training halts when q_halt > 0 (with random
@@ -119,37 +124,61 @@ class RecursiveDecoder(nn.Module):
         embedded = self.embed_tokens(tokens)
         return self.embed_scale * torch.cat((context.to(embedded.dtype), embedded), dim=1)
 
-    def net(self, h: Tensor, injection: Tensor, cos_sin: CosSin) -> Tensor:
+    def net(self, h: Tensor, injection: Tensor, cos_sin: CosSin, key_mask: Tensor | None = None) -> Tensor:
         """The one network f(h, injection) = layers(h + injection), shared by both latents."""
         h = h + injection
         for layer in self.layers:
-            h = layer(h, cos_sin)
+            h = layer(h, cos_sin, key_mask)
         return h
 
     def forward(
-        self, latents: Latents, tokens: Tensor, context: Tensor
+        self, latents: Latents, tokens: Tensor, context: Tensor, region_side: Tensor | None = None
     ) -> tuple[Latents, Tensor, Tensor, Tensor]:
-        """One ACT step of latent recursion.
+        """One ACT step of latent recursion; `region_side` (B,): a size-aware canvas (see the module).
 
         Returns (detached new latents, logits (B, S, vocab), q_halt (B,), q_continue (B,)).
         """
+        if region_side is not None:
+            return self._forward_on_regions(latents, tokens, context, region_side)
         x = self.embed_input(tokens, context)
-        cos_sin = self.rotary(x.shape[1])
-        z_H, z_L = latents
+        z_H, z_L, logits, q = self.recursion(latents.z_H, latents.z_L, x, self.rotary(x.shape[1]))
+        return Latents(z_H.detach(), z_L.detach()), logits, q[..., 0], q[..., 1]
+
+    def recursion(self, z_H: Tensor, z_L: Tensor, x: Tensor, cos_sin: CosSin,
+                  key_mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """TRM's recursion for one ACT step: h_cycles cycles of (l_cycles updates of z_L, one of
+        z_H), the last alone with gradients. Returns (z_H, z_L, logits, q (B, 2))."""
 
         def cycle(z_H: Tensor, z_L: Tensor) -> tuple[Tensor, Tensor]:
             for _ in range(self.config.l_cycles):
-                z_L = self.net(z_L, z_H + x, cos_sin)
-            return self.net(z_H, z_L, cos_sin), z_L
+                z_L = self.net(z_L, z_H + x, cos_sin, key_mask)
+            return self.net(z_H, z_L, cos_sin, key_mask), z_L
 
         with torch.no_grad():
             for _ in range(self.config.h_cycles - 1):
                 z_H, z_L = cycle(z_H, z_L)
         z_H, z_L = cycle(z_H, z_L)  # the only cycle with gradients
+        return z_H, z_L, self.lm_head(z_H)[:, self.config.context_len :], self.q_head(z_H[:, 0]).float()
 
-        logits = self.lm_head(z_H)[:, self.config.context_len :]
-        q = self.q_head(z_H[:, 0]).float()
-        return Latents(z_H.detach(), z_L.detach()), logits, q[..., 0], q[..., 1]
+    def _forward_on_regions(self, latents: Latents, tokens: Tensor, context: Tensor,
+                            region_side: Tensor) -> tuple[Latents, Tensor, Tensor, Tensor]:
+        canvas = math.isqrt(self.config.seq_len)
+        side = int(region_side.max())  # one host sync per step: the square's size sets the shapes
+        ticks = torch.arange(side, device=tokens.device)
+        cells = (ticks[:, None] * canvas + ticks[None, :]).reshape(-1)
+        positions = torch.cat((torch.arange(self.config.context_len, device=tokens.device),
+                               self.config.context_len + cells))
+        inside = ((ticks[:, None] < region_side[:, None, None]) & (ticks[None, :] < region_side[:, None, None]))
+        inside = inside.reshape(len(region_side), -1)
+        key_mask = torch.cat((inside.new_ones(len(region_side), self.config.context_len), inside), dim=1)
+        x = self.embed_input(tokens[:, cells], context)
+        z_H, z_L, cropped, q = self.recursion(latents.z_H[:, positions], latents.z_L[:, positions], x,
+                                              self.rotary.at(positions), key_mask)
+        logits = cropped.new_zeros(len(region_side), self.config.seq_len, cropped.shape[-1])
+        logits = logits.index_copy(1, cells, cropped.masked_fill(~inside[..., None], 0.0))
+        new_latents = Latents(latents.z_H.index_copy(1, positions, z_H.detach().to(latents.z_H.dtype)),
+                              latents.z_L.index_copy(1, positions, z_L.detach().to(latents.z_L.dtype)))
+        return new_latents, logits, q[..., 0], q[..., 1]
 
     def initial_latents(self, batch_size: int, device: torch.device | None = None) -> Latents:
         """Zero latents; every slot of a fresh carry is halted, so they are reset before use."""
@@ -281,7 +310,8 @@ class ACTModel(nn.Module):
         data = merge_new_samples(carry.current_data, batch, take_new=carry.halted)
 
         source = self.context_source.step(data, carry.context_state, carry.halted)
-        latents, logits, q_halt, q_continue = self.decoder(latents, data["inputs"], source.context)
+        latents, logits, q_halt, q_continue = self.decoder(latents, data["inputs"], source.context,
+                                                           data.get("region_side"))
 
         steps = steps + 1
         halted = self.halting(steps, q_halt)
@@ -313,22 +343,24 @@ class ACTModel(nn.Module):
         context, state, _ = self.context_source.step(batch, self.context_source.initial_state(batch_size, device),
                                                      fresh)
         if state is None:
-            return self.decode(batch["inputs"], context, num_steps, early_stop_confidence)
+            return self.decode(batch["inputs"], context, num_steps, early_stop_confidence, batch.get("region_side"))
         # A recurrent source refines its context at every step.
         latents = self.decoder.reset_latents(self.decoder.initial_latents(batch_size, device), fresh)
         halt_step = torch.full((batch_size,), num_steps, dtype=torch.int32, device=device)
         for step in range(1, num_steps + 1):
             if step > 1:
                 context, state, _ = self.context_source.step(batch, state, ~fresh)
-            latents, logits, q_halt, q_continue = self.decoder(latents, batch["inputs"], context)
+            latents, logits, q_halt, q_continue = self.decoder(latents, batch["inputs"], context,
+                                                               batch.get("region_side"))
             halt_step = torch.where((q_halt > 0) & (halt_step == num_steps), step, halt_step)
             if _all_confident(q_halt, early_stop_confidence):
                 break
         return _step_outputs(logits, q_halt, q_continue, halt_step, step)
 
-    def decode(self, inputs: Tensor, context: Tensor, num_steps: int,
-               early_stop_confidence: float = 0.0) -> dict[str, Tensor]:
-        """Run `num_steps` ACT steps from fresh latents with a fixed context (B, context_len, hidden).
+    def decode(self, inputs: Tensor, context: Tensor, num_steps: int, early_stop_confidence: float = 0.0,
+               region_side: Tensor | None = None) -> dict[str, Tensor]:
+        """Run `num_steps` ACT steps from fresh latents with a fixed context (B, context_len, hidden)
+        (`region_side`: a size-aware canvas).
 
         Only the last step builds a graph (when gradients are enabled), so test-time optimisation
         of the context costs one step's backward. Returns the last step's outputs, `halt_step`
@@ -340,7 +372,7 @@ class ACTModel(nn.Module):
         halt_step = torch.full((batch_size,), num_steps, dtype=torch.int32, device=device)
         for step in range(1, num_steps + 1):
             with torch.set_grad_enabled(torch.is_grad_enabled() and step == num_steps):
-                latents, logits, q_halt, q_continue = self.decoder(latents, inputs, context)
+                latents, logits, q_halt, q_continue = self.decoder(latents, inputs, context, region_side)
             halt_step = torch.where((q_halt > 0) & (halt_step == num_steps), step, halt_step)
             if _all_confident(q_halt, early_stop_confidence):
                 break

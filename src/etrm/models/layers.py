@@ -104,6 +104,10 @@ class RotaryEmbedding(nn.Module):
     def forward(self, seq_len: int) -> CosSin:
         return self.cos[:seq_len], self.sin[:seq_len]
 
+    def at(self, positions: Tensor) -> CosSin:
+        """The tables at the given positions (a size-aware canvas keeps each cell's full-canvas angle)."""
+        return self.cos[positions], self.sin[positions]
+
 
 def rotate_half(x: Tensor) -> Tensor:
     first, second = x.chunk(2, dim=-1)

@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from etrm.core import distributed
 from etrm.core.checkpoint import CHECKPOINT_NAME, read_checkpoint, write_checkpoint
-from etrm.core.config import RunConfig, run_directory, to_yaml
+from etrm.core.config import RunConfig, canvas_region_margin, run_directory, to_yaml
 from etrm.core.distributed import autocast_for
 from etrm.core.errors import ConfigError, EtrmError
 from etrm.data.episodes import TrainSampler
@@ -75,7 +75,7 @@ class Trainer:
             self.data.split.train, canvas_side=config.canvas_side, max_demos=config.max_demos,
             leave_one_out=config.leave_one_out, seed=config.seed, augment=config.augment,
             translate=config.translate, enumerated=self.data.enumerated, rank=runtime.rank,
-            world_size=runtime.world_size)
+            world_size=runtime.world_size, region_margin=canvas_region_margin(config))
 
         torch.manual_seed(config.seed)
         self.model = self.data.build_model().to(runtime.device)
@@ -143,7 +143,7 @@ class Trainer:
             with autocast_for(device):
                 if not encode_once:
                     context, context_state, auxiliary = model.context_source.step(batch, context_state, steps == 0)
-                latents, logits, q_halt, _ = model.decoder(latents, inputs, context)
+                latents, logits, q_halt, _ = model.decoder(latents, inputs, context, batch.get("region_side"))
                 steps = steps + 1
                 halted = model.halting(steps, q_halt)
                 forced = forced | ((q_halt > 0) & ~halted)
@@ -340,7 +340,8 @@ class Trainer:
             self.model.load_state_dict(self.ema.weights_for(self.model))
         try:
             kwargs = dict(canvas_side=config.canvas_side, max_demos=config.max_demos,
-                          batch_size=config.eval.batch_size, runtime=self.runtime,
+                          region_margin=canvas_region_margin(config), batch_size=config.eval.batch_size,
+                          runtime=self.runtime,
                           early_stop_confidence=config.eval.early_stop_confidence)
             if "train" in splits:
                 results["train"] = evaluate(self.model, self.data.training_test_pairs(), out_dir=None, **kwargs)
