@@ -23,7 +23,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 from etrm.core.config import load_config
 from etrm.core.distributed import Runtime
 from etrm.data.tensors import to_torch
-from etrm.models.flops import decoder_step_flops, encoder_batch_flops
+from etrm.models.flops import batch_square, decoder_step_flops, encoder_batch_flops
 from etrm.train.loop import Trainer
 
 TOLERANCE = 1e-3
@@ -46,21 +46,23 @@ def counted_flops(function, *args) -> tuple[int, dict[str, int]]:
 def _expected(config, trainer: Trainer, padded: bool = True) -> tuple[float, float]:
     """(decoder, encoder) analytic FLOPs of the step just run (the encoder ran on the carry's demos);
     `padded`: the work that runs (the counter's view), else the model FLOPs MFU is made of."""
-    decoder = decoder_step_flops(config, config.global_batch_size, train=True)
+    data = trainer.state.carry.current_data
+    decoder = decoder_step_flops(config, config.global_batch_size, train=True, square=batch_square(data))
     if config.model_type != "etrm":
         return decoder, 0.0
-    data = trainer.state.carry.current_data
     return decoder, encoder_batch_flops(config, data["demo_inputs"], data["demo_outputs"], data["demo_mask"],
                                         train=True, padded=padded)
 
 
+@pytest.mark.parametrize("canvas", ["dynamic_canvas=false", "dynamic_canvas=true"])
 @pytest.mark.parametrize("model_type", ["trm", "etrm"])
-def test_analytic_step_flops_match_the_flop_counter_on_real_training_steps(model_type, tiny, tmp_path):
+def test_analytic_step_flops_match_the_flop_counter_on_real_training_steps(model_type, canvas, tiny, tmp_path):
     # Hidden 64 (SwiGLU inner 256) and a 2-layer encoder: the decoder's and the encoder's matmuls
-    # are each a large share of the step, so an error in either count shows.
+    # are each a large share of the step, so an error in either count shows. A size-aware
+    # canvas counts the square the step ran on.
     config = load_config(tiny(tmp_path / "run", f"model_type={model_type}", "augmentations_per_task=2",
                               "model.hidden_size=64", "model.num_heads=4", "encoder.num_layers=2",
-                              "halt_exploration_prob=0"))
+                              "halt_exploration_prob=0", canvas, "dynamic_canvas_margin=0"))
     trainer = Trainer(config, Runtime(torch.device("cpu")))
     for step in range(2):  # the second step runs carried samples (their demos stay in the carry)
         batch = to_torch(trainer.sampler.batch(step, config.global_batch_size))

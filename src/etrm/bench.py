@@ -1,6 +1,8 @@
 """`etrm bench`: how fast this machine trains and evaluates TRM and ETRM, in one process and run.
 
-Measured: the machine's matmul peak (float32 `torch.matmul` on CPU, bf16 on CUDA) as the
+Setups: the CPU preset of each model, and the reference size (hidden 512, H3 x L4, canvas 30,
+on the first 32 ARC-AGI-1 training tasks) on the fixed canvas and size-aware
+(`dynamic_canvas=true`). Measured: the machine's matmul peak (float32 `torch.matmul` on CPU, bf16 on CUDA) as the
 yardstick; per model, the run's own training step (`Trainer.train_step`, compiled on CUDA as
 `compile=true` does) in steps per second, samples per second, model FLOP/s (counted
 analytically: `etrm.models.flops`) and model FLOP utilisation = model FLOP/s / peak; the data
@@ -20,22 +22,24 @@ from typing import Any
 
 import torch
 
-from etrm.core.config import load_config
+from etrm.core.config import canvas_region_margin, load_config
 from etrm.core.distributed import Runtime, select_device
 from etrm.data.tensors import to_torch
 from etrm.eval.evaluate import predict
-from etrm.models.flops import decoder_step_flops, encoder_batch_flops
+from etrm.models.flops import batch_square, decoder_step_flops, encoder_batch_flops
 from etrm.train.loop import Trainer
 
-# (name, overrides): the CPU preset and the reference size (hidden 512, canvas 30) of each model.
+REFERENCE = ["preset=overfit-cpu", "canvas_side=30", "model.hidden_size=512", "model.num_heads=8", "model.h_cycles=3",
+             "model.l_cycles=4", "global_batch_size=4"]
+ETRM_REFERENCE = [*REFERENCE, "encoder.hidden_size=512", "encoder.num_heads=8"]
+# (name, overrides): the CPU preset and the reference size of each model, fixed and size-aware.
 SETUPS = (
     ("trm overfit-cpu", ["preset=overfit-cpu", "model_type=trm"]),
     ("etrm overfit-cpu", ["preset=overfit-cpu"]),
-    ("trm reference", ["preset=overfit-cpu", "model_type=trm", "canvas_side=30", "model.hidden_size=512",
-                       "model.num_heads=8", "model.h_cycles=3", "model.l_cycles=4", "global_batch_size=4"]),
-    ("etrm reference", ["preset=overfit-cpu", "canvas_side=30", "model.hidden_size=512", "model.num_heads=8",
-                        "model.h_cycles=3", "model.l_cycles=4", "encoder.hidden_size=512", "encoder.num_heads=8",
-                        "global_batch_size=4"]),
+    ("trm reference", [*REFERENCE, "model_type=trm"]),
+    ("etrm reference", ETRM_REFERENCE),
+    ("trm reference size-aware", [*REFERENCE, "model_type=trm", "dynamic_canvas=true"]),
+    ("etrm reference size-aware", [*ETRM_REFERENCE, "dynamic_canvas=true"]),
 )
 
 
@@ -91,9 +95,9 @@ def bench_model(name: str, overrides: list[str], device: torch.device, steps: in
         if step >= 2:  # warm-up steps (and compilation) are not timed
             data_times.append(built - start)
             step_times.append(done - built)
-            flops = decoder_step_flops(config, batch_size, train=True)
+            data = trainer.state.carry.current_data  # the samples the step ran (and, size-aware, its square)
+            flops = decoder_step_flops(config, batch_size, train=True, square=batch_square(data))
             if config.model_type == "etrm":  # the encoder runs on the demos of the samples in the carry
-                data = trainer.state.carry.current_data
                 flops += encoder_batch_flops(config, data["demo_inputs"], data["demo_outputs"], data["demo_mask"],
                                              train=True)
             step_flops.append(flops)
@@ -101,12 +105,12 @@ def bench_model(name: str, overrides: list[str], device: torch.device, steps: in
     flops = statistics.fmean(step_flops)
     model = trainer.model
     eval_tasks = trainer.data.held_out(2, trainer.data.split.test[:4])
-    predict(model, eval_tasks, canvas_side=config.canvas_side, max_demos=config.max_demos, batch_size=16,
-            runtime=trainer.runtime, num_steps=1)  # warm-up
+    evaluation = dict(canvas_side=config.canvas_side, max_demos=config.max_demos, batch_size=16,
+                      runtime=trainer.runtime, region_margin=canvas_region_margin(config))
+    predict(model, eval_tasks, num_steps=1, **evaluation)  # warm-up
     _sync(device)
     start = time.perf_counter()
-    records = predict(model, eval_tasks, canvas_side=config.canvas_side, max_demos=config.max_demos, batch_size=16,
-                      runtime=trainer.runtime)
+    records = predict(model, eval_tasks, **evaluation)
     _sync(device)
     eval_time = time.perf_counter() - start
     return {

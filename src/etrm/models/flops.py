@@ -33,14 +33,21 @@ def block_flops_per_token(hidden: int, expansion: float, attended: float) -> flo
     return 2 * matmuls + 4 * attended * hidden
 
 
-def decoder_step_flops(config: RunConfig, batch_size: int, train: bool) -> float:
-    """One ACT step of the decoder for a batch (forward, plus the backward that runs in training)."""
+def decoder_step_flops(config: RunConfig, batch_size: int, train: bool, square: int | None = None) -> float:
+    """One ACT step of the decoder for a batch (forward, plus the backward that runs in training),
+    on the whole canvas or, with a size-aware canvas, on the `square` x `square` cells it ran on."""
     model = config.model
-    tokens = model.context_len + config.canvas_side**2
+    tokens = model.context_len + (square or config.canvas_side) ** 2
     per_call = model.num_layers * block_flops_per_token(model.hidden_size, model.expansion, tokens) * tokens
     forward = model.h_cycles * (model.l_cycles + 1) * per_call + 2 * tokens * model.hidden_size * 12
     backward = 2 * ((model.l_cycles + 1) * per_call + 2 * tokens * model.hidden_size * 12) if train else 0
     return batch_size * (forward + backward)
+
+
+def batch_square(batch: dict[str, Any]) -> int | None:
+    """The side of the square a batch (numpy or torch) runs on with a size-aware canvas (its
+    largest `region_side`); None for the whole canvas."""
+    return int(batch["region_side"].max()) if "region_side" in batch else None
 
 
 def kept_demo_tokens(demo_inputs: Any, demo_outputs: Any, demo_mask: Any) -> tuple[float, float]:
