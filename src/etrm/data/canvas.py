@@ -18,7 +18,7 @@ evaluation (never the query's output):
 capped at the canvas. A task whose demo outputs grow beyond their inputs by ratios that differ
 between demos (an output size set by something else, such as a colour count) gets the whole
 canvas. With margin 1 the rule cuts off no test output of ARC-AGI-1, training or evaluation
-(`benchmarks/canvas_regions.py` counts it on every source).
+(`benchmarks/size_aware_canvas.py regions` counts it on every source).
 """
 
 from __future__ import annotations
