@@ -267,6 +267,8 @@ def _validate(config: RunConfig) -> None:
                           "the zero context has no norm to keep")
     if not 1 <= config.canvas_side <= 30:
         raise ConfigError(f"canvas_side must be in 1..30, got {config.canvas_side}")
+    if config.grad_clip_norm <= 0:  # clip_grad_norm_ would scale every gradient to zero
+        raise ConfigError(f"grad_clip_norm must be above 0 (a large value clips nothing), got {config.grad_clip_norm}")
     if config.dynamic_canvas_margin < 0:
         raise ConfigError(f"dynamic_canvas_margin must be at least 0, got {config.dynamic_canvas_margin}")
 
