@@ -32,6 +32,16 @@ def tiny_overrides(run_dir: str | Path, *extra: str) -> list[str]:
     return [*TINY_OVERRIDES, f"run_dir={run_dir}", *extra]
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `cuda` skip, with the reason, where no CUDA GPU is present."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (run `pytest -m cuda` on one: benchmarks/gpu_check.sh)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _single_thread():
     previous = torch.get_num_threads()
@@ -68,8 +78,9 @@ def require_shared() -> Callable[..., None]:
     return require_shared_files
 
 
-# The TRM reference fixtures (../shared/fixtures/README.md says what each holds).
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared/fixtures"
+# The TRM reference fixtures (../shared/fixtures/README.md says what each holds). ETRM_FIXTURES
+# points elsewhere: the GPU check carries copies, since ../shared does not travel there.
+FIXTURES = Path(os.environ.get("ETRM_FIXTURES") or Path(__file__).resolve().parents[1].parent / "shared/fixtures")
 
 
 @pytest.fixture(scope="session")

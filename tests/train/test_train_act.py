@@ -196,29 +196,42 @@ def test_early_stopping_at_evaluation_is_off_by_default_and_stops_once_all_are_c
     torch.testing.assert_close(on["logits"], one_step["logits"])
 
 
+# On CUDA, the size-aware canvas too (two batches on squares of different sides: a recompilation);
+# on the CPU, where compiling costs tens of seconds, the fixed canvas only.
+COMPILED_SETUPS = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda),
+                   pytest.param("cuda-size-aware", marks=pytest.mark.cuda)]
+
+
+@pytest.mark.parametrize("setup", COMPILED_SETUPS)
 @pytest.mark.parametrize("model_type", ["trm", "etrm"])
-def test_compiled_training_step_matches_eager(model_type, three_test_tasks, tiny_config, tmp_path):
+def test_compiled_training_step_matches_eager(model_type, setup, three_test_tasks, tiny_config, tmp_path):
     # torch.compile of the TRM's whole model fails on its sparse embedding: compile_model compiles
     # the decoder only there. Same losses and gradients as eager, parameter names unchanged.
     from etrm.models.build import compile_model
 
     config = tiny_config(tmp_path, f"model_type={model_type}", "halt_exploration_prob=0", "augmentations_per_task=2")
     enumerated = AugmentedTasks(three_test_tasks, 2)
+    device, size_aware = setup.split("-")[0], setup.endswith("size-aware")
     sampler = TrainSampler(three_test_tasks, canvas_side=CANVAS, max_demos=config.max_demos, leave_one_out=True,
-                           seed=0, enumerated=enumerated)
-    batch = to_torch(sampler.batch(0, 4))
+                           seed=0, enumerated=enumerated, region_margin=0 if size_aware else None)
+    batches = [to_torch(sampler.batch(step, 4), device) for step in range(2 if size_aware else 1)]
+    if size_aware:
+        assert len({int(b["region_side"].max()) for b in batches}) > 1
     results = []
     for compiled in (False, True):
         torch.manual_seed(0)
-        model = build_model(config, num_puzzle_ids=enumerated.num_ids + 1).train()
+        model = build_model(config, num_puzzle_ids=enumerated.num_ids + 1).to(device).train()
         names = [name for name, _ in model.named_parameters()]
         if compiled:
             compile_model(model)
             assert [name for name, _ in model.named_parameters()] == names
-        carry, outputs = model(model.initial_carry(batch), batch)
-        loss, _ = act_loss(outputs, carry.current_data["labels"], carry.halted, config.halt_loss_weight)
-        loss.backward()
-        grad = model.decoder.lm_head.weight.grad.clone()
-        results.append((loss.detach(), grad))
-    torch.testing.assert_close(results[1][0], results[0][0], atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(results[1][1], results[0][1], atol=1e-4, rtol=1e-3)
+        for batch in batches:
+            model.zero_grad(set_to_none=True)
+            carry, outputs = model(model.initial_carry(batch), batch)
+            loss, _ = act_loss(outputs, carry.current_data["labels"], carry.halted, config.halt_loss_weight)
+            loss.backward()
+            results.append((compiled, loss.detach(), model.decoder.lm_head.weight.grad.clone()))
+    eager, compiled = [r for r in results if not r[0]], [r for r in results if r[0]]
+    for (_, loss_e, grad_e), (_, loss_c, grad_c) in zip(eager, compiled, strict=True):
+        torch.testing.assert_close(loss_c, loss_e, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(grad_c, grad_e, atol=1e-4, rtol=1e-3)

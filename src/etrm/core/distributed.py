@@ -7,6 +7,7 @@ Kept out of the model files: models never see torch.distributed.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 from dataclasses import dataclass
 
@@ -24,6 +25,7 @@ class Runtime:
     device: torch.device
     rank: int = 0
     world_size: int = 1
+    in_process_group: bool = False  # launched by torchrun: `shutdown` leaves the group
 
     @property
     def is_main(self) -> bool:
@@ -50,21 +52,28 @@ def select_device(preference: str) -> torch.device:
     return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
 
 
+# How long a collective may wait for the slowest rank. Evaluation ends in one gather of every
+# rank's records, and with test-time training a rank can finish its tasks long before another:
+# NCCL's default (10 minutes) would kill such a run at its very end.
+COLLECTIVE_TIMEOUT = datetime.timedelta(hours=2)
+
+
 def init_runtime(preference: str) -> Runtime:
-    """Join the torchrun process group when launched by torchrun, else run as a single process."""
+    """Join the torchrun process group when launched by torchrun (one process included: then the
+    group exists, and every collective is skipped), else run as a single process."""
     device = select_device(preference)
     world_size = int(os.environ.get("WORLD_SIZE", 1))
-    if world_size == 1:
+    if "TORCHELASTIC_RUN_ID" not in os.environ and world_size == 1:
         return Runtime(device)
     if not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return Runtime(device, dist.get_rank(), dist.get_world_size())
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", timeout=COLLECTIVE_TIMEOUT)
+    return Runtime(device, dist.get_rank(), dist.get_world_size(), in_process_group=True)
 
 
 def shutdown(runtime: Runtime) -> None:
-    if runtime.distributed and dist.is_initialized():
+    if runtime.in_process_group and dist.is_initialized():
         dist.destroy_process_group()
 
 
