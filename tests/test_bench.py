@@ -154,6 +154,7 @@ def test_bench_json_and_benchmarks_row(tmp_path):
                 "data_ms_per_batch", "eval_samples_per_s", "eval_s_per_task_and_augmentation", "peak_memory_mb"):
         assert model[key] > 0, key
     assert 0 < model["data_share"] < 1
+    assert model["compiled_graphs"] == model["graph_breaks"] == 0  # eager on the CPU: dynamo built nothing
     assert list(cwd.iterdir()) == []  # the bench's Trainer wrote no run directory
     table = out.read_text()
     assert "## `etrm bench`" in table and "| trm overfit-cpu |" in table

@@ -76,7 +76,10 @@ def bench_model(name: str, overrides: list[str], device: torch.device, steps: in
     and EMA), the data pipeline and evaluation of one model setup.
 
     `compile_step`: torch.compile the training step (`compile=true`; default: on CUDA only)."""
+    from torch._dynamo.utils import counters
+
     compiled = device.type == "cuda" if compile_step is None else compile_step
+    graphs_before, breaks_before = counters["stats"]["unique_graphs"], sum(counters["graph_break"].values())
     config = load_config([*overrides, "tracker=none", "progress=false", f"device={device.type}",
                           f"compile={str(compiled).lower()}"])
     # Constructing a Trainer and calling train_step writes nothing: only Trainer.run touches run_dir.
@@ -120,6 +123,10 @@ def bench_model(name: str, overrides: list[str], device: torch.device, steps: in
         "eval_samples_per_s": len(records) / eval_time,
         "eval_s_per_task_and_augmentation": eval_time / (len(eval_tasks.tasks) * 2),
         "peak_memory_mb": _peak_memory_mb(device),
+        # With compile: the graphs dynamo built over the timed steps and evaluation, and its graph
+        # breaks (the encoder's data-dependent crops, the size-aware canvas's square side).
+        "compiled_graphs": counters["stats"]["unique_graphs"] - graphs_before,
+        "graph_breaks": sum(counters["graph_break"].values()) - breaks_before,
     }
 
 
