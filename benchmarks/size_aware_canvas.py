@@ -36,13 +36,14 @@ MARGINS = (0, 1, 2)
 CONTEXT_POSITIONS = 16  # the decoder's context positions at the reference size
 REFERENCE = ["canvas_side=30", "max_demos=10", "model.hidden_size=512", "model.num_heads=8", "model.num_layers=2",
              "model.h_cycles=3", "model.l_cycles=4", "encoder.hidden_size=512", "encoder.num_heads=8",
-             "halt_max_steps=1", "optimizer=adamw", "test_sources=arc1:evaluation", "max_eval_groups=8",
+             "halt_max_steps=1", "optimizer=adamw", "test_sources=arc1:evaluation", "max_eval_groups=16",
              "leave_one_out=true", "augment=true", "translate=false"]
 MODELS = {"TRM": ["model_type=trm", "augmentations_per_task=8"], "ETRM": ["model_type=etrm"]}
 ARMS = {"fixed": "dynamic_canvas=false", "size-aware": "dynamic_canvas=true"}
 TRAIN_RUN = ["preset=overfit-cpu", "canvas_side=20", "model.hidden_size=128", "encoder.hidden_size=128",
              "tracker=none"]
 SEEDS = (0, 1)
+EVAL_BATCH = 4  # several batches over the 16 evaluation tasks, so that sorting by size matters
 
 
 def regions(args: argparse.Namespace) -> None:
@@ -80,7 +81,7 @@ def _trainer(model: str, arm: str, conceptarc: str, batch_size: int):
     from etrm.train.loop import Trainer
 
     config = load_config(["preset=default", *REFERENCE, *MODELS[model], ARMS[arm], f"global_batch_size={batch_size}",
-                          f"train_sources=arc1:training,kaggle:{conceptarc}", "tracker=none", "progress=false",
+                          f"train_sources='arc1:training,kaggle:{conceptarc}'", "tracker=none", "progress=false",
                           "device=cpu", "run_name=speed"])
     return Trainer(config, Runtime(torch.device("cpu")))
 
@@ -115,7 +116,7 @@ def speed(args: argparse.Namespace) -> None:
             config = trainer.config
             tasks = trainer.data.held_out(1)
             start = time.perf_counter()
-            records = predict(trainer.model, tasks, canvas_side=30, max_demos=10, batch_size=16,
+            records = predict(trainer.model, tasks, canvas_side=30, max_demos=10, batch_size=EVAL_BATCH,
                               runtime=trainer.runtime, region_margin=canvas_region_margin(config))
             evaluation[arm] = len(records) / (time.perf_counter() - start)
         results[model] = {arm: {"samples_per_s": args.batch * len(s) / sum(s),
@@ -132,9 +133,10 @@ def speed(args: argparse.Namespace) -> None:
 
 
 def train(args: argparse.Namespace) -> None:
-    """The same number of steps with and without the option, two seeds per arm."""
+    """The same number of steps with and without the option, two seeds per arm (`--seeds`: some
+    of them, so that two processes can run the seeds side by side)."""
     for arm, override in ARMS.items():
-        for seed in SEEDS:
+        for seed in args.seeds:
             overrides = [*TRAIN_RUN, override, f"seed={seed}", f"max_steps={args.train_steps}", "final_eval=false"]
             train_run(OUT / f"train-{arm}-{seed}", overrides, 10_000, args.threads)
     report_train()
@@ -189,7 +191,7 @@ H3 x L4, 2 layers, canvas 30, batch {results['batch']}, on ARC-AGI-1 training + 
 (augmented, leave-one-out); {results['rounds']} alternating rounds of {results['steps']} steps per arm,
 samples/s over all timed steps (the real `Trainer.train_step`: AdamW, clipping, EMA). One ACT step
 per batch, so every timed step is a new batch of the size-grouped stream. Evaluation: the
-held-out ARC-AGI-1 evaluation tasks (8), one view each, 16 ACT steps.
+first 16 held-out ARC-AGI-1 evaluation tasks, one view each, batches of {EVAL_BATCH}, one ACT step.
 
 {chr(10).join(rows)}
 """)
@@ -257,6 +259,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="speed: alternating rounds")
     parser.add_argument("--steps", type=int, default=4, help="speed: timed steps per arm and round")
     parser.add_argument("--train-steps", type=int, default=800, help="train: steps per run")
+    parser.add_argument("--seeds", type=int, nargs="*", default=list(SEEDS), help="train: these seeds")
     args = parser.parse_args()
     if args.stage == "report":
         report_regions()
