@@ -215,7 +215,7 @@ CURVE_RANKS = (1, 4, 16)
 
 def cost_curve(args: argparse.Namespace) -> None:
     """pass@2 on the ARC validation tasks against TTT steps for the chosen ETRM + TTT variant (and
-    against LoRA rank, at the budget's steps, where that variant is LoRA)."""
+    against LoRA rank, at the budget's steps, with `--ranks` where that variant is LoRA)."""
     method = chosen_variant("arc")
     kind, ttt = METHODS[method]
     chosen = _settings("arc")[method]
@@ -223,7 +223,7 @@ def cost_curve(args: argparse.Namespace) -> None:
     for steps in CURVE_STEPS:
         run_cell(_slug("arc-curve", method, "steps", steps), model_dir("arc", kind, args),
                  [*base, f"ttt.steps={steps}"])
-    if method == "ETRM + TTT (LoRA)":
+    if args.ranks and method == "ETRM + TTT (LoRA)":
         steps = chosen["steps"][str(ARC_BUDGETS[0])]
         for rank in CURVE_RANKS:
             run_cell(_slug("arc-curve", method, "rank", rank), model_dir("arc", kind, args),
@@ -323,6 +323,7 @@ def main() -> None:
     parser.add_argument("--views", choices=["id", "aug", "both"], default="",
                         help="eval: identity only, with test-time augmentation, or both (synth default: both)")
     parser.add_argument("--all-variants", action="store_true", help="eval: every ETRM + TTT variant")
+    parser.add_argument("--ranks", action="store_true", help="curve: LoRA ranks too (three runs at the budget)")
     for benchmark in ("synth", "arc"):
         for kind in ("etrm", "trm"):
             parser.add_argument(f"--{benchmark}-{kind}", default="", help=f"a finished {benchmark} {kind} run")
