@@ -269,15 +269,19 @@ def report(args: argparse.Namespace) -> None:
     for benchmark, splits, budgets, views in (("synth", list(SYNTH_SPLITS), SYNTH_BUDGETS, (False, True)),
                                               ("arc", ["test"], ARC_BUDGETS, (True,))):
         settings = _settings(benchmark)
+        # Only the columns some cell has measured.
+        columns = [(split, augment) for augment in views for split in splits
+                   if any(_result(_slug(benchmark, method, split, budget, "aug" if augment else "id"))
+                          for method, (_, ttt) in METHODS.items() for budget in (budgets if ttt else (None,)))]
         header = "| method | budget (s / task) | steps, lr | " + " | ".join(
-            f"{split}{'' if len(views) == 1 else (' + TTA' if augment else '')}" for augment in views
-            for split in splits) + " | seconds / task | GFLOPs / task |"
+            f"{split}{' + TTA' if augment and benchmark == 'synth' else ''}" for split, augment in columns
+        ) + " | seconds / task | GFLOPs / task |"
         rows = [header, "|" + "---|" * (header.count("|") - 1)]
         variant = chosen_variant(benchmark)
         for method, (_, ttt) in METHODS.items():
             for budget in (budgets if ttt else (None,)):
                 results = [_result(_slug(benchmark, method, split, budget, "aug" if augment else "id"))
-                           for augment in views for split in splits]
+                           for split, augment in columns]
                 done = [r for r in results if r]
                 if not done:
                     continue
