@@ -12,7 +12,9 @@ Stages (each writes its section of BENCHMARKS.md; `report` rewrites them from sa
 - `train`: where the canvas matters, does the speed cost accuracy? ETRM at hidden 128 on the
   32 smallest-id ARC-AGI-1 training tasks that fit a 20x20 canvas (Phase 1's memorisation
   task, `preset=overfit-cpu canvas_side=20`), the same number of steps with and without the
-  option, two seeds per arm: train token accuracy against steps and against CPU minutes.
+  option, and size-aware with the PAD cells of a batch's square kept as keys
+  (`dynamic_canvas_keys=square`, the other rule the decoder could follow), two seeds per arm:
+  train token accuracy against steps and against CPU minutes.
 - `report`: the sections from what the stages saved (runs/canvas/).
 """
 
@@ -40,6 +42,8 @@ REFERENCE = ["canvas_side=30", "max_demos=10", "model.hidden_size=512", "model.n
              "leave_one_out=true", "augment=true", "translate=false"]
 MODELS = {"TRM": ["model_type=trm", "augmentations_per_task=8"], "ETRM": ["model_type=etrm"]}
 ARMS = {"fixed": "dynamic_canvas=false", "size-aware": "dynamic_canvas=true"}
+# The accuracy runs also try the other key rule: the PAD cells of a batch's square stay keys.
+TRAIN_ARMS = {**ARMS, "size-aware-square-keys": "dynamic_canvas=true dynamic_canvas_keys=square"}
 TRAIN_RUN = ["preset=overfit-cpu", "canvas_side=20", "model.hidden_size=128", "encoder.hidden_size=128",
              "tracker=none"]
 SEEDS = (0, 1)
@@ -135,9 +139,10 @@ def speed(args: argparse.Namespace) -> None:
 def train(args: argparse.Namespace) -> None:
     """The same number of steps with and without the option, two seeds per arm (`--seeds`: some
     of them, so that two processes can run the seeds side by side)."""
-    for arm, override in ARMS.items():
+    for arm, override in TRAIN_ARMS.items():
         for seed in args.seeds:
-            overrides = [*TRAIN_RUN, override, f"seed={seed}", f"max_steps={args.train_steps}", "final_eval=false"]
+            overrides = [*TRAIN_RUN, *override.split(), f"seed={seed}", f"max_steps={args.train_steps}",
+                         "final_eval=false"]
             train_run(OUT / f"train-{arm}-{seed}", overrides, 10_000, args.threads)
     report_train()
 
@@ -200,7 +205,7 @@ first 16 held-out ARC-AGI-1 evaluation tasks, one view each, batches of {EVAL_BA
 def report_train() -> None:
     from etrm.train.metrics import read_metrics
 
-    finished = {(arm, seed): OUT / f"train-{arm}-{seed}" for arm in ARMS for seed in SEEDS}
+    finished = {(arm, seed): OUT / f"train-{arm}-{seed}" for arm in TRAIN_ARMS for seed in SEEDS}
     if not all((d / "metrics.jsonl").is_file() for d in finished.values()):
         return
     curves = {key: read_metrics(d, "train") for key, d in finished.items()}
@@ -218,7 +223,9 @@ def report_train() -> None:
 
 Machine: {machine()}. ETRM, hidden 128 (`preset=overfit-cpu canvas_side=20`: the 32 smallest-id
 ARC-AGI-1 training tasks fitting 20x20, 4 augmentations each), the same steps per run, two seeds
-per arm, runs two at a time on the two cores (one thread each). Train token accuracy (the
+per arm (fixed canvas; size-aware, keys beyond each region masked, the default; size-aware with
+the PAD cells of the batch's square kept as keys), runs two at a time on the two cores (one
+thread each). Train token accuracy (the
 window mean logged every 25 steps) at quarters of the run, and the run's wall-clock minutes.
 
 {chr(10).join(rows)}
@@ -235,7 +242,8 @@ def _figure(curves: dict) -> None:
 
     figure, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for (arm, seed), curve in curves.items():
-        style = {"color": "tab:blue" if arm == "fixed" else "tab:orange", "ls": "-" if seed == 0 else "--",
+        colour = {"fixed": "tab:blue", "size-aware": "tab:orange", "size-aware-square-keys": "tab:green"}[arm]
+        style = {"color": colour, "ls": "-" if seed == 0 else "--",
                  "label": f"{arm}, seed {seed}"}
         accuracy = [r["token_accuracy"] for r in curve]
         axes[0].plot([r["step"] for r in curve], accuracy, **style)

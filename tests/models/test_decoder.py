@@ -188,8 +188,8 @@ def test_carry_is_detached_and_gradients_reach_decoder_and_context():
 CANVAS = 5
 
 
-def _region_model(seed: int = 0) -> ACTModel:
-    return tiny_model(seed, seq_len=CANVAS * CANVAS)
+def _region_model(seed: int = 0, **overrides) -> ACTModel:
+    return tiny_model(seed, seq_len=CANVAS * CANVAS, **overrides)
 
 
 def _region_batch(regions: list[int], seed: int) -> dict[str, torch.Tensor]:
@@ -251,3 +251,16 @@ def test_logits_beyond_a_region_are_zero_and_gradients_reach_every_weight():
     assert canvas[0, :3, :3].ne(0).any(dim=-1).all()
     (logits.square().sum() + q_halt.sum()).backward()
     assert all(p.grad is not None for p in model.decoder.parameters() if p.requires_grad)
+
+
+def test_with_square_keys_a_sample_depends_on_its_batch_square():
+    # dynamic_canvas_keys=square: the PAD cells of the batch's square are keys, as on the fixed
+    # canvas, so beside a larger sample a sample computes what the fixed canvas would...
+    model = _region_model(region_keys_only=False)
+    pair = _region_batch([2, CANVAS], seed=2)
+    alone = {key: value[:1] for key, value in pair.items()}
+    cells = [0, 1, CANVAS, CANVAS + 1]
+    beside = _run_decoder(model, pair, region=True)[1][:1, cells]
+    torch.testing.assert_close(beside, _run_decoder(model, alone, region=False)[1][:, cells], rtol=1e-5, atol=1e-5)
+    # ... and alone, on its own square, something else.
+    assert not torch.allclose(beside, _run_decoder(model, alone, region=True)[1][:, cells])

@@ -129,6 +129,10 @@ class RunConfig:
     # not official checkpoints. The margin widens every region by that many cells.
     dynamic_canvas: bool = False
     dynamic_canvas_margin: int = 1
+    # region: keys beyond each sample's region are masked (a sample computes the same whatever its
+    # batch); square: every cell of the batch's square is a key, PAD cells included, as on the
+    # reference's canvas (a sample's result then depends on its batch-mates' sizes).
+    dynamic_canvas_keys: str = "region"
     max_demos: int = 10
     leave_one_out: bool = False
     max_train_groups: int | None = None
@@ -212,6 +216,7 @@ _CHOICES = {
     "ttt.params": ("context", "lora", "decoder", "all"),
     "ttt.objective": ("leave_one_out", "all_demos"),
     "ttt.context_parameterisation": ("scaled", "raw"),
+    "dynamic_canvas_keys": ("region", "square"),
 }
 
 ConfigStore.instance().store(name="run_schema", node=RunConfig)

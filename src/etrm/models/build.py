@@ -20,7 +20,8 @@ from etrm.models.puzzle_embedding import PUZZLE_TABLE_PARAMETER, PuzzleEmbedding
 def decoder_config(config: RunConfig) -> DecoderConfig:
     """The decoder's config from a `RunConfig` (sizes from `model`, halting from the top level)."""
     return DecoderConfig(**dataclasses.asdict(config.model), seq_len=config.canvas_side**2,
-                         halt_max_steps=config.halt_max_steps, halt_exploration_prob=config.halt_exploration_prob)
+                         halt_max_steps=config.halt_max_steps, halt_exploration_prob=config.halt_exploration_prob,
+                         region_keys_only=config.dynamic_canvas_keys == "region")
 
 
 def build_model(config: RunConfig, num_puzzle_ids: int = 0, atom_keys: torch.Tensor | None = None) -> ACTModel:

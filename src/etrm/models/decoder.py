@@ -57,6 +57,7 @@ class DecoderConfig(ModelConfig):
     rms_norm_eps: float = RMS_NORM_EPS
     halt_max_steps: int = RunConfig.halt_max_steps
     halt_exploration_prob: float = RunConfig.halt_exploration_prob
+    region_keys_only: bool = True  # size-aware canvas: mask the keys beyond a sample's region
 
 
 class Latents(NamedTuple):
@@ -173,7 +174,8 @@ class RecursiveDecoder(nn.Module):
         key_mask = torch.cat((inside.new_ones(len(region_side), self.config.context_len), inside), dim=1)
         x = self.embed_input(tokens[:, cells], context)
         z_H, z_L, cropped, q = self.recursion(latents.z_H[:, positions], latents.z_L[:, positions], x,
-                                              self.rotary.at(positions), key_mask)
+                                              self.rotary.at(positions),
+                                              key_mask if self.config.region_keys_only else None)
         logits = cropped.new_zeros(len(region_side), self.config.seq_len, cropped.shape[-1])
         logits = logits.index_copy(1, cells, cropped.masked_fill(~inside[..., None], 0.0))
         new_latents = Latents(latents.z_H.index_copy(1, positions, z_H.detach().to(latents.z_H.dtype)),
