@@ -236,7 +236,7 @@ def _result(name: str) -> dict | None:
 
 
 def _cell(result: dict | None) -> str:
-    return "-" if result is None else f"{100 * result['pass@1']:.0f} / {100 * result['pass@2']:.0f}"
+    return "-" if result is None else f"{100 * result['pass@1']:.1f} / {100 * result['pass@2']:.1f}"
 
 
 def _validation_rows(benchmark: str) -> list[str]:
@@ -274,7 +274,8 @@ def report(args: argparse.Namespace) -> None:
                    if any(_result(_slug(benchmark, method, split, budget, "aug" if augment else "id"))
                           for method, (_, ttt) in METHODS.items() for budget in (budgets if ttt else (None,)))]
         header = "| method | budget (s / task) | steps, lr | " + " | ".join(
-            f"{split}{' + TTA' if augment and benchmark == 'synth' else ''}" for split, augment in columns
+            f"{split}{' + TTA' if augment else ''}" if benchmark == "synth" else "held-out + TTA"
+            for split, augment in columns
         ) + " | seconds / task | GFLOPs / task |"
         rows = [header, "|" + "---|" * (header.count("|") - 1)]
         variant = chosen_variant(benchmark)
@@ -292,7 +293,11 @@ def report(args: argparse.Namespace) -> None:
                 name = f"**{method}**" if method == variant else method
                 rows.append(f"| {name} | {budget or '-'} | {detail} | "
                             + " | ".join(_cell(r) for r in results) + f" | {seconds} | {flops} |")
-        tasks = "50 held-out tasks per split" if benchmark == "synth" else "the held-out ARC-AGI-1 evaluation tasks"
+        counts = sorted({r["tasks"] for split, augment in columns for method, (_, ttt) in METHODS.items()
+                         for budget in (budgets if ttt else (None,))
+                         if (r := _result(_slug(benchmark, method, split, budget, "aug" if augment else "id")))})
+        tasks = (f"{'/'.join(map(str, counts))} held-out tasks per split" if benchmark == "synth"
+                 else f"the {'/'.join(map(str, counts))} held-out ARC-AGI-1 evaluation tasks that fit 10x10")
         validation = ("20 `iid` tasks of another seed" if benchmark == "synth"
                       else "the 30 ARC-AGI-1 training tasks kept out of training")
         write_section(f"ttt_{benchmark}", f"""## Test-time training, {benchmark} (`benchmarks/ttt_methods.py`)
