@@ -86,6 +86,14 @@ def _query_and_context(task: Task, query: int, max_demos: int, context_includes_
     return task.demos[held_out], context[:max_demos]
 
 
+def episode_regions(tasks: Sequence[Task], episodes: np.ndarray, canvas_side: int, max_demos: int,
+                    margin: int) -> np.ndarray:
+    """Each episode's region side (`etrm.data.canvas`), as `encode_episodes` gives it; the rows
+    are (task index, query) in `training_episodes` form, test pairs as evaluation lists them."""
+    return np.asarray([region_side(context, query[0], canvas_side, margin) for query, context in
+                       (_query_and_context(tasks[t], int(q), max_demos, False) for t, q in episodes)], dtype=np.int64)
+
+
 def _place_pair(canvas_in: np.ndarray, canvas_out: np.ndarray, pair: tuple, augmentation: Augmentation,
                 lut: np.ndarray, offset_fraction: np.ndarray | None, region: int) -> None:
     # Input and output of one example share one offset, drawn inside the free space of both
@@ -227,9 +235,8 @@ class TrainSampler:
         self.augment, self.translate, self.enumerated = augment, translate, enumerated
         self.rank, self.world_size, self.region_margin = rank, world_size, region_margin
         self.examples_per_task = np.asarray([len(t.demos) + len(t.tests) for t in self.tasks])
-        self.episode_regions = None if region_margin is None else np.asarray([
-            region_side(context, query[0], canvas_side, region_margin) for query, context in
-            (_query_and_context(self.tasks[t], int(q), max_demos, False) for t, q in self.episodes)])
+        self.episode_regions = None if region_margin is None else episode_regions(
+            self.tasks, self.episodes, canvas_side, max_demos, region_margin)
         self._epoch_cache: dict[int, dict[str, np.ndarray]] = {}
 
     @property
@@ -322,8 +329,7 @@ class EvalEnumeration:
         self.items = np.asarray(rows, dtype=np.int64).reshape(-1, 3)
         if region_margin is not None:
             # Items of similar region share batches (the order of records never matters).
-            regions = [region_side(augmented.tasks[t].demos[:max_demos], augmented.tasks[t].tests[q][0], canvas_side,
-                                   region_margin) for t, q, _ in self.items]
+            regions = episode_regions(augmented.tasks, self.items[:, :2], canvas_side, max_demos, region_margin)
             self.items = self.items[np.argsort(regions, kind="stable")]
 
     def shard(self, rank: int = 0, world_size: int = 1) -> np.ndarray:
