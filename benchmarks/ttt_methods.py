@@ -8,14 +8,16 @@ Models (normal `etrm train` runs into runs/ttt/NAME; `train NAME ...`):
 
 Methods (`METHODS`): a model and its test-time settings. Each method's test-time work per task
 (adaptation and prediction, `test_time_seconds_per_task` of eval.json) is held to a budget in
-seconds: `calibrate` times every TTT method at two step counts on validation tasks and fits
-seconds = fixed + steps x per-step, which gives the steps of each budget; `choose` picks each
+seconds: `calibrate` times every TTT method at two step counts on validation tasks
+(`CALIBRATION_STEPS`) and fits seconds = fixed + steps x per-step, which gives the steps of each
+budget; `choose` picks each
 method's learning rate on validation tasks at `CHOICE_BUDGET` (synthetic: `iid` tasks of seed 1;
 ARC: the 30 validation tasks), never on the reported ones, and with it which of the ETRM + TTT
 variants (LoRA, decoder, decoder and encoder) is "ETRM + TTT": the best on validation. `eval`
 runs every cell (method, split, budget, test-time augmentation on or off; `--methods`,
-`--splits`, `--views` narrow it) into runs/ttt/cells/CELL/, skipping finished cells, so the
-script resumes where it stopped; of the ETRM + TTT variants only the chosen one unless
+`--splits`, `--views` narrow it) into runs/ttt/cells/CELL/ (named by its steps and learning rate
+too, so a re-calibration or a new choice re-runs it), skipping finished cells, so the script
+resumes where it stopped; of the ETRM + TTT variants only the chosen one unless
 `--all-variants`. `curve`: pass@2 against TTT steps and LoRA rank for one method on ARC.
 `report`: the `ttt_synth` and `ttt_arc` sections of BENCHMARKS.md. Cost per task: seconds
 measured, FLOPs analytic (`etrm.models.flops`). The budgets are wall-clock under the conditions
@@ -64,7 +66,9 @@ ARC_BUDGETS = (10.0,)
 CHOICE_BUDGET = {"synth": 3.0, "arc": 3.0}
 LEARNING_RATES = (1e-3, 3e-3, 1e-2)
 ETRM_TTT_VARIANTS = ("ETRM + TTT (LoRA)", "ETRM + TTT (decoder)", "ETRM + TTT (decoder and encoder)")
-CALIBRATION_STEPS = (2, 8)
+# Fitted from 2 and 8 steps, the line under-estimated hundreds of steps' cost (measured seconds
+# 1.1-2.6x the budget): time step counts nearer the budgets' instead.
+CALIBRATION_STEPS = (8, 64)
 
 
 def model_dir(benchmark: str, kind: str, args: argparse.Namespace) -> Path:
@@ -173,7 +177,7 @@ def choose(benchmark: str, args: argparse.Namespace) -> None:
     budget = str(CHOICE_BUDGET[benchmark])
     for method, kind, ttt in _methods(benchmark, args, adapted_only=True):
         steps = _settings(benchmark)[method]["steps"][budget]
-        scores = {lr: run_cell(_slug(benchmark, "choose", method, lr), model_dir(benchmark, kind, args),
+        scores = {lr: run_cell(_slug(benchmark, "choose", method, f"s{steps}", lr), model_dir(benchmark, kind, args),
                                [*_data_overrides(benchmark, "validation", benchmark == "arc"), *ttt,
                                 f"ttt.steps={steps}", f"ttt.lr={lr}"])["pass@2"] for lr in LEARNING_RATES}
         lr = max(scores, key=lambda lr: (scores[lr], -lr))
@@ -191,6 +195,15 @@ def cell_overrides(benchmark: str, method: str, split: str, budget: float | None
     return [*data, *ttt, f"ttt.steps={chosen['steps'][str(budget)]}", f"ttt.lr={chosen['lr']}"]
 
 
+def cell_name(benchmark: str, method: str, split: str, budget: float | None, augment: bool) -> str:
+    """A cell's folder name: a TTT method's carries the steps and learning rate it ran with."""
+    parts: list[object] = [benchmark, method, split, budget, "aug" if augment else "id"]
+    if METHODS[method][1] is not None:
+        chosen = _settings(benchmark).get(method, {})
+        parts += [f"s{chosen.get('steps', {}).get(str(budget))}", f"lr{chosen.get('lr')}"]
+    return _slug(*parts)
+
+
 def evaluate_cells(benchmark: str, args: argparse.Namespace) -> None:
     splits = [s for s in SYNTH_SPLITS if not args.splits or s in args.splits] if benchmark == "synth" else ["test"]
     budgets = [b for b in (SYNTH_BUDGETS if benchmark == "synth" else ARC_BUDGETS)
@@ -205,8 +218,8 @@ def evaluate_cells(benchmark: str, args: argparse.Namespace) -> None:
             for augment in views:
                 for budget in (budgets if ttt else (None,)):
                     overrides = cell_overrides(benchmark, method, split, budget, augment)
-                    run_cell(_slug(benchmark, method, split, budget, "aug" if augment else "id"),
-                             model_dir(benchmark, kind, args), overrides)
+                    run_cell(cell_name(benchmark, method, split, budget, augment), model_dir(benchmark, kind, args),
+                             overrides)
 
 
 CURVE_STEPS = (1, 4, 16, 64, 256)
@@ -268,10 +281,12 @@ def _curve_rows() -> list[str]:
 def report(args: argparse.Namespace) -> None:
     for benchmark, splits, budgets, views in (("synth", list(SYNTH_SPLITS), SYNTH_BUDGETS, (False, True)),
                                               ("arc", ["test"], ARC_BUDGETS, (True,))):
+        if args.names and benchmark not in args.names:
+            continue
         settings = _settings(benchmark)
         # Only the columns some cell has measured.
         columns = [(split, augment) for augment in views for split in splits
-                   if any(_result(_slug(benchmark, method, split, budget, "aug" if augment else "id"))
+                   if any(_result(cell_name(benchmark, method, split, budget, augment))
                           for method, (_, ttt) in METHODS.items() for budget in (budgets if ttt else (None,)))]
         header = "| method | budget (s / task) | steps, lr | " + " | ".join(
             f"{split}{' + TTA' if augment else ''}" if benchmark == "synth" else "held-out + TTA"
@@ -281,7 +296,7 @@ def report(args: argparse.Namespace) -> None:
         variant = chosen_variant(benchmark)
         for method, (_, ttt) in METHODS.items():
             for budget in (budgets if ttt else (None,)):
-                results = [_result(_slug(benchmark, method, split, budget, "aug" if augment else "id"))
+                results = [_result(cell_name(benchmark, method, split, budget, augment))
                            for split, augment in columns]
                 done = [r for r in results if r]
                 if not done:
@@ -295,7 +310,7 @@ def report(args: argparse.Namespace) -> None:
                             + " | ".join(_cell(r) for r in results) + f" | {seconds} | {flops} |")
         counts = sorted({r["tasks"] for split, augment in columns for method, (_, ttt) in METHODS.items()
                          for budget in (budgets if ttt else (None,))
-                         if (r := _result(_slug(benchmark, method, split, budget, "aug" if augment else "id")))})
+                         if (r := _result(cell_name(benchmark, method, split, budget, augment)))})
         tasks = (f"{'/'.join(map(str, counts))} held-out tasks per split" if benchmark == "synth"
                  else f"the {'/'.join(map(str, counts))} held-out ARC-AGI-1 evaluation tasks that fit 10x10")
         validation = ("20 `iid` tasks of another seed" if benchmark == "synth"
