@@ -25,6 +25,7 @@ TINY_OVERRIDES = (
     "max_steps=6", "log_every=1", "checkpoint_every=3", "model.hidden_size=32", "model.num_heads=2",
     "encoder.hidden_size=32", "encoder.num_heads=2", "encoder.num_layers=1", "halt_max_steps=3",
     "tracker=none", "progress=false", "eval.num_augmentations=2", "eval.batch_size=16", "device=cpu",
+    "ttt.steps=0",  # the demo's test-time training is off unless a test turns it on
 )
 
 
