@@ -10,15 +10,14 @@ Methods (`METHODS`): a model and its test-time settings. Each method's test-time
 (adaptation and prediction, `test_time_seconds_per_task` of eval.json) is held to a budget in
 seconds: `calibrate` times every TTT method at two step counts on validation tasks
 (`CALIBRATION_STEPS`) and fits seconds = fixed + steps x per-step, which gives the steps of each
-budget; `choose` picks each
-method's learning rate on validation tasks at `CHOICE_BUDGET` (synthetic: `iid` tasks of seed 1;
-ARC: the 30 validation tasks), never on the reported ones, and with it which of the ETRM + TTT
-variants (LoRA, decoder, decoder and encoder) is "ETRM + TTT": the best on validation. `eval`
-runs every cell (method, split, budget, test-time augmentation on or off; `--methods`,
-`--splits`, `--views` narrow it) into runs/ttt/cells/CELL/ (named by its steps and learning rate
-too, so a re-calibration or a new choice re-runs it), skipping finished cells, so the script
-resumes where it stopped; of the ETRM + TTT variants only the chosen one unless
-`--all-variants`. `curve`: pass@2 against TTT steps and LoRA rank for one method on ARC.
+budget; `choose` picks each method's learning rate on validation tasks at `CHOICE_BUDGET`
+(synthetic: `iid` tasks of seed 1; ARC: the 30 validation tasks), never on the reported ones,
+and with it which of the ETRM + TTT variants (LoRA, decoder, decoder and encoder) is "ETRM +
+TTT": the best on validation. `eval` runs every cell (method, split, budget, test-time
+augmentation on or off; `--methods`, `--splits`, `--views` narrow it) into runs/ttt/cells/CELL/
+(named by its steps and learning rate too, so a re-calibration or a new choice re-runs it),
+skipping finished cells, so the script resumes where it stopped; of the ETRM + TTT variants
+only the chosen one unless `--all-variants`. `curve`: pass@2 against TTT steps and LoRA rank for one method on ARC.
 `report`: the `ttt_synth` and `ttt_arc` sections of BENCHMARKS.md. Cost per task: seconds
 measured, FLOPs analytic (`etrm.models.flops`). The budgets are wall-clock under the conditions
 of the run (`--threads` torch threads per job, and whatever runs beside it: `--sharing` says),
@@ -284,10 +283,13 @@ def report(args: argparse.Namespace) -> None:
         if args.names and benchmark not in args.names:
             continue
         settings = _settings(benchmark)
+        # Every cell's result read once (None where it has not run).
+        measured = {(method, budget, split, augment): _result(cell_name(benchmark, method, split, budget, augment))
+                    for method, (_, ttt) in METHODS.items() for budget in (budgets if ttt else (None,))
+                    for split in splits for augment in views}
         # Only the columns some cell has measured.
         columns = [(split, augment) for augment in views for split in splits
-                   if any(_result(cell_name(benchmark, method, split, budget, augment))
-                          for method, (_, ttt) in METHODS.items() for budget in (budgets if ttt else (None,)))]
+                   if any(r for (_, _, s, a), r in measured.items() if (s, a) == (split, augment))]
         header = "| method | budget (s / task) | steps, lr | " + " | ".join(
             f"{split}{' + TTA' if augment else ''}" if benchmark == "synth" else "held-out + TTA"
             for split, augment in columns
@@ -296,8 +298,7 @@ def report(args: argparse.Namespace) -> None:
         variant = chosen_variant(benchmark)
         for method, (_, ttt) in METHODS.items():
             for budget in (budgets if ttt else (None,)):
-                results = [_result(cell_name(benchmark, method, split, budget, augment))
-                           for split, augment in columns]
+                results = [measured[method, budget, split, augment] for split, augment in columns]
                 done = [r for r in results if r]
                 if not done:
                     continue
@@ -308,9 +309,7 @@ def report(args: argparse.Namespace) -> None:
                 name = f"**{method}**" if method == variant else method
                 rows.append(f"| {name} | {budget or '-'} | {detail} | "
                             + " | ".join(_cell(r) for r in results) + f" | {seconds} | {flops} |")
-        counts = sorted({r["tasks"] for split, augment in columns for method, (_, ttt) in METHODS.items()
-                         for budget in (budgets if ttt else (None,))
-                         if (r := _result(cell_name(benchmark, method, split, budget, augment)))})
+        counts = sorted({r["tasks"] for (_, _, s, a), r in measured.items() if r and (s, a) in columns})
         tasks = (f"{'/'.join(map(str, counts))} held-out tasks per split" if benchmark == "synth"
                  else f"the {'/'.join(map(str, counts))} held-out ARC-AGI-1 evaluation tasks that fit 10x10")
         validation = ("20 `iid` tasks of another seed" if benchmark == "synth"
