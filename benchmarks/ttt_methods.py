@@ -68,6 +68,8 @@ ETRM_TTT_VARIANTS = ("ETRM + TTT (LoRA)", "ETRM + TTT (decoder)", "ETRM + TTT (d
 # Fitted from 2 and 8 steps, the line under-estimated hundreds of steps' cost (measured seconds
 # 1.1-2.6x the budget): time step counts nearer the budgets' instead.
 CALIBRATION_STEPS = (8, 64)
+# eval.json's record of how well test-time training fitted each task's demos (etrm.eval.evaluate)
+DEMO_FIT = ("ttt_demo_exact_first", "ttt_demo_exact_last", "ttt_demos_fitted_tasks", "ttt_pass@2_of_fitted")
 
 
 def model_dir(benchmark: str, kind: str, args: argparse.Namespace) -> Path:
@@ -124,7 +126,7 @@ def run_cell(name: str, run_dir: Path, overrides: list[str]) -> dict:
     flops += ttt_flops_per_task(config, demos, cells)
     result = {"pass@1": summary["pass@1"], "pass@2": summary["pass@2"], "tasks": summary["num_tasks"],
               "seconds_per_task": summary["test_time_seconds_per_task"], "flops_per_task": flops,
-              "overrides": overrides}
+              **{key: summary.get(key) for key in DEMO_FIT}, "overrides": overrides}
     (out / "result.json").write_text(json.dumps(result, indent=1))
     print(name, {k: v for k, v in result.items() if k != "overrides"}, flush=True)
     return result
@@ -265,6 +267,29 @@ def _validation_rows(benchmark: str) -> list[str]:
     return rows
 
 
+def _demo_fit_rows(measured: dict, columns: list[tuple[str, bool]]) -> list[str]:
+    """Per adapted cell: the share of demo episodes exactly right at the first and the last TTT step,
+    the tasks whose every demo was right at the last, and the pass@2 of those tasks."""
+    header = "| method | budget (s / task) | " + " | ".join(
+        f"{split}{' + TTA' if augment else ''}" for split, augment in columns) + " |"
+    rows = [header, "|" + "---|" * (header.count("|") - 1)]
+    for (method, budget) in dict.fromkeys((m, b) for m, b, _, _ in measured if b is not None):
+        results = [measured[method, budget, split, augment] for split, augment in columns]
+        if not any(r and r.get("ttt_demo_exact_last") is not None for r in results):
+            continue
+        cells = ["-" if not r or r.get("ttt_demo_exact_last") is None else
+                 f"{100 * r['ttt_demo_exact_first']:.0f}% -> {100 * r['ttt_demo_exact_last']:.0f}%, "
+                 f"{r['ttt_demos_fitted_tasks']}/{r['tasks']} fitted"
+                 + ("" if r["ttt_pass@2_of_fitted"] is None else f" ({100 * r['ttt_pass@2_of_fitted']:.0f}% solved)")
+                 for r in results]
+        rows.append(f"| {method} | {budget} | " + " | ".join(cells) + " |")
+    if len(rows) == 2:
+        return []
+    return ["Demo fit: the share of demo episodes exactly right at the first and at the last TTT step",
+            "(leave-one-out or all-demos, as the method's objective), the tasks whose every demo episode",
+            "was right at the last step, and the pass@2 of those tasks:", "", *rows]
+
+
 def _curve_rows() -> list[str]:
     """pass@2 on the ARC validation tasks against steps (and rank) of the chosen variant."""
     method = chosen_variant("arc")
@@ -323,6 +348,8 @@ tasks ({validation}), where the learning rate and the ETRM + TTT variant (in bol
 too, never on the reported tasks.
 
 {chr(10).join(rows)}
+
+{chr(10).join(_demo_fit_rows(measured, columns))}
 
 Validation pass@2 at {CHOICE_BUDGET[benchmark]:g} s per task:
 

@@ -13,7 +13,7 @@ from etrm.core.config import ConfigError, TTTConfig, config_from_yaml, load_conf
 from etrm.core.distributed import Runtime
 from etrm.data.episodes import AugmentedTasks
 from etrm.eval.evaluate import evaluate, predict
-from etrm.eval.ttt import LORA_TARGETS, TaskAdapter, adapt, episode_batch, task_losses
+from etrm.eval.ttt import LORA_TARGETS, TaskAdapter, adapt, episode_batch, episode_losses, task_losses
 from etrm.models.build import build_model, load_evaluation_weights
 from etrm.models.puzzle_embedding import PUZZLE_TABLE_PARAMETER
 
@@ -71,6 +71,25 @@ def test_ttt_lowers_the_demo_loss(trained, augmented, params):
     assert torch.all(end < start - 1e-3), (start, end)
 
 
+def test_evaluation_reports_how_well_the_demos_were_fitted(trained, augmented):
+    config = TTTConfig(steps=30, lr=0.03, params="decoder", augment=False)
+    summary = evaluate(trained, augmented, canvas_side=CANVAS, max_demos=10, batch_size=4, runtime=CPU, ttt=config)
+    tasks = summary["per_task"]
+    assert all(t["ttt_demo_loss_last"] < t["ttt_demo_loss_first"] for t in tasks.values())
+    # The first step's figures are the unadapted model's on that step's episodes.
+    for index, task in enumerate(augmented.tasks):
+        with torch.no_grad():
+            loss = task_losses(TaskAdapter(trained, config, [task.id]), _episodes(augmented, [index], config))
+        assert tasks[task.id]["ttt_demo_loss_first"] == pytest.approx(float(loss), rel=1e-5)
+    for key in ("ttt_demo_loss_first", "ttt_demo_exact_first", "ttt_demo_loss_last", "ttt_demo_exact_last"):
+        assert summary[key] == pytest.approx(np.mean([t[key] for t in tasks.values()]))
+    fitted = [t for t in tasks.values() if t["ttt_demo_exact_last"] == 1.0]
+    assert summary["ttt_demos_fitted_tasks"] == len(fitted)
+    assert summary["ttt_pass@2_of_fitted"] == (np.mean([t["pass@2"] for t in fitted]) if fitted else None)
+    untrained = evaluate(trained, augmented, canvas_side=CANVAS, max_demos=10, batch_size=4, runtime=CPU)
+    assert "ttt_demo_exact_last" not in untrained
+
+
 @pytest.mark.parametrize("params", KINDS)
 def test_an_unadapted_adapter_predicts_as_the_trained_model(trained, augmented, params):
     config = TTTConfig(steps=1, params=params)
@@ -81,6 +100,21 @@ def test_an_unadapted_adapter_predicts_as_the_trained_model(trained, augmented, 
         expected = trained.decode(batch["inputs"], context, 3)["logits"]
         got = fresh.forward(batch, 3)["logits"]
     assert torch.allclose(expected, got, atol=1e-5)
+
+
+@pytest.mark.parametrize("act_steps", (2, 5))
+def test_the_objective_never_runs_past_the_steps_training_supervised(trained, augmented, act_steps):
+    # The tiny model halts at 3 ACT steps: 5 would fit outputs it never learnt to give and that
+    # prediction never reads, so the objective stops at 3.
+    config = TTTConfig(steps=1, params="lora", act_steps=act_steps)
+    batch = _episodes(augmented, [0], config)
+    expected_steps = min(act_steps, trained.config.halt_max_steps)
+    with torch.no_grad():
+        outputs = trained.decode(batch["inputs"], trained.context_source(batch), expected_steps)
+        expected = episode_losses(outputs, batch["labels"]).mean()
+        got = task_losses(TaskAdapter(trained, config, [augmented.tasks[0].id]), batch)
+    assert trained.config.halt_max_steps == 3
+    assert torch.allclose(got, expected.view(1), atol=1e-6)
 
 
 def test_lora_has_rank_r_adapters_on_every_projection(trained):

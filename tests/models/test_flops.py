@@ -43,15 +43,19 @@ def test_evaluation_flops_encoder_once_versus_every_step_and_ttt_cost():
     trm = load_config(["preset=overfit-cpu", "model_type=trm"])
     assert eval_flops_per_sample(trm, 3, 40.0, 16, encoder_every_step=True) == 16 * step
     # TTT: each step adds, per episode, the encoder over the other demos, act_steps decoder steps
-    # and the last one's backward (input gradients only for LoRA; weight gradients too for decoder).
+    # (never more than halt_max_steps) and the last one's backward (input gradients only for LoRA;
+    # weight gradients too for decoder).
     backward = decoder_step_flops(config, 1, train=True) - step
     loo_encoder = encoder_flops(config, 2, 40.0, train=False)
     def ttt(*overrides):
-        return ttt_flops_per_task(load_config(["preset=overfit-cpu", "ttt.act_steps=2", *overrides]), 3, 40.0)
+        return ttt_flops_per_task(load_config(["preset=overfit-cpu", "halt_max_steps=4", "ttt.act_steps=2",
+                                               *overrides]), 3, 40.0)
     assert ttt("ttt.steps=0") == 0
     assert ttt("ttt.steps=2") - ttt("ttt.steps=1") == 3 * (loo_encoder + 2 * step + backward / 2)
     assert ttt("ttt.steps=2", "ttt.params=decoder") - ttt("ttt.steps=1", "ttt.params=decoder") == \
         3 * (loo_encoder + 2 * step + backward)
+    assert ttt("ttt.steps=2", "halt_max_steps=1") - ttt("ttt.steps=1", "halt_max_steps=1") == \
+        3 * (loo_encoder + step + backward / 2)
 
 
 def test_kept_demo_tokens_counts_real_cells_of_real_demos_in_numpy_and_torch():

@@ -93,12 +93,24 @@ class TTTConfig:
     # augmentations drawn per episode (augment=false: identity only).
     augment: bool = True
     tasks_per_batch: int = 16  # tasks adapted together (context and lora; decoder and all: one at a time)
-    act_steps: int = 2  # ACT steps the decoder runs per episode; the gradient flows through the last
+    # ACT steps the decoder runs per episode, the gradient through the last; capped at the model's
+    # halt_max_steps (`objective_act_steps`)
+    act_steps: int = 2
     grad_clip: float = 1.0  # per task, over all its adapted tensors
     # context: scaled keeps each context vector's norm and moves its direction (the scale the
     # decoder was trained on); raw moves the vectors themselves.
     context_parameterisation: str = "scaled"
     seed: int = 0
+
+    def objective_act_steps(self, halt_max_steps: int) -> int:
+        """ACT steps an adaptation episode runs: `act_steps`, never past `halt_max_steps`.
+
+        Training supervises the outputs of steps 1..halt_max_steps and prediction reads the last
+        of them; a later step's output is one the model never learnt to give (with
+        halt_max_steps=1, step 2 starts from latents that training always discarded), so
+        adapting it would fit a computation that prediction never runs.
+        """
+        return min(self.act_steps, halt_max_steps)
 
 
 @dataclass

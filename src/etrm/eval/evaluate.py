@@ -85,13 +85,17 @@ def predict(model: ACTModel, augmented: AugmentedTasks, *, canvas_side: int, max
             adapter = adapt(model, augmented, group.tolist(), ttt, canvas_side=canvas_side, max_demos=max_demos,
                             region_margin=region_margin)
             group_records = []
+            # how well each task's demos were fitted (per task slot), carried by its records
+            fit = {f"ttt_demo_{measure}_{moment}": np.asarray(values) for moment, measures in adapter.demo_fit.items()
+                   for measure, values in measures.items()}
             items = enumeration.items[np.isin(enumeration.items[:, 0], group)]
             for numpy_batch in enumeration.batches(batch_size, items=items):
                 numpy_batch[TASK_SLOT] = np.searchsorted(group, numpy_batch["task_index"])  # group is sorted
                 batch = to_torch(numpy_batch, runtime.device)
                 with torch.no_grad(), autocast_for(runtime.device):
                     outputs = adapter.forward(batch, num_steps, early_stop_confidence)
-                group_records += _records(numpy_batch, batch["labels"], outputs, augmented, canvas_side)
+                group_records += _records(numpy_batch, batch["labels"], outputs, augmented, canvas_side,
+                                          **{key: values[numpy_batch[TASK_SLOT]] for key, values in fit.items()})
             seconds = (time.perf_counter() - start) / len(group)
             records += [{**record, "test_time_seconds": seconds} for record in group_records]
     model.train(was_training)
@@ -120,6 +124,7 @@ def score(records: list[dict[str, Any]], augmented: AugmentedTasks, num_steps: i
         per_task[task.id] = {**{f"pass@{k}": pass_at_k([ranks], k) for k in PASS_AT}, "tests": tests}
     labelled = [r for r in records if r["exact"] is not None]
     seconds = {r["task_index"]: r["test_time_seconds"] for r in records if "test_time_seconds" in r}
+    demo_fit = _demo_fit(records, augmented, per_task)
     summary = {
         **{f"pass@{k}": pass_at_k(ranks_per_task, k) for k in PASS_AT},
         "num_tasks": len(augmented.tasks),
@@ -134,9 +139,31 @@ def score(records: list[dict[str, Any]], augmented: AugmentedTasks, num_steps: i
         "steps_run": num_steps,
         # test-time training: seconds per task, adaptation and prediction (None without it)
         "test_time_seconds_per_task": float(np.mean(list(seconds.values()))) if seconds else None,
+        **demo_fit,
         "per_task": per_task,
     }
     return summary, submission
+
+
+def _demo_fit(records: list[dict[str, Any]], augmented: AugmentedTasks, per_task: dict[str, dict]) -> dict:
+    """How well test-time training fitted the demos, beside how the tests came out: whether a
+    miss is a task whose demos were never fitted or one whose fit did not carry to its tests.
+
+    Each task's values (`etrm.eval.ttt.adapt`'s `demo_fit`) go into its `per_task` entry; the
+    summary has their means over tasks, the tasks whose every demo episode of the last step was
+    exactly right, and the pass@2 of those. Empty without test-time training.
+    """
+    keys = [k for k in ("ttt_demo_loss_first", "ttt_demo_exact_first", "ttt_demo_loss_last", "ttt_demo_exact_last")
+            if records and k in records[0]]
+    if not keys:
+        return {}
+    by_task = {r["task_index"]: {k: r[k] for k in keys} for r in records}
+    for task_index, values in by_task.items():
+        per_task[augmented.tasks[task_index].id].update(values)
+    fitted = [augmented.tasks[t].id for t, values in by_task.items() if values.get("ttt_demo_exact_last") == 1.0]
+    return {**{k: float(np.mean([values[k] for values in by_task.values()])) for k in keys},
+            "ttt_demos_fitted_tasks": len(fitted),
+            "ttt_pass@2_of_fitted": float(np.mean([per_task[t]["pass@2"] for t in fitted])) if fitted else None}
 
 
 def _halt_step_histogram(records: list[dict[str, Any]]) -> dict[str, dict[str, float]]:

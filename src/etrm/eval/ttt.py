@@ -6,8 +6,9 @@ turn is the query and the other demos the context, as training builds episodes; 
 `all_demos` every demo is the query with all demos as context (the objective of the earlier
 test-time optimisation). Each step has every demo once as the query, each under one of the
 task's evaluation augmentations (`ttt.augment`) drawn from (seed, task id, step). The loss is
-the token-mean cross-entropy of the demo output after `act_steps` ACT steps (the gradient flows
-through the last one, as in training); each task's gradient is clipped on its own. Then the
+the token-mean cross-entropy of the demo output after `act_steps` ACT steps, never more than the
+model's `halt_max_steps` (the gradient flows through the last one, as in training); each task's
+gradient is clipped on its own. Then the
 task's test inputs are predicted with the adapted parameters (augment / invert / vote as usual).
 
 What adapts (`ttt.params`), as tensors of a `TaskAdapter` made anew for every group of tasks:
@@ -75,6 +76,7 @@ class TaskAdapter:
         self.context: Tensor | None = None  # (T, C, H) ETRM offsets or (T, emb_ndim) TRM rows
         self.lora: dict[str, tuple[Tensor, Tensor]] = {}  # module name -> (A (T, in, r), B (T, r, out))
         self.weights: dict[str, Tensor] = {}  # parameter name -> its adapted copy
+        self.demo_fit: dict[str, dict[str, list[float]]] = {}  # filled by `adapt`
         parameters = dict(model.named_parameters())
         if self.is_trm or config.params == "context":
             self.context = self._initial_context(parameters)
@@ -206,12 +208,25 @@ def episode_losses(outputs: dict[str, Tensor], labels: Tensor) -> Tensor:
     return stablemax_cross_entropy(outputs["logits"], labels).sum(-1) / known.sum(-1).clamp_min(1)
 
 
+def _per_task_mean(values: Tensor, slots: Tensor, num_tasks: int) -> Tensor:
+    totals = torch.zeros(num_tasks, dtype=values.dtype, device=values.device).index_add(0, slots, values)
+    return totals / torch.bincount(slots, minlength=num_tasks).clamp_min(1)
+
+
+def _objective(adapter: TaskAdapter, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    # (T,) mean episode loss of each task, and (T,) the share of its episodes exactly right.
+    act_steps = adapter.config.objective_act_steps(adapter.model.config.halt_max_steps)
+    outputs = adapter.forward(batch, act_steps)
+    labels, slots = batch["labels"], batch[TASK_SLOT]
+    known = labels != IGNORE_LABEL
+    exact = ((outputs["logits"].argmax(-1) == labels) | ~known).all(-1)
+    return (_per_task_mean(episode_losses(outputs, labels), slots, adapter.num_tasks),
+            _per_task_mean(exact.float(), slots, adapter.num_tasks))
+
+
 def task_losses(adapter: TaskAdapter, batch: dict[str, Tensor]) -> Tensor:
     """(T,) mean episode loss of each of the adapter's tasks."""
-    losses = episode_losses(adapter.forward(batch, adapter.config.act_steps), batch["labels"])
-    slots = batch[TASK_SLOT]
-    totals = torch.zeros(adapter.num_tasks, dtype=losses.dtype, device=losses.device).index_add(0, slots, losses)
-    return totals / torch.bincount(slots, minlength=adapter.num_tasks).clamp_min(1)
+    return _objective(adapter, batch)[0]
 
 
 def _clip_per_task(adapter: TaskAdapter, gradients: list[Tensor], max_norm: float) -> list[Tensor]:
@@ -228,7 +243,12 @@ def _clip_per_task(adapter: TaskAdapter, gradients: list[Tensor], max_norm: floa
 
 def adapt(model: ACTModel, augmented: AugmentedTasks, task_indices: Sequence[int], config: TTTConfig, *,
           canvas_side: int, max_demos: int, region_margin: int | None = None) -> TaskAdapter:
-    """A fresh adapter for the tasks, trained on their demos for `config.steps` steps."""
+    """A fresh adapter for the tasks, trained on their demos for `config.steps` steps.
+
+    Its `demo_fit` says how well each task's demos were fitted, read off the steps' own forward
+    passes (no extra work): `first` before any update, `last` before the last one; each holds
+    the tasks' mean episode `loss` and the share of their episodes predicted `exact`ly.
+    """
     device = next(model.parameters()).device
     adapter = TaskAdapter(model, config, [augmented.tasks[t].id for t in task_indices])
     optimiser = torch.optim.Adam(adapter.tensors, lr=config.lr)
@@ -237,14 +257,22 @@ def adapt(model: ACTModel, augmented: AugmentedTasks, task_indices: Sequence[int
                               max_demos=max_demos, device=device, region_margin=region_margin)
         with torch.enable_grad():  # also when called under no_grad
             with autocast_for(device):
-                losses = task_losses(adapter, batch)
+                losses, exact = _objective(adapter, batch)
             gradients = torch.autograd.grad(losses.sum(), adapter.tensors, allow_unused=True)
+        if step == 0:
+            adapter.demo_fit["first"] = _fit(losses, exact)
+        if step == config.steps - 1:
+            adapter.demo_fit["last"] = _fit(losses, exact)
         gradients = [torch.zeros_like(t) if g is None else g for t, g in zip(adapter.tensors, gradients, strict=True)]
         for tensor, gradient in zip(adapter.tensors, _clip_per_task(adapter, gradients, config.grad_clip),
                                     strict=True):
             tensor.grad = gradient
         optimiser.step()
     return adapter
+
+
+def _fit(losses: Tensor, exact: Tensor) -> dict[str, list[float]]:
+    return {"loss": losses.detach().float().cpu().tolist(), "exact": exact.cpu().tolist()}
 
 
 def task_groups(num_tasks: int, config: TTTConfig, rank: int, world_size: int) -> list[np.ndarray]:

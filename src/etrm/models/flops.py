@@ -143,7 +143,7 @@ def ttt_flops_per_task(config: RunConfig, num_demos: float, cells_per_demo: floa
     """Test-time training's adaptation of one task (`ttt.*`), before its predictions.
 
     Each of `ttt.steps` steps runs one episode per demo: the encoder over the episode's
-    context demos (num_demos - 1 with leave-one-out), `act_steps` decoder steps forward, and the
+    context demos (num_demos - 1 with leave-one-out), `objective_act_steps` decoder steps forward, and the
     backward of the last one: twice its forward where weights adapt (`decoder`, `all`: weight and
     input gradients), once where only the context or LoRA adapters do (input gradients; the
     adapters' own rank-r products are not counted). With `all` the encoder backpropagates too.
@@ -158,5 +158,5 @@ def ttt_flops_per_task(config: RunConfig, num_demos: float, cells_per_demo: floa
     weights_adapt = ttt.params in ("decoder", "all")
     backward = last_step if weights_adapt else last_step / 2
     encoder_backward = 2 * encoder if ttt.params == "all" else 0
-    forward = encoder + ttt.act_steps * step_forward
+    forward = encoder + ttt.objective_act_steps(config.halt_max_steps) * step_forward
     return num_demos * ttt.steps * (forward + backward + encoder_backward)
