@@ -17,11 +17,12 @@ TTT": the best on validation. `eval` runs every cell (method, split, budget, tes
 augmentation on or off; `--methods`, `--splits`, `--views` narrow it) into runs/ttt/cells/CELL/
 (named by its steps and learning rate too, so a re-calibration or a new choice re-runs it),
 skipping finished cells, so the script resumes where it stopped; of the ETRM + TTT variants
-only the chosen one unless `--all-variants`. `curve`: pass@2 against TTT steps and LoRA rank for one method on ARC.
-`report`: the `ttt_synth` and `ttt_arc` sections of BENCHMARKS.md. Cost per task: seconds
-measured, FLOPs analytic (`etrm.models.flops`). The budgets are wall-clock under the conditions
-of the run (`--threads` torch threads per job, and whatever runs beside it: `--sharing` says),
-so calibrate under the conditions the cells will run in.
+only the chosen one unless `--all-variants`. `curve`: pass@2 against TTT steps and LoRA rank
+for the chosen ETRM + TTT variant (`CURVES`). `report`: the `ttt_synth` and `ttt_arc` sections
+of BENCHMARKS.md. Cost per task: seconds measured, FLOPs analytic (`etrm.models.flops`). The
+budgets are wall-clock under the conditions of the run (`--threads` torch threads per job, and
+whatever runs beside it: `--sharing` says), so calibrate under the conditions the cells will
+run in.
 """
 
 from __future__ import annotations
@@ -225,22 +226,28 @@ def evaluate_cells(benchmark: str, args: argparse.Namespace) -> None:
 
 CURVE_STEPS = (1, 4, 16, 64, 256)
 CURVE_RANKS = (1, 4, 16)
+# benchmark -> (split, test-time augmentation, the budget whose steps the rank curve uses, what
+# the curve is read on). ARC's curve is on the validation tasks, where its choices were made;
+# synth's on the reported `params` tasks at the targets' identity views (nothing is chosen on it).
+CURVES = {"arc": ("validation", True, ARC_BUDGETS[0], "the 30 ARC validation tasks (with TTA)"),
+          "synth": ("params", False, CHOICE_BUDGET["synth"], "the 50 `params` tasks (identity views)")}
 
 
-def cost_curve(args: argparse.Namespace) -> None:
-    """pass@2 on the ARC validation tasks against TTT steps for the chosen ETRM + TTT variant (and
-    against LoRA rank, at the budget's steps, with `--ranks` where that variant is LoRA)."""
-    method = chosen_variant("arc")
+def cost_curve(benchmark: str, args: argparse.Namespace) -> None:
+    """pass@2 against TTT steps for the chosen ETRM + TTT variant (and against LoRA rank, at the
+    budget's steps, with `--ranks` where that variant is LoRA), on the tasks `CURVES` names."""
+    split, augment, budget, _ = CURVES[benchmark]
+    method = chosen_variant(benchmark)
     kind, ttt = METHODS[method]
-    chosen = _settings("arc")[method]
-    base = [*_data_overrides("arc", "validation", True), *ttt, f"ttt.lr={chosen['lr']}"]
+    chosen = _settings(benchmark)[method]
+    base = [*_data_overrides(benchmark, split, augment), *ttt, f"ttt.lr={chosen['lr']}"]
     for steps in CURVE_STEPS:
-        run_cell(_slug("arc-curve", method, "steps", steps), model_dir("arc", kind, args),
+        run_cell(_slug(f"{benchmark}-curve", method, "steps", steps), model_dir(benchmark, kind, args),
                  [*base, f"ttt.steps={steps}"])
     if args.ranks and method == "ETRM + TTT (LoRA)":
-        steps = chosen["steps"][str(ARC_BUDGETS[0])]
+        steps = chosen["steps"][str(budget)]
         for rank in CURVE_RANKS:
-            run_cell(_slug("arc-curve", method, "rank", rank), model_dir("arc", kind, args),
+            run_cell(_slug(f"{benchmark}-curve", method, "rank", rank), model_dir(benchmark, kind, args),
                      [*base, f"ttt.steps={steps}", f"ttt.lora_rank={rank}"])
 
 
@@ -290,16 +297,16 @@ def _demo_fit_rows(measured: dict, columns: list[tuple[str, bool]]) -> list[str]
             "was right at the last step, and the pass@2 of those tasks:", "", *rows]
 
 
-def _curve_rows() -> list[str]:
-    """pass@2 on the ARC validation tasks against steps (and rank) of the chosen variant."""
-    method = chosen_variant("arc")
-    rows = ["| setting | validation pass@2 | seconds / task |", "|---|---|---|"]
+def _curve_rows(benchmark: str) -> list[str]:
+    """pass@2 against steps (and rank) of the chosen variant, on the tasks `CURVES` names."""
+    method = chosen_variant(benchmark)
+    rows = ["| setting | pass@2 | seconds / task |", "|---|---|---|"]
     for label, part, values in (("steps", "steps", CURVE_STEPS), ("LoRA rank", "rank", CURVE_RANKS)):
         for value in values:
-            result = _result(_slug("arc-curve", method, part, value))
+            result = _result(_slug(f"{benchmark}-curve", method, part, value))
             if result:
                 rows.append(f"| {label} {value} | {100 * result['pass@2']:.1f}% | {result['seconds_per_task']:.2f} |")
-    return [f"Cost curve of {method} on the 30 ARC validation tasks (with TTA):", "", *rows] if len(rows) > 2 else []
+    return [f"Cost curve of {method} on {CURVES[benchmark][3]}:", "", *rows] if len(rows) > 2 else []
 
 
 def report(args: argparse.Namespace) -> None:
@@ -355,7 +362,7 @@ Validation pass@2 at {CHOICE_BUDGET[benchmark]:g} s per task:
 
 {chr(10).join(_validation_rows(benchmark))}
 
-{chr(10).join(_curve_rows() if benchmark == "arc" else [])}
+{chr(10).join(_curve_rows(benchmark))}
 """)
 
 
@@ -389,10 +396,7 @@ def main() -> None:
     if args.stage == "report":
         report(args)
         return
-    if args.stage == "curve":
-        cost_curve(args)
-        return
-    stage = {"calibrate": calibrate, "choose": choose, "eval": evaluate_cells}
+    stage = {"calibrate": calibrate, "choose": choose, "eval": evaluate_cells, "curve": cost_curve}
     for benchmark in args.names or ["synth", "arc"]:
         stage[args.stage](benchmark, args)
 
