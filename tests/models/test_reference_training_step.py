@@ -3,7 +3,8 @@
 `../shared/fixtures/trm_reference_train_small.pt` holds, per ACT step of a tiny TRM in training
 mode (exploration off), the batch fed, the carry after the step, the loss and metrics of the
 reference's loss head, every gradient of loss / batch_size and the puzzle-embedding gradient,
-and the table after one reference sign-SGD step. Everything here must match it to 1e-5.
+and the table after one reference sign-SGD step. Everything here must match it to 1e-5, the
+gradients to 2e-5 (float32 rounding, see GRADIENT_TOLERANCE).
 """
 
 
@@ -14,6 +15,11 @@ from etrm.models import SparseSignSGD, act_loss, load_trm_checkpoint
 from etrm.models.trm_checkpoint import DECODER_ARCH_KEYS, OTHER_ARCH_KEYS, project_name, strip_prefixes
 
 TOLERANCE = dict(atol=1e-5, rtol=1e-5)
+# Gradients after a few ACT steps carry float32 rounding that depends on the CPU's kernels: the
+# fixture's own is up to 9e-6 at ACT step 3 (against this replay in float64), and on an AMD EPYC
+# this float32 replay differs from it by up to 1.2e-5 (4 of 3,072 elements of one qkv gradient,
+# whose largest is 0.23). A logic error moves gradients by far more.
+GRADIENT_TOLERANCE = dict(atol=2e-5, rtol=1e-5)
 # The reference loss head's metric names -> this project's.
 METRIC_NAMES = {"count": "count", "accuracy": "token_accuracy", "exact_accuracy": "exact_match",
                 "q_halt_accuracy": "q_halt_accuracy", "steps": "steps", "lm_loss": "lm_loss",
@@ -52,8 +58,8 @@ def test_training_steps_match_the_reference(reference):
         assert grads, where
         for name, grad in grads.items():
             ours = named[project_name(name)].grad
-            torch.testing.assert_close(ours, grad, **TOLERANCE, msg=f"{where}: gradient of {name}")
-        torch.testing.assert_close(table.grad.to_dense(), expected["puzzle_emb_grad"], **TOLERANCE,
+            torch.testing.assert_close(ours, grad, **GRADIENT_TOLERANCE, msg=f"{where}: gradient of {name}")
+        torch.testing.assert_close(table.grad.to_dense(), expected["puzzle_emb_grad"], **GRADIENT_TOLERANCE,
                                    msg=f"{where}: puzzle-embedding gradient")
 
     signsgd = reference["signsgd"]
