@@ -153,8 +153,7 @@ def _demo_fit(records: list[dict[str, Any]], augmented: AugmentedTasks, per_task
     summary has their means over tasks, the tasks whose every demo episode of the last step was
     exactly right, and the pass@2 of those. Empty without test-time training.
     """
-    keys = [k for k in ("ttt_demo_loss_first", "ttt_demo_exact_first", "ttt_demo_loss_last", "ttt_demo_exact_last")
-            if records and k in records[0]]
+    keys = [k for k in (records[0] if records else {}) if k.startswith("ttt_demo_")]
     if not keys:
         return {}
     by_task = {r["task_index"]: {k: r[k] for k in keys} for r in records}

@@ -8,8 +8,8 @@ test-time optimisation). Each step has every demo once as the query, each under 
 task's evaluation augmentations (`ttt.augment`) drawn from (seed, task id, step). The loss is
 the token-mean cross-entropy of the demo output after `act_steps` ACT steps, never more than the
 model's `halt_max_steps` (the gradient flows through the last one, as in training); each task's
-gradient is clipped on its own. Then the
-task's test inputs are predicted with the adapted parameters (augment / invert / vote as usual).
+gradient is clipped on its own. Then the task's test inputs are predicted with the adapted
+parameters (augment / invert / vote as usual).
 
 What adapts (`ttt.params`), as tensors of a `TaskAdapter` made anew for every group of tasks:
 
@@ -213,15 +213,12 @@ def _per_task_mean(values: Tensor, slots: Tensor, num_tasks: int) -> Tensor:
     return totals / torch.bincount(slots, minlength=num_tasks).clamp_min(1)
 
 
-def _objective(adapter: TaskAdapter, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-    # (T,) mean episode loss of each task, and (T,) the share of its episodes exactly right.
+def _objective(adapter: TaskAdapter, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+    # (T,) mean episode loss of each task, and the outputs it was computed from.
     act_steps = adapter.config.objective_act_steps(adapter.model.config.halt_max_steps)
     outputs = adapter.forward(batch, act_steps)
-    labels, slots = batch["labels"], batch[TASK_SLOT]
-    known = labels != IGNORE_LABEL
-    exact = ((outputs["logits"].argmax(-1) == labels) | ~known).all(-1)
-    return (_per_task_mean(episode_losses(outputs, labels), slots, adapter.num_tasks),
-            _per_task_mean(exact.float(), slots, adapter.num_tasks))
+    losses = episode_losses(outputs, batch["labels"])
+    return _per_task_mean(losses, batch[TASK_SLOT], adapter.num_tasks), outputs
 
 
 def task_losses(adapter: TaskAdapter, batch: dict[str, Tensor]) -> Tensor:
@@ -257,12 +254,11 @@ def adapt(model: ACTModel, augmented: AugmentedTasks, task_indices: Sequence[int
                               max_demos=max_demos, device=device, region_margin=region_margin)
         with torch.enable_grad():  # also when called under no_grad
             with autocast_for(device):
-                losses, exact = _objective(adapter, batch)
+                losses, outputs = _objective(adapter, batch)
             gradients = torch.autograd.grad(losses.sum(), adapter.tensors, allow_unused=True)
-        if step == 0:
-            adapter.demo_fit["first"] = _fit(losses, exact)
-        if step == config.steps - 1:
-            adapter.demo_fit["last"] = _fit(losses, exact)
+        for moment, at_step in (("first", 0), ("last", config.steps - 1)):
+            if step == at_step:
+                adapter.demo_fit[moment] = _demo_fit(adapter, batch, losses, outputs)
         gradients = [torch.zeros_like(t) if g is None else g for t, g in zip(adapter.tensors, gradients, strict=True)]
         for tensor, gradient in zip(adapter.tensors, _clip_per_task(adapter, gradients, config.grad_clip),
                                     strict=True):
@@ -271,8 +267,13 @@ def adapt(model: ACTModel, augmented: AugmentedTasks, task_indices: Sequence[int
     return adapter
 
 
-def _fit(losses: Tensor, exact: Tensor) -> dict[str, list[float]]:
-    return {"loss": losses.detach().float().cpu().tolist(), "exact": exact.cpu().tolist()}
+def _demo_fit(adapter: TaskAdapter, batch: dict[str, Tensor], losses: Tensor, outputs: dict[str, Tensor]
+              ) -> dict[str, list[float]]:
+    # Each task's mean episode loss and the share of its episodes exactly right.
+    labels = batch["labels"]
+    exact = ((outputs["logits"].argmax(-1) == labels) | (labels == IGNORE_LABEL)).all(-1)
+    return {"loss": losses.detach().float().cpu().tolist(),
+            "exact": _per_task_mean(exact.float(), batch[TASK_SLOT], adapter.num_tasks).cpu().tolist()}
 
 
 def task_groups(num_tasks: int, config: TTTConfig, rank: int, world_size: int) -> list[np.ndarray]:
