@@ -1,7 +1,7 @@
 """Test-time training against the other test-time methods, compared at equal test-time cost.
 
 Models (normal `etrm train` runs into runs/ttt/NAME; `train NAME ...`):
-- `synth-etrm`, `synth-trm`: `preset=synth-level3` (synth-cpu's data), `--minutes` each (30);
+- `synth-etrm`, `synth-trm`: `preset=synth-level3` (synth-cpu's data), 30 minutes each;
   `--synth-etrm DIR` / `--synth-trm DIR` take finished runs instead (the ladder's 30-minute runs).
 - `arc-etrm`, `arc-trm`: `preset=arc10-cpu` (ARC-AGI-1 training + ConceptARC fitting 10x10, the
   first 30 fitting ARC-AGI-1 training tasks kept apart as validation tasks), 60 minutes each.
@@ -40,10 +40,11 @@ OUT = ROOT / "runs" / "ttt"
 # the ladder's 30-minute ETRM runs evaluated every 50 steps while training; the TRM run does too,
 # so both lose the same share of their 30 minutes to it
 LADDER_CURVE = ["eval_every=50", "eval.periodic_splits=test"]
-TRAINING = {"synth-etrm": ("synth-level3", []), "synth-trm": ("synth-level3", ["model_type=trm",
-                                                                              "augmentations_per_task=1",
-                                                                              *LADDER_CURVE]),
-            "arc-etrm": ("arc10-cpu", []), "arc-trm": ("arc10-cpu", ["model_type=trm", "augmentations_per_task=8"])}
+# model -> (preset, overrides, minutes of training unless --minutes says otherwise)
+TRAINING = {"synth-etrm": ("synth-level3", [], 30.0),
+            "synth-trm": ("synth-level3", ["model_type=trm", "augmentations_per_task=1", *LADDER_CURVE], 30.0),
+            "arc-etrm": ("arc10-cpu", [], 60.0),
+            "arc-trm": ("arc10-cpu", ["model_type=trm", "augmentations_per_task=8"], 60.0)}
 # method -> (model kind, test-time settings); the plain methods have no budget.
 METHODS = {
     "ETRM": ("etrm", None),
@@ -92,9 +93,9 @@ def _methods(benchmark: str, args: argparse.Namespace, adapted_only: bool = Fals
     return chosen
 
 
-def train(name: str, minutes: float, threads: int) -> None:
-    preset, overrides = TRAINING[name]
-    train_run(OUT / name, [f"preset={preset}", *overrides, "tracker=none"], minutes, threads)
+def train(name: str, minutes: float | None, threads: int) -> None:
+    preset, overrides, default_minutes = TRAINING[name]
+    train_run(OUT / name, [f"preset={preset}", *overrides, "tracker=none"], minutes or default_minutes, threads)
 
 
 def _data_overrides(benchmark: str, split: str, augment: bool) -> list[str]:
@@ -370,7 +371,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("stage", choices=["train", "calibrate", "choose", "eval", "curve", "report"])
     parser.add_argument("names", nargs="*", help="train: model names; other stages: synth and/or arc")
-    parser.add_argument("--minutes", type=float, default=30.0)
+    parser.add_argument("--minutes", type=float, default=None,
+                        help="train: minutes per model (default: synth 30, arc 60)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--sharing", default="two jobs side by side on the two cores",
                         help="report: what ran beside each job")
