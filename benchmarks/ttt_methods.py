@@ -59,9 +59,11 @@ METHODS = {
 SYNTH_SPLITS = {split: f"synth:{split}:test:0:50:8" for split in ("iid", "params", "compose")}
 SYNTH_VALIDATION = "synth:iid:test:1:20:8"
 SYNTH_BUDGETS = (3.0, 15.0)
-# <= 30 s per task is the target's bound; 10 s keeps a method's 76 held-out tasks to ~13 minutes
-# here, and the cost curve shows what more steps would buy
-ARC_BUDGETS = (10.0,)
+# <= 30 s per task is the target's bound. Every method runs at 10 s (a method's 77 held-out tasks
+# in ~13 minutes here); the chosen ETRM + TTT variant also at 24 s, which lands within the bound
+# given the ~20% by which the 10 s cells overshot their budget; the cost curve shows what more
+# steps buy on the validation tasks
+ARC_BUDGETS = (10.0, 24.0)
 # the budget at which `choose` compares learning rates (on ARC a third of the budget: six methods x
 # three rates x 30 tasks at 10 s would take 1.5 CPU-hours)
 CHOICE_BUDGET = {"synth": 3.0, "arc": 3.0}
@@ -220,6 +222,8 @@ def evaluate_cells(benchmark: str, args: argparse.Namespace) -> None:
         for split in splits:
             for augment in views:
                 for budget in (budgets if ttt else (None,)):
+                    if benchmark == "arc" and budget != ARC_BUDGETS[0] and method != variant:
+                        continue
                     overrides = cell_overrides(benchmark, method, split, budget, augment)
                     run_cell(cell_name(benchmark, method, split, budget, augment), model_dir(benchmark, kind, args),
                              overrides)
