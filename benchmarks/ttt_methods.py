@@ -270,7 +270,8 @@ def _validation_rows(benchmark: str) -> list[str]:
     settings = _settings(benchmark)
     rows = ["| method | " + " | ".join(f"lr {lr:g}" for lr in LEARNING_RATES) + " |",
             "|---|" + "---|" * len(LEARNING_RATES)]
-    for method, chosen in settings.items():
+    for method in METHODS:
+        chosen = settings.get(method, {})
         scores = chosen.get("validation_pass@2")
         if scores:
             rows.append(f"| {method} | " + " | ".join(
@@ -283,7 +284,7 @@ def _demo_fit_rows(measured: dict, columns: list[tuple[str, bool]]) -> list[str]
     """Per adapted cell: the share of demo episodes exactly right at the first and the last TTT step,
     the tasks whose every demo was right at the last, and the pass@2 of those tasks."""
     header = "| method | budget (s / task) | " + " | ".join(
-        f"{split}{' + TTA' if augment else ''}" for split, augment in columns) + " |"
+        f"{'held-out' if split == 'test' else split}{' + TTA' if augment else ''}" for split, augment in columns) + " |"
     rows = [header, "|" + "---|" * (header.count("|") - 1)]
     for (method, budget) in dict.fromkeys((m, b) for m, b, _, _ in measured if b is not None):
         results = [measured[method, budget, split, augment] for split, augment in columns]
