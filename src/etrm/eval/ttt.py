@@ -256,9 +256,10 @@ def adapt(model: ACTModel, augmented: AugmentedTasks, task_indices: Sequence[int
             with autocast_for(device):
                 losses, outputs = _objective(adapter, batch)
             gradients = torch.autograd.grad(losses.sum(), adapter.tensors, allow_unused=True)
-        for moment, at_step in (("first", 0), ("last", config.steps - 1)):
-            if step == at_step:
-                adapter.demo_fit[moment] = _demo_fit(adapter, batch, losses, outputs)
+        if step in (0, config.steps - 1):  # computed once when both (a single step)
+            fit = _demo_fit(adapter, batch, losses, outputs)
+            adapter.demo_fit.update({moment: fit for moment, at_step in (("first", 0), ("last", config.steps - 1))
+                                     if step == at_step})
         gradients = [torch.zeros_like(t) if g is None else g for t, g in zip(adapter.tensors, gradients, strict=True)]
         for tensor, gradient in zip(adapter.tensors, _clip_per_task(adapter, gradients, config.grad_clip),
                                     strict=True):
