@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import machine, write_section  # noqa: E402
 
-CONCEPTARC = "kaggle:../shared/data/conceptarc/arc-agi_concept"
+CONCEPTARC = "data:conceptarc/arc-agi_concept"  # in the data home (etrm.data.sources.data_home)
 POOL = f"arc1:training,arc1:evaluation,{CONCEPTARC}"
 
 MEMORY_PROBE = r"""

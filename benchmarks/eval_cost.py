@@ -17,7 +17,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -26,8 +25,8 @@ from report import machine, write_section  # noqa: E402
 from etrm.bench import matmul_peak  # noqa: E402
 from etrm.core.distributed import Runtime  # noqa: E402
 from etrm.data.episodes import AugmentedTasks, EvalEnumeration  # noqa: E402
-from etrm.eval.evaluate import load_for_eval, predict, score  # noqa: E402
-from etrm.models.flops import eval_flops_per_sample, kept_demo_tokens  # noqa: E402
+from etrm.eval.evaluate import load_for_eval, mean_test_time_flops, predict, score  # noqa: E402
+from etrm.models.flops import kept_demo_tokens, task_test_time_flops  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE_AUGMENTATIONS, REFERENCE_STEPS = 1000, 16
@@ -65,9 +64,9 @@ def full_evaluation_estimate(augmentations: int) -> str:
     augmented = AugmentedTasks(tasks, 1, config.seed)
     num_demos, cells = demo_statistics(augmented, config)
     tests = sum(len(t.tests) for t in tasks)
-    reference = tests * REFERENCE_AUGMENTATIONS * eval_flops_per_sample(config, num_demos, cells, REFERENCE_STEPS,
-                                                                       encoder_every_step=True)
-    chosen = tests * augmentations * eval_flops_per_sample(config, num_demos, cells, REFERENCE_STEPS)
+    reference = sum(task_test_time_flops(config, t, len(t.tests) * REFERENCE_AUGMENTATIONS, REFERENCE_STEPS,
+                                         encoder_every_step=True) for t in tasks)
+    chosen = sum(task_test_time_flops(config, t, len(t.tests) * augmentations, REFERENCE_STEPS) for t in tasks)
     torch.manual_seed(0)
     model = build_model(config).eval()
     sample = AugmentedTasks(tasks[:4], 2, config.seed)
@@ -77,8 +76,7 @@ def full_evaluation_estimate(augmentations: int) -> str:
     records = predict(model, sample, canvas_side=30, max_demos=config.max_demos, batch_size=8, runtime=runtime,
                       num_steps=4)
     seconds = time.perf_counter() - start
-    sample_demos, sample_cells = demo_statistics(sample, config)
-    flops_per_s = len(records) * eval_flops_per_sample(config, sample_demos, sample_cells, 4) / seconds
+    flops_per_s = len(sample.tasks) * mean_test_time_flops(config, sample, records) / seconds
     utilisation = flops_per_s / matmul_peak(torch.device("cpu"))
     lines = ["| protocol | PFLOPs for 400 tasks | CPU-hours (this machine) | "
              + " | ".join(f"{gpu} GPU-hours at {100 * utilisation:.0f}% utilisation" for gpu in GPU_PEAKS) + " |",
@@ -117,8 +115,8 @@ def main() -> None:
     runtime = Runtime(torch.device("cpu"))
     num_demos, cells = demo_statistics(augmented, config)
     tests = sum(len(t.tests) for t in augmented.tasks)
-    reference = tests / len(augmented.tasks) * REFERENCE_AUGMENTATIONS * eval_flops_per_sample(
-        config, num_demos, cells, REFERENCE_STEPS, encoder_every_step=True)
+    reference = sum(task_test_time_flops(config, t, len(t.tests) * REFERENCE_AUGMENTATIONS, REFERENCE_STEPS,
+                                         encoder_every_step=True) for t in augmented.tasks) / len(augmented.tasks)
     settings = [(steps, 0.0) for steps in step_counts] + [(max(step_counts), args.early_stop)]
     rows, best = [], None
     for steps, early_stop in settings:
@@ -129,11 +127,10 @@ def main() -> None:
         seconds = time.perf_counter() - start
         for count in counts:
             subset = [r for r in records if r["augmentation_index"] < count]
-            summary, _ = score(subset, augmented.head(count), steps)
-            steps_run = float(np.mean([r["steps_run"] for r in subset]))
-            flops = len(subset) / len(augmented.tasks) * eval_flops_per_sample(config, num_demos, cells, steps_run)
-            row = {"steps": steps, "early_stop": early_stop, "augmentations": count, "steps_run": steps_run,
-                   "pass@1": summary["pass@1"], "pass@2": summary["pass@2"], "flops": flops,
+            summary, _ = score(subset, augmented.head(count), steps, config)
+            row = {"steps": steps, "early_stop": early_stop, "augmentations": count,
+                   "steps_run": summary["mean_steps_run"], "pass@1": summary["pass@1"], "pass@2": summary["pass@2"],
+                   "flops": summary["test_time_flops_per_task"],
                    "seconds": seconds * len(subset) / len(records)}
             rows.append(row)
             print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
@@ -154,12 +151,13 @@ def main() -> None:
 
 Machine: {machine()}. Model: `{Path(args.run).name}` (its `config.yaml`), EMA weights, evaluated
 on its {len(augmented.tasks)} training tasks' {tests} test inputs ({num_demos:.2f} demos per
-sample, {cells:.1f} kept tokens per demo). FLOPs are counted analytically
-(`etrm.models.flops.eval_flops_per_sample`): the encoder once per sample, then the decoder
-steps actually run. The reference protocol (1,000 augmentations x 16 steps, encoder at every
-step, and counted here without the earlier code's padding to 10 demos, so the ratio is a lower
-bound) costs {reference / 1e9:,.1f} GFLOPs per task; it was not run here (at the FLOP rate of the
-largest setting measured, {reference_hours:.1f} CPU-hours for these {len(augmented.tasks)} tasks).
+sample, {cells:.1f} kept tokens per demo). FLOPs are counted analytically, task by task
+(`etrm.models.flops.task_test_time_flops`): the encoder once per sample over the task's own
+demos, then the decoder steps actually run. The reference protocol (1,000 augmentations x 16
+steps, encoder at every step, and counted here without the earlier code's padding to 10 demos,
+so the ratio is a lower bound) costs {reference / 1e9:,.1f} GFLOPs per task; it was not run here
+(at the FLOP rate of the largest setting measured, {reference_hours:.1f} CPU-hours for these
+{len(augmented.tasks)} tasks).
 CPU seconds: this machine, batch {args.batch_size}, shared out in proportion to the predictions.
 
 Cheapest setting at the best pass@2 measured ({top:.3f}): {best['augmentations']} augmentations x

@@ -16,7 +16,8 @@ cores (`--threads` torch threads each; how they shared it is stated in the secti
   `docs/figures/fewshot_ladder.png` (held-out pass@2 against CPU minutes, bounds dashed).
 
 Encoder efficiency = (ETRM - none) / (oracle - none), same split and budget, reported only where
-the oracle beats the no-context floor by at least 10 points.
+the oracle beats the no-context floor by at least 10 points (`etrm.analysis.report.encoder_efficiency`;
+`etrm compare RUN ... --efficiency ORACLE_RUN NONE_RUN` gives it for any runs).
 """
 
 from __future__ import annotations
@@ -35,6 +36,19 @@ OUT = ROOT / "runs" / "ladder"
 FIGURE = ROOT / "docs" / "figures" / "fewshot_ladder.png"
 LEVELS = {1: "synth-level1", 2: "synth-level2", 3: "synth-level3"}
 BOUNDS = {"etrm": [], "oracle": ["model_type=oracle"], "none": ["encoder.type=none"]}
+# The demos as the context (nothing compressed, the ladder's third bound): one fused (input,
+# output) token per demo cell, max_demos (4) x 64 cells of the 8x8 canvas as the decoder's context.
+CELLS = ["encoder.type=demo_cells", "model.context_len=256"]
+# The designs measured for an encoder that reads the rule (run on each level as l{level}-NAME):
+# the bound itself, its rotary positions, the training signal, the compressed front-end options.
+DESIGNS = {
+    "cells": CELLS,
+    "cells-aligned": [*CELLS, "encoder.cell_positions=aligned"],
+    "cells-aligned-withq": [*CELLS, "encoder.cell_positions=aligned", "context_includes_query_prob=0.5"],
+    "fused": ["encoder.pair_tokens=fused"],
+    "fused-withq": ["encoder.pair_tokens=fused", "context_includes_query_prob=0.5"],
+    "aligned": ["encoder.pair_positions=aligned"],
+}
 # Periodic held-out evaluation for the curves (the final evaluation also scores the training tasks).
 CURVE = ["eval_every=50", "eval.periodic_splits=test"]
 # The study: one factor at a time from `base-etrm` (synth-cpu's training settings before the study,
@@ -86,11 +100,13 @@ RUNS: dict[str, tuple[int, list[str]]] = {
     **{f"mode-{name}": (STUDY_LEVEL, [*STUDY_BASE, *overrides]) for name, overrides in MODES.items()},
     **{f"fast-{method}": (STUDY_LEVEL, [*STUDY_BASE, *FAST, *overrides]) for method, overrides in BOUNDS.items()},
     **{preset: (CHOSEN_LEVEL, encoder_overrides(preset)) for preset in ENCODER_PRESETS},
+    **{f"l{level}-{name}": (level, overrides) for level in LEVELS for name, overrides in DESIGNS.items()},
     # The targets' budget: run with `--minutes 30`.
     **{f"l{level}-etrm-30min": (level, []) for level in LEVELS},
 }
 TARGETS = {1: 0.90, 3: 0.50}  # held-out pass@2 of ETRM after 30 minutes (level 3: synth-iid)
-GROUPS = {"bounds": [n for n in RUNS if n[0] == "l"], "base": [f"base-{m}" for m in BOUNDS],
+GROUPS = {"bounds": [f"l{level}-{m}" for level in LEVELS for m in BOUNDS], "base": [f"base-{m}" for m in BOUNDS],
+          "designs": [f"l{level}-{name}" for level in LEVELS for name in DESIGNS],
           "fast": [f"fast-{m}" for m in BOUNDS],
           "study": [f"study-{n}" for n in STUDY], "study3": [f"study3-{n}" for n in STUDY3],
           "modes": [f"mode-{n}" for n in MODES],
@@ -160,12 +176,12 @@ def _cell(value: float | None, percent: bool = True) -> str:
 
 
 def efficiency(etrm: float | None, oracle: float | None, none: float | None) -> str:
-    """(ETRM - none) / (oracle - none), or why it is not reported."""
-    if None in (etrm, oracle, none):
+    """`etrm.analysis.report.encoder_efficiency` as a table cell ("-" where a run is missing)."""
+    from etrm.analysis.report import encoder_efficiency
+
+    if etrm is None or oracle is None or none is None:
         return "-"
-    if oracle - none < 0.10:
-        return f"not reported: oracle - none = {100 * (oracle - none):.1f} points (< 10)"
-    return f"{(etrm - none) / (oracle - none):.2f}"
+    return str(encoder_efficiency(etrm, oracle, none))
 
 
 def _run_row(label: str, run: dict | None, detail: str = "") -> str:

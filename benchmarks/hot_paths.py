@@ -4,8 +4,8 @@ The ETRM training step (`etrm.bench.bench_model`: samples/s and model FLOP utili
 the measured matmul peak) with the demo pair transformer run on one group padded to the batch's
 longest demo (before), on `PairTransformer.LENGTH_GROUPS` groups of similar length (after), and
 after + `torch.compile` (`etrm.models.build.compile_model`; a new demo shape recompiles inside
-the timed steps, as it would in training), alternating rounds so that all see the same machine
-state; medians over rounds. Writes the
+the timed steps, as it would in training), alternating rounds (`etrm.bench.alternating_rounds`)
+so that all see the same machine state; medians over rounds. Writes the
 `hot_paths` section of BENCHMARKS.md. Run alone on the machine: `python benchmarks/hot_paths.py`.
 """
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -21,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import machine, write_section  # noqa: E402
 
-from etrm.bench import bench_model, matmul_peak  # noqa: E402
+from etrm.bench import alternating_rounds, bench_model, matmul_peak  # noqa: E402
 from etrm.models.encoders.common import PairTransformer  # noqa: E402
 
 SETUPS = {"etrm overfit-cpu": ["preset=overfit-cpu"], "etrm synth-cpu": ["preset=synth-cpu"]}
@@ -37,14 +38,19 @@ def main() -> None:
     # (length groups, torch.compile on the CPU)
     variants = {"before: one padded group": (1, False), f"after: {after} length groups": (after, False),
                 f"{after} length groups + torch.compile": (after, True)}
-    peaks, results = [], {(setup, v): [] for setup in SETUPS for v in variants}
-    for _ in range(args.rounds):
-        peaks.append(matmul_peak(device))
-        for setup, overrides in SETUPS.items():
-            for variant, (groups, compiled) in variants.items():
-                PairTransformer.LENGTH_GROUPS = groups
-                results[setup, variant].append(bench_model(setup, overrides, device, args.steps, peaks[-1],
-                                                           compile_step=compiled))
+    peaks: list[float] = []  # one per round
+
+    def variant_arm(setup: str, groups: int, compiled: bool) -> Callable[[int], Callable[[], dict]]:
+        def prepare(_: int) -> Callable[[], dict]:
+            PairTransformer.LENGTH_GROUPS = groups
+            return lambda: bench_model(setup, SETUPS[setup], device, args.steps, peaks[-1], compile_step=compiled)
+        return prepare
+
+    # The peak first in every round: each round's variants are measured against that round's peak.
+    arms = {"peak": lambda _: lambda: peaks.append(matmul_peak(device)),
+            **{(setup, variant): variant_arm(setup, groups, compiled) for setup in SETUPS
+               for variant, (groups, compiled) in variants.items()}}
+    results = alternating_rounds(arms, args.rounds).results
     PairTransformer.LENGTH_GROUPS = after
     peak = statistics.median(peaks)
     rows = ["| setup | variant | samples/s (median) | MFU (median) | speed-up |", "|---|---|---|---|---|"]

@@ -6,9 +6,10 @@ Stages (each writes its section of BENCHMARKS.md; `report` rewrites them from sa
   the fixed canvas's (context + 900). Seconds; no model.
 - `speed`: training samples/s at the reference size (hidden 512, H3 x L4, 2 layers, canvas 30)
   on ARC-AGI-1 training + ConceptARC batches, fixed against size-aware, TRM and ETRM, timed in
-  alternating rounds in one process (the real `Trainer.train_step`; one ACT step per batch, so
-  that every timed step is a new batch of the grouped stream: a step's cost depends on its
-  batch's square alone). Evaluation samples/s on the held-out ARC-AGI-1 evaluation tasks too.
+  alternating rounds in one process (`etrm.bench.alternating_rounds`; the real
+  `Trainer.train_step`; one ACT step per batch, so that every timed step is a new batch of the
+  grouped stream: a step's cost depends on its batch's square alone). Evaluation samples/s on
+  the held-out ARC-AGI-1 evaluation tasks too.
 - `train`: where the canvas matters, does the speed cost accuracy? ETRM at hidden 128 on the
   32 smallest-id ARC-AGI-1 training tasks that fit a 20x20 canvas (Phase 1's memorisation
   task, `preset=overfit-cpu canvas_side=20`), the same number of steps with and without the
@@ -25,6 +26,7 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -32,7 +34,7 @@ from report import machine, train_run, write_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "runs" / "canvas"
-CONCEPTARC = ROOT.parent / "shared" / "data" / "conceptarc" / "arc-agi_concept"
+CONCEPTARC = "data:conceptarc/arc-agi_concept"  # in the data home (etrm.data.sources.data_home)
 SOURCES = ("arc1:training", "arc1:evaluation", "arc2:training", "arc2:evaluation")
 MARGINS = (0, 1, 2)
 CONTEXT_POSITIONS = 16  # the decoder's context positions at the reference size
@@ -55,8 +57,7 @@ def regions(args: argparse.Namespace) -> None:
     from etrm.data import load_tasks
     from etrm.data.canvas import output_cut_off, region_side
 
-    has_conceptarc = Path(f"{args.conceptarc}_challenges.json").is_file()
-    sources = [*SOURCES, *([f"kaggle:{args.conceptarc}"] if has_conceptarc else [])]
+    sources = [*SOURCES, *([args.conceptarc] if _available(args.conceptarc) else [])]
     results = []
     for source in sources:
         tasks = load_tasks(source)
@@ -69,12 +70,22 @@ def regions(args: argparse.Namespace) -> None:
                     if output is not None and output_cut_off(output, side, 30):
                         cut.append(task.id)
             positions = statistics.fmean(CONTEXT_POSITIONS + s * s for s in sides)
-            results.append({"source": source.replace(f"kaggle:{args.conceptarc}", "ConceptARC"), "margin": margin,
+            results.append({"source": source.replace(args.conceptarc, "ConceptARC"), "margin": margin,
                             "tests": len(sides), "cut": len(cut), "cut_tasks": sorted(set(cut)),
                             "mean_positions": positions, "full_canvas": sum(s == 30 for s in sides)})
             print(results[-1], flush=True)
     _save("regions", results)
     report_regions()
+
+
+def _available(source: str) -> bool:
+    from etrm.core.errors import DataError
+    from etrm.data import load_tasks
+
+    try:
+        return bool(load_tasks(source))
+    except DataError:
+        return False
 
 
 def _trainer(model: str, arm: str, conceptarc: str, batch_size: int):
@@ -85,7 +96,7 @@ def _trainer(model: str, arm: str, conceptarc: str, batch_size: int):
     from etrm.train.loop import Trainer
 
     config = load_config(["preset=default", *REFERENCE, *MODELS[model], ARMS[arm], f"global_batch_size={batch_size}",
-                          f"train_sources='arc1:training,kaggle:{conceptarc}'", "tracker=none", "progress=false",
+                          f"train_sources='arc1:training,{conceptarc}'", "tracker=none", "progress=false",
                           "device=cpu", "run_name=speed"])
     return Trainer(config, Runtime(torch.device("cpu")))
 
@@ -94,27 +105,31 @@ def speed(args: argparse.Namespace) -> None:
     """Training and evaluation samples/s, fixed against size-aware, alternating rounds."""
     import torch
 
+    from etrm.bench import alternating_rounds
     from etrm.core.config import canvas_region_margin
     from etrm.data.tensors import to_torch
     from etrm.eval.evaluate import predict
+
+    def step_of(trainer) -> Callable[[int], Callable[[], int]]:
+        # Step `step`'s batch, built untimed; the timed call trains on it and gives its square.
+        def prepare(step: int) -> Callable[[], int]:
+            batch = to_torch(trainer.sampler.batch(step, args.batch))
+            square = int(batch["region_side"].max()) if "region_side" in batch else 30
+
+            def run() -> int:
+                trainer.train_step(batch)
+                return square
+            return run
+        return prepare
 
     torch.set_num_threads(args.threads)
     results = {}
     for model in MODELS:
         trainers = {arm: _trainer(model, arm, args.conceptarc, args.batch) for arm in ARMS}
-        for trainer in trainers.values():  # warm-up
-            trainer.train_step(to_torch(trainer.sampler.batch(0, args.batch)))
-        seconds = {arm: [] for arm in ARMS}
-        squares = {arm: [] for arm in ARMS}
-        for round_index in range(args.rounds):
-            for arm, trainer in trainers.items():
-                for step in range(1 + round_index * args.steps, 1 + (round_index + 1) * args.steps):
-                    batch = to_torch(trainer.sampler.batch(step, args.batch))
-                    start = time.perf_counter()
-                    trainer.train_step(batch)
-                    seconds[arm].append(time.perf_counter() - start)
-                    squares[arm].append(int(batch["region_side"].max()) if "region_side" in batch else 30)
-            print(model, round_index, {arm: statistics.median(s) for arm, s in seconds.items()}, flush=True)
+        measured = alternating_rounds({arm: step_of(trainer) for arm, trainer in trainers.items()}, args.rounds,
+                                      args.steps, warmup=1,
+                                      after_round=lambda r, m, model=model: print(model, r, m.medians(), flush=True))
+        seconds, squares = measured.seconds, measured.results
         evaluation = {}
         for arm, trainer in trainers.items():
             config = trainer.config
@@ -261,7 +276,7 @@ def _figure(curves: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("stage", choices=["regions", "speed", "train", "report"])
-    parser.add_argument("--conceptarc", default=str(CONCEPTARC), help="ConceptARC's kaggle-style prefix")
+    parser.add_argument("--conceptarc", default=CONCEPTARC, help="ConceptARC's task source (data: or kaggle:)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", type=int, default=8, help="speed: global batch")
     parser.add_argument("--rounds", type=int, default=3, help="speed: alternating rounds")

@@ -62,7 +62,6 @@ def evaluate_model(model: str, tto: list[str], count: int, threads: int) -> None
 
     from etrm.core.distributed import Runtime
     from etrm.eval.evaluate import evaluate, load_for_eval
-    from etrm.models.flops import eval_flops_per_sample, ttt_flops_per_task
 
     torch.set_num_threads(threads)
     results = {}
@@ -70,20 +69,16 @@ def evaluate_model(model: str, tto: list[str], count: int, threads: int) -> None
         if owner != model:
             continue
         for split in SPLITS:
-            overrides = [f"test_sources={held_out(split, count)}", "leak_policy=warn", *(tto if optimise else [])]
+            overrides = [f"test_sources={held_out(split, count)}", "leak_policy=drop", *(tto if optimise else [])]
             config, net, augmented, _ = load_for_eval(OUT / model, overrides)
             start = time.perf_counter()
             summary = evaluate(net, augmented, canvas_side=config.canvas_side, max_demos=config.max_demos,
                                batch_size=config.eval.batch_size, runtime=Runtime(torch.device("cpu")),
-                               ttt=config.ttt if optimise else None)
+                               ttt=config.ttt if optimise else None, config=config)
             seconds = time.perf_counter() - start
-            demos = sum(len(t.demos) for t in augmented.tasks) / len(augmented.tasks)
-            cells = sum(i.size + o.size for t in augmented.tasks for i, o in t.demos) / (demos * len(augmented.tasks))
-            samples = summary["num_predictions"] / summary["num_tasks"]
-            flops = samples * eval_flops_per_sample(config, demos, cells, config.halt_max_steps)
-            flops += ttt_flops_per_task(config, demos, cells) if optimise else 0
             results[f"{label}|{split}"] = {"pass@1": summary["pass@1"], "pass@2": summary["pass@2"],
-                                           "tasks": summary["num_tasks"], "seconds": seconds, "flops_per_task": flops,
+                                           "tasks": summary["num_tasks"], "seconds": seconds,
+                                           "flops_per_task": summary["test_time_flops_per_task"],
                                            "tto": f"lr {config.ttt.lr:g}, {config.ttt.context_parameterisation}"
                                            if optimise else ""}
             print(label, split, results[f"{label}|{split}"], flush=True)
@@ -166,7 +161,7 @@ identity augmentation only (a dihedral or colour change would move tasks across 
 boundaries), so plain evaluation has one candidate (pass@2 = pass@1) and TTO / fitting give two
 (the two best contexts). TTO and TRM fitting: the same budget (`{' '.join(TTO)}`; lr and
 parameterisation beside the method). FLOPs are
-analytic (`etrm.models.flops.eval_flops_per_sample`).
+analytic, task by task (`etrm.models.flops.task_test_time_flops`).
 
 {chr(10).join(rows)}
 

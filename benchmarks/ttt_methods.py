@@ -104,7 +104,7 @@ def _data_overrides(benchmark: str, split: str, augment: bool) -> list[str]:
     """Which tasks a cell evaluates and under which augmentations."""
     if benchmark == "synth":
         source = SYNTH_VALIDATION if split == "validation" else SYNTH_SPLITS[split]
-        tasks = [f"test_sources={source}", "leak_policy=warn", "eval.split=test"]
+        tasks = [f"test_sources={source}", "leak_policy=drop", "eval.split=test"]
     else:
         tasks = [f"eval.split={'validation' if split == 'validation' else 'test'}"]
     views = ["eval.num_augmentations=8", "ttt.augment=true"] if augment else \
@@ -113,23 +113,17 @@ def _data_overrides(benchmark: str, split: str, augment: bool) -> list[str]:
 
 
 def run_cell(name: str, run_dir: Path, overrides: list[str]) -> dict:
-    """One evaluation (cached in runs/ttt/cells/NAME/eval.json) with its analytic FLOPs per task."""
-    from etrm.eval.evaluate import evaluate_run, load_for_eval
-    from etrm.models.flops import eval_flops_per_sample, ttt_flops_per_task
+    """One evaluation (cached in runs/ttt/cells/NAME/eval.json) with its analytic FLOPs per task
+    (`etrm.models.flops.task_test_time_flops`, as eval.json reports them)."""
+    from etrm.eval.evaluate import evaluate_run
 
     out = OUT / "cells" / name
     if (out / "result.json").is_file():
         return json.loads((out / "result.json").read_text())
     summary = evaluate_run(run_dir, [*overrides, f"eval.out_dir={out}"])
-    config, _, augmented, _ = load_for_eval(run_dir, overrides)
-    tasks = augmented.tasks
-    demos = sum(len(t.demos) for t in tasks) / len(tasks)
-    cells = sum(i.size + o.size for t in tasks for i, o in t.demos) / (demos * len(tasks))
-    predictions = summary["num_predictions"] / summary["num_tasks"]
-    flops = predictions * eval_flops_per_sample(config, demos, cells, config.halt_max_steps)
-    flops += ttt_flops_per_task(config, demos, cells)
     result = {"pass@1": summary["pass@1"], "pass@2": summary["pass@2"], "tasks": summary["num_tasks"],
-              "seconds_per_task": summary["test_time_seconds_per_task"], "flops_per_task": flops,
+              "seconds_per_task": summary["test_time_seconds_per_task"],
+              "flops_per_task": summary["test_time_flops_per_task"],
               **{key: summary.get(key) for key in DEMO_FIT}, "overrides": overrides}
     (out / "result.json").write_text(json.dumps(result, indent=1))
     print(name, {k: v for k, v in result.items() if k != "overrides"}, flush=True)

@@ -11,7 +11,8 @@ project's still takes the gradient norm, which its non-finite check needs: count
 one ACT step per batch (`halt_max_steps=1` on both sides, so that every timed step is a new
 batch and the size-aware arm meets the whole distribution of batch sizes). Arms: the reference,
 this project on the fixed canvas, this project size-aware (`dynamic_canvas=true`). Timed in
-alternating rounds in one process; medians per arm, ratios against the reference.
+alternating rounds in one process (`etrm.bench.alternating_rounds`); medians per arm, ratios
+against the reference.
 
 Sizes: `small` (hidden 128, H3 x L4, canvas 12, batch 32) and `reference` (hidden 512, H3 x L4,
 canvas 30, batch 4; the ARC-AGI-1 setting of the paper, L_cycles 4 instead of 6 for time).
@@ -20,9 +21,8 @@ canvas 30, batch 4; the ARC-AGI-1 setting of the paper, L_cycles 4 instead of 6 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -90,6 +90,7 @@ def reference_step(reference_dir: Path, size: dict, num_puzzles: int, lr: float,
 
 
 def measure(name: str, size: dict, args: argparse.Namespace) -> dict:
+    from etrm.bench import alternating_rounds
     from etrm.data.tensors import to_torch
 
     fixed, dynamic = project_trainer(size, False), project_trainer(size, True)
@@ -103,24 +104,17 @@ def measure(name: str, size: dict, args: argparse.Namespace) -> dict:
         batch = to_torch(fixed.sampler.batch(step, size["batch"]))
         return {key: batch[key] for key in keys}
 
-    arms = {"reference": (reference, reference_batch),
-            "fixed": (fixed.train_step, lambda step: to_torch(fixed.sampler.batch(step, size["batch"]))),
-            "size-aware": (dynamic.train_step, lambda step: to_torch(dynamic.sampler.batch(step, size["batch"])))}
-    for run, batch_at in arms.values():  # warm-up
-        run(batch_at(0))
-    seconds = {arm: [] for arm in arms}
-    for round_index in range(args.rounds):
-        for arm, (run, batch_at) in arms.items():
-            for step in range(1 + round_index * args.steps, 1 + (round_index + 1) * args.steps):
-                batch = batch_at(step)
-                start = time.perf_counter()
-                run(batch)
-                seconds[arm].append(time.perf_counter() - start)
-        print(name, round_index, {arm: f"{statistics.median(s):.3f}" for arm, s in seconds.items()}, flush=True)
-    medians = {arm: statistics.median(s) for arm, s in seconds.items()}
+    # Each arm builds step `step`'s batch untimed and times its training step on it.
+    arms = {"reference": lambda step: partial(reference, reference_batch(step)),
+            "fixed": lambda step: partial(fixed.train_step, to_torch(fixed.sampler.batch(step, size["batch"]))),
+            "size-aware": lambda step: partial(dynamic.train_step,
+                                               to_torch(dynamic.sampler.batch(step, size["batch"])))}
+    measured = alternating_rounds(
+        arms, args.rounds, args.steps, warmup=1,
+        after_round=lambda r, m: print(name, r, {arm: f"{s:.3f}" for arm, s in m.medians().items()}, flush=True))
     # Mean seconds too: a size-aware step's cost varies with its batch's square.
-    means = {arm: statistics.fmean(s) for arm, s in seconds.items()}
-    return {"size": size, "median_s": medians, "mean_s": means, "steps": {arm: len(s) for arm, s in seconds.items()}}
+    return {"size": size, "median_s": measured.medians(), "mean_s": measured.means(),
+            "steps": {arm: len(s) for arm, s in measured.seconds.items()}}
 
 
 def main() -> None:

@@ -78,25 +78,25 @@ def test_analytic_step_flops_match_the_flop_counter_on_real_training_steps(model
     assert not (tmp_path / "run").exists()  # construction and train_step write nothing
 
 
-def test_evaluation_flops_per_sample_match_the_flop_counter(tiny, tmp_path):
-    # One test input of a task whose demos are all 3x3 -> 3x3 (equal kept tokens: the per-sample
-    # estimate `eval_flops_per_sample` is then exact), run as evaluation runs it: the encoder
-    # once, then halt_max_steps decoder steps without gradients.
+def test_evaluation_flops_of_a_task_match_the_flop_counter(tiny, tmp_path):
+    # One test input of a task whose demos are all 3x3 -> 3x3 (equal kept tokens: the pair
+    # transformer's length groups pad nothing), run as evaluation runs it: the encoder once, then
+    # halt_max_steps decoder steps without gradients.
     from etrm.data import load_tasks
     from etrm.data.episodes import AugmentedTasks, EvalEnumeration
     from etrm.models.build import build_model
-    from etrm.models.flops import eval_flops_per_sample, kept_demo_tokens
+    from etrm.models.flops import task_test_time_flops
 
     config = load_config(tiny(tmp_path / "run", "model.hidden_size=64", "model.num_heads=4", "encoder.num_layers=2"))
     task = next(t for t in load_tasks("arc1:training") if t.id == "0d3d703e")
-    assert {(i.shape, o.shape) for i, o in task.demos} == {((3, 3), (3, 3))}
-    batch = to_torch(next(EvalEnumeration(AugmentedTasks([task], 1, 0), canvas_side=6, max_demos=10).batches(1)))
+    assert {(i.shape, o.shape) for i, o in task.demos} == {((3, 3), (3, 3))} and len(task.tests) == 1
+    batch = to_torch(next(EvalEnumeration(AugmentedTasks([task], 1, 0), canvas_side=config.canvas_side,
+                                          max_demos=config.max_demos).batches(1)))
     # Frozen parameters: FlopCounterMode's module tracker trips on views of parameters that require
     # grad under no_grad (the encoder's expanded queries); evaluation computes no gradient anyway.
     model = build_model(config).eval().requires_grad_(False)
     counted, _ = counted_flops(model.run_fixed_steps, batch)
-    demos, cells = kept_demo_tokens(batch["demo_inputs"], batch["demo_outputs"], batch["demo_mask"])
-    expected = eval_flops_per_sample(config, demos, cells / demos, config.halt_max_steps)
+    expected = task_test_time_flops(config, task, predictions=1, steps_run=config.halt_max_steps)
     print(f"evaluation of one sample: counted {counted:.6g}, analytic {expected:.6g}")
     assert abs(counted - expected) <= TOLERANCE * counted
     exact = config.halt_max_steps * decoder_step_flops(config, 1, train=False) + encoder_batch_flops(
@@ -176,3 +176,36 @@ def test_rows_go_under_the_bench_table_even_when_sections_follow_it(tmp_path):
     rows = [i for i, line in enumerate(lines) if line.startswith("| 2026-01-0")]
     assert len(rows) == 2 and rows[1] == rows[0] + 1  # the second row sits right under the first
     assert rows[1] < lines.index("Reading: a note.") < lines.index("## Other")
+
+
+def test_alternating_rounds_alternates_the_arms_and_times_only_their_calls():
+    from etrm.bench import alternating_rounds
+
+    now = [0.0]  # the stubbed clock: only what the arms add to it passes
+    order: list[tuple[str, int]] = []
+    durations = {"a": [7.0, 3.0, 1.0, 2.0, 5.0], "b": [7.0, 10.0, 30.0, 20.0, 40.0]}  # by call index, 0: warm-up
+
+    def arm(name: str):
+        def prepare(index: int):
+            order.append((name, index))
+            now[0] += 100.0  # preparing a call (its batch) is not timed
+
+            def call() -> str:
+                now[0] += durations[name][index]
+                return f"{name}{index}"
+            return call
+        return prepare
+
+    progress = []
+
+    def after_round(round_index: int, so_far) -> None:
+        progress.append((round_index, {name: len(seconds) for name, seconds in so_far.seconds.items()}))
+
+    measured = alternating_rounds({"a": arm("a"), "b": arm("b")}, rounds=2, calls=2, warmup=1, after_round=after_round,
+                                  clock=lambda: now[0])
+    assert order == [("a", 0), ("b", 0), ("a", 1), ("a", 2), ("b", 1), ("b", 2), ("a", 3), ("a", 4), ("b", 3), ("b", 4)]
+    assert measured.seconds == {"a": [3.0, 1.0, 2.0, 5.0], "b": [10.0, 30.0, 20.0, 40.0]}
+    assert measured.results == {"a": ["a1", "a2", "a3", "a4"], "b": ["b1", "b2", "b3", "b4"]}
+    assert measured.medians() == {"a": 2.5, "b": 25.0}
+    assert measured.means() == {"a": 2.75, "b": 25.0}
+    assert progress == [(0, {"a": 2, "b": 2}), (1, {"a": 4, "b": 4})]

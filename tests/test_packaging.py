@@ -66,7 +66,7 @@ def _dependency_dirs() -> list[str]:
 
 
 @pytest.mark.slow
-def test_wheel_install_trains_from_another_directory(tmp_path):
+def test_wheel_install_trains_from_another_directory(tmp_path, conceptarc_prefix):
     pytest.importorskip("setuptools", reason="building the wheel without isolation needs setuptools")
     wheel = _build_wheel(tmp_path)
     with zipfile.ZipFile(wheel) as archive:
@@ -104,3 +104,19 @@ def test_wheel_install_trains_from_another_directory(tmp_path):
     assert json.loads((run_dir / "summary.json").read_text())["steps"] == 1
     assert torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)["step"] == 1
     assert "preset: cpu-demo" in (run_dir / "config.yaml").read_text()
+
+    # A ConceptARC preset, from that other directory: the installed package reads ConceptARC from
+    # the data home ETRM_DATA_DIR names, and without one says where it looked and what to set.
+    data = conceptarc_prefix.parent.parent
+    conceptarc_run = tmp_path / "conceptarc-run"
+    small = [o for o in ONE_STEP if not o.startswith(("preset=", "canvas_side="))]
+    _run([str(python), "-m", "etrm", "train", "preset=arc10-cpu", *small, "max_validation_groups=2",
+          f"run_dir={conceptarc_run}"], cwd=elsewhere, env={**env, "ETRM_DATA_DIR": str(data)})
+    assert json.loads((conceptarc_run / "summary.json").read_text())["steps"] == 1
+    no_home = {**env, "HOME": str(tmp_path / "home"), "XDG_DATA_HOME": str(tmp_path / "xdg")}
+    no_home.pop("ETRM_DATA_DIR", None)
+    refused = subprocess.run([str(python), "-m", "etrm", "train", "preset=arc10-cpu", *small,
+                              f"run_dir={tmp_path / 'refused'}"], cwd=elsewhere, env=no_home, capture_output=True,
+                             text=True, timeout=300)
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert "ETRM_DATA_DIR" in refused.stderr and str(tmp_path / "xdg" / "etrm" / "conceptarc") in refused.stderr

@@ -8,6 +8,9 @@ yardstick; per model, the run's own training step (`Trainer.train_step`, compile
 analytically: `etrm.models.flops`) and model FLOP utilisation = model FLOP/s / peak; the data
 pipeline's time per batch and its share of the step; evaluation samples per second and seconds
 per task; peak memory. Every figure is a median over timed repeats after warm-up.
+
+`alternating_rounds` times several variants side by side in one process (the before / after
+benchmarks under benchmarks/).
 """
 
 from __future__ import annotations
@@ -17,8 +20,10 @@ import json
 import re
 import statistics
 import time
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import torch
 
@@ -26,7 +31,7 @@ from etrm.core.config import canvas_region_margin, load_config
 from etrm.core.distributed import Runtime, select_device
 from etrm.data.tensors import to_torch
 from etrm.eval.evaluate import predict
-from etrm.models.flops import batch_square, decoder_step_flops, encoder_batch_flops
+from etrm.models.flops import batch_square, decoder_step_flops, encoder_batch_flops, reads_demos
 from etrm.train.loop import Trainer
 
 REFERENCE = ["preset=overfit-cpu", "canvas_side=30", "model.hidden_size=512", "model.num_heads=8", "model.h_cycles=3",
@@ -41,6 +46,56 @@ SETUPS = (
     ("trm reference size-aware", [*REFERENCE, "model_type=trm", "dynamic_canvas=true"]),
     ("etrm reference size-aware", [*ETRM_REFERENCE, "dynamic_canvas=true"]),
 )
+
+
+Name = TypeVar("Name", bound=Hashable)
+
+
+@dataclass
+class Rounds(Generic[Name]):
+    """What `alternating_rounds` measured, per arm and in call order: the seconds of every timed
+    call and what each call returned."""
+
+    seconds: dict[Name, list[float]]
+    results: dict[Name, list[Any]]
+
+    def medians(self) -> dict[Name, float]:
+        """Median seconds of a call, per arm."""
+        return {name: statistics.median(seconds) for name, seconds in self.seconds.items()}
+
+    def means(self) -> dict[Name, float]:
+        """Mean seconds of a call, per arm (where a call's cost varies with its input)."""
+        return {name: statistics.fmean(seconds) for name, seconds in self.seconds.items()}
+
+
+def alternating_rounds(arms: Mapping[Name, Callable[[int], Callable[[], Any]]], rounds: int, calls: int = 1, *,
+                       warmup: int = 0, after_round: Callable[[int, Rounds[Name]], None] | None = None,
+                       clock: Callable[[], float] = time.perf_counter) -> Rounds[Name]:
+    """Time several arms side by side in one process: round after round, each arm in turn makes
+    `calls` timed calls, so that every arm sees the same machine state (its load, its clock
+    speed) rather than one arm the quiet minutes and another the busy ones.
+
+    `arms[name](index)` prepares call `index` untimed (builds its batch, sets a switch) and
+    returns the callable to time; what that returns is kept in `results`. Every arm first makes
+    `warmup` untimed calls (indices 0 .. warmup - 1); the timed calls go on from there, round r
+    making indices warmup + r * calls onwards, the same indices for every arm. `after_round(r,
+    measured so far)` runs after each round (progress lines).
+    """
+    for prepare in arms.values():
+        for index in range(warmup):
+            prepare(index)()
+    measured: Rounds[Name] = Rounds({name: [] for name in arms}, {name: [] for name in arms})
+    for round_index in range(rounds):
+        for name, prepare in arms.items():
+            for index in range(warmup + round_index * calls, warmup + (round_index + 1) * calls):
+                call = prepare(index)
+                start = clock()
+                result = call()
+                measured.seconds[name].append(clock() - start)
+                measured.results[name].append(result)
+        if after_round is not None:
+            after_round(round_index, measured)
+    return measured
 
 
 def _sync(device: torch.device) -> None:
@@ -100,7 +155,7 @@ def bench_model(name: str, overrides: list[str], device: torch.device, steps: in
             step_times.append(done - built)
             data = trainer.state.carry.current_data  # the samples the step ran (and, size-aware, its square)
             flops = decoder_step_flops(config, batch_size, train=True, square=batch_square(data))
-            if config.model_type == "etrm":  # the encoder runs on the demos of the samples in the carry
+            if reads_demos(config):  # the encoder runs on the demos of the samples in the carry
                 flops += encoder_batch_flops(config, data["demo_inputs"], data["demo_outputs"], data["demo_mask"],
                                              train=True)
             step_flops.append(flops)

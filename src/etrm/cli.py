@@ -72,13 +72,19 @@ def _data_check_split(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from etrm.core.config import config_from_yaml, load_config, run_directory, to_yaml
+    from etrm.core.config import ConfigError, config_from_yaml, load_config, run_directory, to_yaml
 
     config = load_config(args.overrides)
     saved = run_directory(config) / "config.yaml"
     if config.resume and saved.is_file():
-        # A resumed run keeps its saved configuration; command-line overrides still apply on top.
-        config = config_from_yaml(saved, [*args.overrides, "resume=true"])
+        # A resumed run trains what the original did: its saved, resolved configuration (preset
+        # included); command-line overrides still apply on top, but never another preset.
+        resumed = config_from_yaml(saved, [*args.overrides, "resume=true"])
+        named = [o.partition("=")[2] for o in args.overrides if o.lstrip("+").partition("=")[0] == "preset"]
+        if named and named[-1] != resumed.preset:
+            raise ConfigError(f"{saved}: the run was trained with preset={resumed.preset}; resume=true keeps it "
+                              f"(drop preset={named[-1]}, or give another run_dir for a new run)")
+        config = resumed
     if args.print_config:
         print(to_yaml(config), end="")
         return 0
@@ -207,7 +213,8 @@ def _analyze(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace) -> int:
     from etrm.analysis.report import compare
 
-    print(compare(args.run_dirs, args.out), end="")
+    bounds = tuple(args.efficiency) if args.efficiency else None
+    print(compare(args.run_dirs, args.out, bounds), end="")
     return 0
 
 
@@ -310,6 +317,11 @@ def build_parser() -> argparse.ArgumentParser:
     comparison = commands.add_parser("compare", help="a side-by-side table of the key metrics of runs")
     comparison.add_argument("run_dirs", nargs="+")
     comparison.add_argument("--out", default=None, help="also write the table to this Markdown file")
+    comparison.add_argument("--efficiency", nargs=2, metavar=("ORACLE_RUN", "NONE_RUN"), default=None,
+                            help="add each run's encoder efficiency, (pass@2 - none) / (oracle - none) on held-out "
+                                 "pass@2, against a model_type=oracle run and an encoder.type=none run trained on "
+                                 "the same split and budget; not reported where the oracle beats the floor by less "
+                                 "than 10 points")
     comparison.set_defaults(handler=_compare)
 
     report = commands.add_parser("report", help="write RUN_DIR/report.html (self-contained)")

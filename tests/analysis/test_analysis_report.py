@@ -5,7 +5,8 @@ import shutil
 
 import pytest
 
-from etrm.analysis.report import compare, write_report
+from etrm.analysis.report import compare, encoder_efficiency, write_report
+from etrm.cli import main
 from etrm.core.config import load_config
 from etrm.train.loop import train
 
@@ -30,6 +31,45 @@ def test_compare_table_has_one_row_per_run(finished, tmp_path):
     summary = json.loads((finished / "summary.json").read_text())
     assert f"| {summary['train_eval']['token_accuracy']:.3f} |" in lines[2]
     assert out.read_text() == table
+
+
+def test_encoder_efficiency_worked_example():
+    # ETRM 14.5%, oracle 35.5%, no context 4.5%: (14.5 - 4.5) / (35.5 - 4.5) = 10 / 31.
+    efficiency = encoder_efficiency(0.145, 0.355, 0.045)
+    assert efficiency.value == pytest.approx(10 / 31) and str(efficiency) == "0.32"
+    assert encoder_efficiency(0.025, 0.355, 0.045).value == pytest.approx(-2 / 31)  # under the floor
+    assert encoder_efficiency(0.045, 0.355, 0.045).value == 0
+    # Exactly 10 points is enough, though 0.35 - 0.25 falls short of 0.10 in floating point.
+    assert encoder_efficiency(0.30, 0.35, 0.25).value == pytest.approx(0.5)
+
+
+def test_encoder_efficiency_is_not_reported_under_10_points():
+    efficiency = encoder_efficiency(0.10, 0.12, 0.05)  # the oracle 7 points over the floor
+    assert efficiency.value is None
+    assert str(efficiency) == "not reported: oracle - none = 7.0 points (< 10)"
+    assert encoder_efficiency(0.10, 0.12, 0.05, min_gap=0.05).value == pytest.approx(5 / 7)
+
+
+def _summary_only(run_dir, name: str, pass2: float):
+    run_dir.mkdir()
+    (run_dir / "summary.json").write_text(json.dumps({
+        "run_name": name, "model_type": "etrm", "encoder": "standard", "steps": 10, "wall_minutes": 1.0,
+        "train_eval": {}, "test_eval": {"pass@2": pass2, "num_tasks": 200}}))
+    return str(run_dir)
+
+
+def test_compare_efficiency_against_an_oracle_and_a_no_context_run(tmp_path, capsys):
+    runs = [_summary_only(tmp_path / name, name, score) for name, score in (("a", 0.145), ("b", 0.045))]
+    bounds = [_summary_only(tmp_path / name, name, score) for name, score in (("oracle", 0.355), ("none", 0.045))]
+    assert main(["compare", *runs, "--efficiency", *bounds]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith("| verdict | encoder efficiency |")
+    assert lines[2].startswith("| a |") and lines[2].endswith("| 0.32 |")
+    assert lines[3].startswith("| b |") and lines[3].endswith("| 0.00 |")
+    assert "oracle" in lines[-1] and "0.355" in lines[-1] and "0.045" in lines[-1]
+    narrow = _summary_only(tmp_path / "narrow", "narrow", 0.10)  # an oracle 5.5 points over the floor
+    table = compare(runs, bounds=(narrow, bounds[1]))
+    assert "| not reported: oracle - none = 5.5 points (< 10) |" in table
 
 
 def test_report_is_self_contained(finished):

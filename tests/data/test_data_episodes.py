@@ -206,6 +206,33 @@ def test_context_is_the_other_demos_and_never_the_held_out_one(tasks, max_demos)
     assert seen_kinds["test"] > 10 and seen_kinds["held out"] > 30
 
 
+@pytest.mark.parametrize("probability", [0.0, 0.3, 1.0])
+def test_context_includes_the_held_out_demo_with_the_given_probability(tasks, probability):
+    # A held-out demo stays in its own context (LPN's reconstruction) in about that share of the
+    # leave-one-out episodes; test-pair episodes and the rest of the batch are unchanged.
+    sampler = _sampler(tasks, augment=False, translate=False, seed=3, context_includes_query_prob=probability)
+    plain = _sampler(tasks, augment=False, translate=False, seed=3)
+    included = held_out = 0
+    for step in range(sampler.steps_per_epoch(8)):
+        batch, reference = sampler.batch(step, 8), plain.batch(step, 8)
+        for key in ("inputs", "labels", "task_index", "query_index"):
+            np.testing.assert_array_equal(batch[key], reference[key])
+        for b, (t, q) in enumerate(_rows(batch)):
+            context = {(decode_grid(batch["demo_inputs"][b, d]).tobytes(),
+                        decode_grid(batch["demo_outputs"][b, d]).tobytes())
+                       for d in range(int(batch["demo_mask"][b].sum()))}
+            if q >= 0:
+                assert int(batch["demo_mask"][b].sum()) == len(tasks[t].demos[:10])
+                continue
+            held_out += 1
+            held = tasks[t].demos[-q - 1]
+            inside = (held[0].tobytes(), held[1].tobytes()) in context
+            included += inside
+            assert int(batch["demo_mask"][b].sum()) == len(tasks[t].demos) - (not inside)
+    assert held_out > 50
+    assert abs(included / held_out - probability) < 0.15, (included, held_out)
+
+
 def _placed(tokens: np.ndarray, side: int) -> tuple[np.ndarray, tuple[int, int]]:
     """The grid in a translated canvas and its offset; the canvas must be exactly its encoding."""
     canvas = tokens.reshape(side, side)

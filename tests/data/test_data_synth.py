@@ -164,15 +164,63 @@ def test_lower_levels_have_only_the_iid_split_and_bad_levels_are_refused():
     assert len(load_tasks("synth:iid:test:0:7:8:2")) == 7
 
 
-def test_level_splits_are_leak_free_after_the_check():
-    from etrm.data.leaks import find_leaks
+def _same_up_to_transform_and_recolouring(a: tuple, b: tuple) -> bool:
+    # Written apart from the leak finder's canonical keys: try each dihedral transform of pair a
+    # and look for one colour bijection (0 fixed) mapping it cell by cell onto pair b.
+    from etrm.data.augment import dihedral
+
+    for t in range(8):
+        grids = [dihedral(a[0], t), dihedral(a[1], t)]
+        if [g.shape for g in grids] != [b[0].shape, b[1].shape]:
+            continue
+        source = np.concatenate([g.ravel() for g in grids])
+        target = np.concatenate([b[0].ravel(), b[1].ravel()])
+        mapping: dict[int, int] = {0: 0}
+        if all(mapping.setdefault(int(x), int(y)) == y for x, y in zip(source, target, strict=True)) \
+                and len(set(mapping.values())) == len(mapping):
+            return True
+    return False
+
+
+def _tasks_sharing_a_pair(tasks: list, others: list) -> set[str]:
+    def pairs(task):
+        return [*task.demos, *[(i, o) for i, o in task.tests if o is not None]]
+
+    def signature(pair):
+        return tuple(sorted((*pair[0].shape, *pair[1].shape))), len(np.unique(np.concatenate(
+            [pair[0].ravel(), pair[1].ravel()])))
+
+    index: dict = {}
+    for other in others:
+        for pair in pairs(other):
+            index.setdefault(signature(pair), []).append(pair)
+    return {task.id for task in tasks for pair in pairs(task)
+            if any(_same_up_to_transform_and_recolouring(pair, o) for o in index.get(signature(pair), []))}
+
+
+@pytest.mark.parametrize("level", [1, 2])
+def test_level_splits_hold_out_what_training_never_saw(level):
+    # Counted apart from the leak finder: the training tasks that share a pair (up to a dihedral
+    # transform and a recolouring) with a held-out task are exactly those the split drops, and
+    # none is left.
     from etrm.data.splits import few_shot_split
 
-    for level in (1, 2):
-        split = few_shot_split(f"synth:iid:train:0:300:8:{level}", f"synth:iid:test:0:40:8:{level}", 8,
-                               leak_policy="drop")
-        assert len(split.train) >= 0.9 * 300 and len(split.test) == 40
-        assert find_leaks(split.train, split.test).overlapping_tasks == 0
+    train, test = load_tasks(f"synth:iid:train:0:300:8:{level}"), load_tasks(f"synth:iid:test:0:40:8:{level}")
+    overlapping = _tasks_sharing_a_pair(train, test)
+    split = few_shot_split(f"synth:iid:train:0:300:8:{level}", f"synth:iid:test:0:40:8:{level}", 8,
+                           leak_policy="drop")
+    assert sorted(split.dropped_train_leaks) == sorted(overlapping)
+    assert [t.id for t in split.train] == [t.id for t in train if t.id not in overlapping]
+    assert len(split.test) == 40 and not _tasks_sharing_a_pair(split.train, split.test)
+
+
+def test_compose_holds_out_compositions_never_trained_on():
+    # Counted from the tasks' own rules: no held-out composition occurs among the training tasks,
+    # and every held-out task of `compose` is a composition.
+    trained = {tuple(family for family, _ in t.rule) for t in synth_tasks("iid", "train", 2000, 0, max_side=8)}
+    held_out = [tuple(family for family, _ in t.rule) for t in synth_tasks("compose", "test", 100, 0, max_side=8)]
+    assert all(len(steps) == 2 for steps in held_out)
+    assert not set(held_out) & trained and any(len(steps) == 2 for steps in trained)
 
 
 def test_oracle_atoms_of_iid_and_compose_are_seen_in_training_and_of_params_are_not():

@@ -55,8 +55,10 @@ def test_etrm_eval_with_a_misspelt_key_is_one_line(finished_eval_run, etrm_cli, 
 
 
 def test_etrm_eval_on_validation_tasks(finished_eval_run):
+    # The run trained on the first 4 fitting ARC-AGI-1 training tasks: of the first 6 as validation
+    # tasks, those 4 are left out by the evaluation's leak check, the other 2 evaluated.
     _, _, augmented, _ = load_for_eval(finished_eval_run, ["eval.split=validation", "validation_sources=arc1:training",
-                                                           "max_validation_groups=2"])
-    assert [t.id for t in augmented.tasks] == [t.id for t in load_tasks("arc1:training") if t.fits(6)][:2]
+                                                           "max_validation_groups=6"])
+    assert [t.id for t in augmented.tasks] == [t.id for t in load_tasks("arc1:training") if t.fits(6)][4:6]
     with pytest.raises(EtrmError, match="no validation tasks"):
         load_for_eval(finished_eval_run, ["eval.split=validation"])

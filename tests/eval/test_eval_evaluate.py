@@ -79,6 +79,36 @@ def test_scores_are_task_means_over_the_tasks_evaluated(mixed_tasks, tmp_path):
     assert json.loads((tmp_path / "eval.json").read_text()) == json.loads(json.dumps(summary))
 
 
+def test_eval_json_reports_the_test_time_flops_of_each_tasks_predictions(mixed_tasks, tiny_eval_config, tmp_path):
+    from etrm.models.flops import task_test_time_flops
+
+    config = tiny_eval_config(tmp_path / "run")
+    augmented = AugmentedTasks(mixed_tasks, 4, seed=0)
+    evaluation = dict(canvas_side=CANVAS, max_demos=10, batch_size=5, runtime=CPU)
+    summary = evaluate(Oracle(SOLVED), augmented, out_dir=tmp_path, config=config, **evaluation)
+    # The oracle runs halt_max_steps (2) for every prediction; a task has (tests x its augmentations).
+    expected = [task_test_time_flops(config, task, len(task.tests) * len(augmented.lists[t]), 2)
+                for t, task in enumerate(mixed_tasks)]
+    assert summary["test_time_flops_per_task"] == pytest.approx(np.mean(expected))
+    assert json.loads((tmp_path / "eval.json").read_text())["test_time_flops_per_task"] == \
+        summary["test_time_flops_per_task"]
+    assert "test_time_flops_per_task" not in evaluate(Oracle(SOLVED), augmented, **evaluation)  # no run config
+
+
+def test_mean_test_time_flops_takes_each_tasks_count_and_mean_steps(mixed_tasks, tiny_eval_config, tmp_path):
+    from etrm.eval.evaluate import mean_test_time_flops
+    from etrm.models.flops import task_test_time_flops
+
+    config = tiny_eval_config(tmp_path / "run")
+    augmented = AugmentedTasks(mixed_tasks, 1, seed=0)
+    # Task 0: two predictions that ran 1 and 3 steps (early stopping); task 1: none; task 2: one of 2.
+    records = [{"task_index": 0, "steps_run": 1}, {"task_index": 0, "steps_run": 3}, {"task_index": 2, "steps_run": 2}]
+    first = task_test_time_flops(config, mixed_tasks[0], predictions=2, steps_run=2.0)
+    third = task_test_time_flops(config, mixed_tasks[2], predictions=1, steps_run=2.0)
+    expected = (first + 0 + third) / 3
+    assert mean_test_time_flops(config, augmented, records) == pytest.approx(expected)
+
+
 def test_submission_format_and_inverted_answers(mixed_tasks, tmp_path):
     augmented = AugmentedTasks(mixed_tasks, 4, seed=0)
     evaluate(Oracle(SOLVED), augmented, canvas_side=CANVAS, max_demos=10, batch_size=7, runtime=CPU, out_dir=tmp_path)

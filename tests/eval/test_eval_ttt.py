@@ -222,3 +222,27 @@ def test_etrm_eval_with_ttt_from_the_command_line(finished_eval_run, etrm_cli, t
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "eval.json").read_text())
     assert summary["num_tasks"] == 3 and summary["test_time_seconds_per_task"] > 0
+
+
+@pytest.fixture(scope="module")
+def contradicting_task():
+    """A task the trained model cannot know: every output is its input's shape filled with colour 7,
+    whatever the input, in every demo and the test."""
+    from etrm.data.tasks import Task
+
+    rng = np.random.default_rng(7)
+    grids = [rng.integers(0, 10, size=(3, 3), dtype=np.uint8) for _ in range(4)]
+    pairs = [(grid, np.full_like(grid, 7)) for grid in grids]
+    return AugmentedTasks([Task("all-sevens", pairs[:3], [pairs[3]])], 1, seed=0)
+
+
+@pytest.mark.parametrize("params", KINDS)
+def test_ttt_changes_the_prediction_towards_the_demos(trained, contradicting_task, params):
+    # Without adaptation the model does not predict the test output; a `predict` that ignored the
+    # adapted tensors would give the unadapted prediction again.
+    (before,) = _predict(trained, contradicting_task, TTTConfig(steps=0)).values()
+    config = TTTConfig(steps=40, lr=0.05 if params in ("decoder", "all") else 0.3, params=params, augment=False)
+    (after,) = _predict(trained, contradicting_task, config).values()
+    assert not before["exact"]
+    assert after["token_accuracy"] > before["token_accuracy"] + 0.2, (params, before, after)
+    assert not np.array_equal(after["grid"], before["grid"])

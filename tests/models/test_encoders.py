@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from etrm.cli import main
-from etrm.core.config import EncoderConfig, available_presets, load_config
+from etrm.core.config import EncoderConfig, ineffective_settings, load_config, run_directory
 from etrm.data.encoding import PAD, encode_grid
 from etrm.models import act_loss
 from etrm.models.build import build_model
@@ -255,14 +255,18 @@ def test_auxiliary_loss_is_the_weighted_per_sample_kl(kind):
 
 # ---- through the ACT model, as training runs it -------------------------------------------
 
-def act_config(kind_id: str):
+def _act_overrides(kind_id: str) -> list[str]:
     _, encoder_type, extra = KIND_BY_ID[kind_id]
-    return load_config([
+    return [
         "preset=overfit-cpu", f"canvas_side={CANVAS}", "model.hidden_size=32", "model.num_heads=2",
         f"model.context_len={CONTEXT_LEN}", "encoder.hidden_size=32", "encoder.num_heads=2",
         "encoder.num_layers=1", "encoder.expansion=2.0", "encoder.num_inducing=3", "halt_max_steps=4",
         f"encoder.type={encoder_type}", *(f"encoder.{key}={str(value).lower()}" for key, value in extra.items()),
-    ])
+    ]
+
+
+def act_config(kind_id: str):
+    return load_config(_act_overrides(kind_id))
 
 
 def act_batch(num_demos: list[int], seed: int) -> dict[str, torch.Tensor]:
@@ -354,29 +358,33 @@ def test_every_type_is_registered():
 
 # ---- presets and the parameter report ------------------------------------------------------
 
-ENCODER_PRESETS = {
-    "enc-standard": {"encoder.type": "standard"},
-    "enc-standard-from-scratch": {"encoder.type": "standard", "load_pretrained_decoder": ""},
-    "enc-variational": {"encoder.type": "variational"},
-    "enc-lpn": {"encoder.type": "lpn", "encoder.variational": False},
-    "enc-lpn-variational": {"encoder.type": "lpn", "encoder.variational": True},
-    "enc-hybrid": {"encoder.type": "hybrid"},
-    "enc-recurrent": {"encoder.type": "recurrent"},
-    "enc-cross-demo": {"encoder.type": "cross_demo"},
-    "enc-set-transformer": {"encoder.type": "set_transformer"},
-    "enc-hierarchical": {"encoder.type": "hierarchical"},
-    "enc-deep": {"encoder.num_layers": 4},
-    "enc-wide": {"encoder.hidden_size": 256},
-    "pool-max": {"encoder.pooling": "max"},
-    "pool-attention": {"encoder.pooling": "attention"},
-    "pool-cls": {"encoder.pooling": "cls"},
-    "halt-explore-0.0": {"halt_exploration_prob": 0.0},
-    "halt-explore-0.3": {"halt_exploration_prob": 0.3},
-    "halt-explore-0.5": {"halt_exploration_prob": 0.5},
-    "halt-explore-0.7": {"halt_exploration_prob": 0.7},
-    "halt-max-8": {"halt_max_steps": 8},
-    "halt-max-16": {"halt_max_steps": 16},
-    "halt-max-32": {"halt_max_steps": 32},
+# Each preset of the research queue: (its base, the keys it claims to vary, with their values).
+QUEUE_PRESETS = {
+    "trm-overfit-cpu": ("overfit-cpu", {"model_type": "trm"}),
+    "enc-standard": ("overfit-cpu", {"encoder.type": "standard",
+                                     "load_pretrained_decoder": "runs/etrm/trm-overfit-cpu"}),
+    "enc-standard-from-scratch": ("enc-standard", {"load_pretrained_decoder": ""}),
+    "enc-variational": ("overfit-cpu", {"encoder.type": "variational"}),
+    "enc-lpn": ("overfit-cpu", {"encoder.type": "lpn", "encoder.variational": False}),
+    "enc-lpn-variational": ("overfit-cpu", {"encoder.type": "lpn", "encoder.variational": True}),
+    "enc-hybrid": ("overfit-cpu", {"encoder.type": "hybrid"}),
+    "enc-recurrent": ("overfit-cpu", {"encoder.type": "recurrent"}),
+    "enc-cross-demo": ("overfit-cpu", {"encoder.type": "cross_demo"}),
+    "enc-set-transformer": ("overfit-cpu", {"encoder.type": "set_transformer"}),
+    "enc-hierarchical": ("overfit-cpu", {"encoder.type": "hierarchical"}),
+    "enc-deep": ("overfit-cpu", {"encoder.num_layers": 4}),
+    "enc-wide": ("overfit-cpu", {"encoder.hidden_size": 256}),
+    "pool-max": ("overfit-cpu", {"encoder.pooling": "max"}),
+    "pool-attention": ("overfit-cpu", {"encoder.pooling": "attention"}),
+    "pool-cls": ("overfit-cpu", {"encoder.pooling": "cls"}),
+    "halt-max-4": ("overfit-cpu", {"halt_max_steps": 4}),
+    "halt-explore-0.0": ("halt-max-4", {"halt_exploration_prob": 0.0}),
+    "halt-explore-0.3": ("halt-max-4", {"halt_exploration_prob": 0.3}),
+    "halt-explore-0.5": ("halt-max-4", {"halt_exploration_prob": 0.5}),
+    "halt-explore-0.7": ("halt-max-4", {"halt_exploration_prob": 0.7}),
+    "halt-max-8": ("overfit-cpu", {"halt_max_steps": 8}),
+    "halt-max-16": ("overfit-cpu", {"halt_max_steps": 16}),
+    "halt-max-32": ("overfit-cpu", {"halt_max_steps": 32}),
 }
 
 
@@ -390,16 +398,49 @@ def _flat(config) -> dict:
     return walk(dataclasses.asdict(config), "")
 
 
-@pytest.mark.parametrize("preset", sorted(ENCODER_PRESETS))
-def test_experiment_presets_are_overfit_cpu_plus_their_own_keys(preset):
-    assert preset in available_presets()
-    config, base = _flat(load_config([f"preset={preset}"])), _flat(load_config(["preset=overfit-cpu"]))
-    for key, value in ENCODER_PRESETS[preset].items():
+@pytest.mark.parametrize("preset", sorted(QUEUE_PRESETS))
+def test_every_queue_preset_changes_what_trains_from_its_base(preset):
+    # What the preset claims to vary differs from its base, has an effect in the resolved config
+    # (exploration at one ACT step would not), and nothing else differs.
+    base_name, claimed = QUEUE_PRESETS[preset]
+    resolved = load_config([f"preset={preset}"])
+    config, base = _flat(resolved), _flat(load_config([f"preset={base_name}"]))
+    for key, value in claimed.items():
         assert config[key] == value, key
-    # Everything else is overfit-cpu's (each preset extends it through its defaults list).
-    own = {*ENCODER_PRESETS[preset], "preset", "run_name"}
+    assert any(config[key] != base[key] for key in claimed), f"{preset} equals {base_name} on what it varies"
+    ineffective = {line.split("=")[0] for line in ineffective_settings(resolved)}
+    assert not ineffective & set(claimed), f"{preset}: {sorted(ineffective & set(claimed))} change nothing"
+    own = {*claimed, "preset", "run_name"}
     differing = {key for key in base if config[key] != base[key]} - own
-    assert not differing, f"{preset} differs from overfit-cpu in {sorted(differing)}"
+    assert not differing, f"{preset} differs from {base_name} in {sorted(differing)}"
+
+
+def test_the_standard_encoder_s_pretrained_decoder_is_the_queue_s_trm_run():
+    # enc-standard loads the decoder that `etrm train preset=trm-overfit-cpu` writes: the same
+    # tasks and settings, a TRM (as the research guide pretrains it); without it, a one-line error.
+    trm, standard = load_config(["preset=trm-overfit-cpu"]), load_config(["preset=enc-standard"])
+    assert str(run_directory(trm)) == standard.load_pretrained_decoder
+    assert trm.model_type == "trm" and standard.model_type == "etrm"
+
+
+def test_a_missing_pretrained_decoder_is_a_one_line_error_saying_what_to_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "preset=enc-standard", f"run_dir={tmp_path / 'run'}", "max_steps=1"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "runs/etrm/trm-overfit-cpu" in error and "trained first" in error
+
+
+def test_settings_with_no_effect_are_reported_when_a_run_starts(tmp_path, capsys):
+    # overfit-cpu's exploration at its one ACT step and a TRM's encoder knobs change nothing.
+    assert "halt_exploration_prob=0.1" in " ".join(ineffective_settings(load_config(["preset=overfit-cpu"])))
+    assert ineffective_settings(load_config(["preset=halt-explore-0.3"])) == [
+        line for line in ineffective_settings(load_config(["preset=halt-explore-0.3"])) if "halt_" not in line]
+    trm = ineffective_settings(load_config(["preset=trm-overfit-cpu"]))
+    assert any(line.startswith("encoder.hidden_size=64") for line in trm)
+    assert not ineffective_settings(load_config(["preset=default"]))
+    assert main(["train", "preset=overfit-cpu", f"run_dir={tmp_path / 'run'}", "max_steps=1", "final_eval=false",
+                 "tracker=none", "progress=false", "max_train_groups=2", "max_eval_groups=1"]) == 0
+    assert "no effect in this run: halt_exploration_prob=0.1" in capsys.readouterr().out
 
 
 def test_model_info_reports_parameter_counts(capsys):
@@ -415,3 +456,44 @@ def test_model_info_reports_parameter_counts(capsys):
     assert main(["model", "info", *tiny]) == 0
     assert "encoder_parameters" in capsys.readouterr().out
     assert main(["model", "info", "encoder.type=nonesuch"]) == 2
+
+
+# ---- the front end's options: fused pair tokens, aligned positions ---------------------------
+
+def test_aligned_positions_give_an_output_cell_its_input_cell_s_angle():
+    pair = PairTransformer(32, 2, 2.0, 1, SEQ_LEN, VOCAB, aligned_positions=True)
+    grids = demo_batch([1], seed=0)[0][0]
+    _, _, angles = pair._tokens(grids, grids)
+    for row, col in ((0, 0), (1, 2), (4, 3)):
+        cell, transposed = row * CANVAS + col, col * CANVAS + row
+        assert angles[SEQ_LEN + cell] == angles[cell]  # the output cell at (r, c) and the input cell at (r, c)
+        assert (angles[SEQ_LEN + transposed] == angles[cell]) == (row == col)
+    _, _, sequence = PairTransformer(32, 2, 2.0, 1, SEQ_LEN, VOCAB)._tokens(grids, grids)
+    assert torch.equal(sequence, torch.arange(2 * SEQ_LEN))
+
+
+def test_a_fused_token_is_its_input_plus_its_output_embedding_and_covers_both_grids():
+    torch.manual_seed(0)
+    pair = PairTransformer(32, 2, 2.0, 1, SEQ_LEN, VOCAB, fused_pairs=True)
+    grid_in, grid_out, _ = demo_batch([2], seed=1)
+    grid_in, grid_out = grid_in[0], grid_out[0]
+    is_real, embed, angles = pair._tokens(grid_in, grid_out)
+    assert torch.equal(is_real, (grid_in != PAD) | (grid_out != PAD)) and torch.equal(angles, torch.arange(SEQ_LEN))
+    position = torch.arange(SEQ_LEN).expand(2, -1)
+    torch.testing.assert_close(embed(position), pair.input_embed(grid_in) + pair.output_embed(grid_out))
+    states, mask = pair(grid_in, grid_out)
+    assert torch.equal(mask.sum(1), is_real.sum(1))
+
+
+@pytest.mark.parametrize("front_end", [["encoder.pair_tokens=fused"], ["encoder.pair_positions=aligned"]])
+@pytest.mark.parametrize("kind", ["standard", "lpn"])
+def test_front_end_options_reach_the_encoder_and_train_every_parameter(kind, front_end):
+    torch.manual_seed(0)
+    config = load_config([*_act_overrides(kind), *front_end])
+    model = build_model(config).train()
+    pair = next(m for m in model.modules() if isinstance(m, PairTransformer))
+    assert (pair.fused_pairs, pair.aligned_positions) == ("fused" in front_end[0], "aligned" in front_end[0])
+    batch = act_batch([3, 1, 2, 2], seed=10)
+    _, _, loss = act_step(model, model.initial_carry(batch), batch)
+    loss.backward()
+    assert_every_encoder_parameter_trained(model)

@@ -30,8 +30,13 @@ def test_no_context_is_zero_and_the_decoder_still_trains(tiny, tmp_path):
 
 
 def test_no_context_costs_no_encoder_flops_at_evaluation(tiny, tmp_path):
-    from etrm.models.flops import decoder_step_flops, eval_flops_per_sample
+    import numpy as np
+
+    from etrm.data.tasks import Task
+    from etrm.models.flops import decoder_step_flops, task_test_time_flops
 
     config = load_config(tiny(tmp_path / "run", "encoder.type=none"))
     steps = config.halt_max_steps
-    assert eval_flops_per_sample(config, 3, 40.0, steps) == steps * decoder_step_flops(config, 1, train=False)
+    grid = np.ones((3, 3), dtype=np.uint8)
+    task = Task("t", [(grid, grid)] * 3, [(grid, None)])
+    assert task_test_time_flops(config, task, 2, steps) == 2 * steps * decoder_step_flops(config, 1, train=False)

@@ -6,7 +6,7 @@ import torch
 from etrm.core.config import load_config
 from etrm.core.distributed import Runtime
 from etrm.core.errors import ConfigError
-from etrm.data.episodes import atom_key, encode_episodes
+from etrm.data.episodes import atom_key, encode_episodes, task_atom_keys
 from etrm.data.synth import Rule, make_task, rule_atoms
 from etrm.data.tensors import to_torch
 from etrm.eval.evaluate import evaluate_run
@@ -44,10 +44,13 @@ def test_the_context_names_the_rule_atoms_in_order_whatever_the_demos():
     a, b, c = _task(first, 0), _task(first, 1), _task(second, 2)
     context = _context(oracle, [a, b, c])
     torch.testing.assert_close(context[0], context[1], atol=0, rtol=0)  # same rule, other grids
-    rows = {atom: oracle.atoms.weight[i] for i, atom in enumerate(sorted(rule_atoms(second.steps), key=atom_key))}
-    torch.testing.assert_close(context[2, 0], rows["dihedral(2)"])  # the steps in order
-    torch.testing.assert_close(context[2, 1], rows["border(5)"])
-    assert not context[:, 2:].any() and not context[:2, 1:].any()  # padding positions are zero
+    # The steps in order, each the vector its atom has alone (whatever order the rows are stored in):
+    # dihedral(2) is the first rule's only step, border(5) that of a one-step border rule.
+    alone = _context(oracle, [_task(Rule((("border", 5),)), 3)])[0]
+    torch.testing.assert_close(context[2, 0], context[0, 0])
+    torch.testing.assert_close(context[2, 1], alone[0])
+    assert not torch.equal(context[2, 0], context[2, 1])  # two atoms, two vectors
+    assert not context[:, 2:].any() and not context[:2, 1:].any() and not alone[1:].any()  # padding is zero
 
 
 def test_an_atom_never_seen_in_training_reads_the_zero_row():
@@ -89,3 +92,47 @@ def test_oracle_needs_rule_labels_and_no_augmentation(tiny, tmp_path):
         load_config(tiny(tmp_path / "a", "model_type=oracle", *SYNTH[:2], "augment=true"))
     with pytest.raises(ConfigError, match="rule labels"):
         train(load_config(tiny(tmp_path / "b", "model_type=oracle", "augment=false", "eval.num_augmentations=1")))
+
+
+def test_the_rule_probe_reads_the_rule_off_oracle_contexts_and_not_off_shuffled_labels():
+    # An oracle's context is a function of the rule alone, so a linear probe reads a level-1
+    # task's image of colour 1 from it (nine classes) almost perfectly; the same contexts with the
+    # labels shuffled across tasks carry nothing, so the probe falls to about chance there.
+    import numpy as np
+
+    from etrm.analysis.probe import probe_rules, rule_labels, rule_probe
+    from etrm.data import load_tasks
+    from etrm.eval.diagnostics import probe_contexts
+
+    tasks = load_tasks("synth:iid:test:0:200:8:1")
+    keys = torch.tensor(sorted({key for task in tasks for key in task_atom_keys(task)}))
+    torch.manual_seed(0)
+    oracle = RuleOracle(keys, hidden_size=16, context_len=10)
+    probes = probe_rules(oracle, tasks, 8, 4, torch.device("cpu"))
+    assert probes["parameter"]["classes"] == 9 and probes["parameter"]["accuracy"] >= 0.95
+    contexts = probe_contexts(oracle, tasks, 1, 8, 4, torch.device("cpu"))[:, 0].numpy()
+    labels = rule_labels(tasks)[1]
+    shuffled = list(np.random.default_rng(0).permutation(np.asarray(labels, dtype=object)))
+    result = rule_probe(contexts, shuffled)
+    assert result["accuracy"] < result["chance"] + 0.15 < probes["parameter"]["accuracy"]
+
+
+def test_the_oracle_context_beats_the_zero_context_on_what_it_is_told(tiny, tmp_path):
+    # Level 1: each task recolours by its own permutation, which the query alone cannot reveal.
+    # Trained side by side for the same steps on the same episodes, the decoder told the rule
+    # fits the training episodes better than the decoder given a zero context.
+    from etrm.train.loop import Trainer
+
+    level1 = ("train_sources=synth:iid:train:0:24:6:1", "test_sources=synth:iid:test:0:6:6:1", *SYNTH[2:])
+    losses = {}
+    for name, overrides in (("oracle", ["model_type=oracle"]), ("none", ["encoder.type=none"])):
+        config = load_config(tiny(tmp_path / name, *level1, *overrides, "lr=3e-3", "lr_warmup_steps=1",
+                                  "halt_max_steps=1", "model.context_len=10"))
+        trainer = Trainer(config, Runtime(torch.device("cpu")))
+        per_step = []
+        for step in range(200):
+            metrics = trainer.train_step(to_torch(trainer.sampler.batch(step, config.global_batch_size)))
+            trainer.state.add(metrics)
+            per_step.append(float(metrics["lm_loss"] / metrics["count"]))
+        losses[name] = sum(per_step[-30:]) / 30
+    assert losses["oracle"] < 0.8 * losses["none"], losses

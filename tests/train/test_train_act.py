@@ -39,10 +39,17 @@ def three_test_tasks(three_test_source):
 LEARNING_ENCODERS = sorted(set(ENCODERS) - {"none"})
 
 
+def encoder_overrides(encoder_type: str) -> list[str]:
+    """`encoder.type=TYPE` and what it needs: the demos as the context take one context position
+    per demo cell (the tiny runs' max_demos, 10, of the 6x6 canvas)."""
+    extra = [f"model.context_len={10 * CANVAS**2}"] if encoder_type == "demo_cells" else []
+    return [f"encoder.type={encoder_type}", *extra]
+
+
 @pytest.mark.parametrize("encoder_type", LEARNING_ENCODERS)
 def test_every_encoder_parameter_gets_a_gradient_at_every_act_step(encoder_type, three_test_tasks, tiny_config,
                                                                     tmp_path):
-    config = tiny_config(tmp_path, f"encoder.type={encoder_type}", "halt_max_steps=4", "halt_exploration_prob=0")
+    config = tiny_config(tmp_path, *encoder_overrides(encoder_type), "halt_max_steps=4", "halt_exploration_prob=0")
     torch.manual_seed(0)
     model = build_model(config).train()
     encoder = model.context_source.encoder
@@ -129,7 +136,7 @@ def test_labels_follow_samples_through_natural_halting(tiny_config, tmp_path, mo
 def test_context_ignores_padded_demos_and_other_samples(encoder_type, tiny_config, tmp_path):
     # Bug 8: demos were padded to 10 without a mask. A sample's context must not depend on how
     # many demos its batch-mates have, and a batch is padded only to its own largest demo count.
-    config = tiny_config(tmp_path, f"encoder.type={encoder_type}")
+    config = tiny_config(tmp_path, *encoder_overrides(encoder_type))
     tasks = [t for t in load_tasks("arc1:evaluation") if t.fits(CANVAS)]
     few = next(t for t in tasks if len(t.demos) == 2)
     many = next(t for t in tasks if len(t.demos) >= 4)

@@ -18,9 +18,9 @@ def test_training_and_evaluation_run_on_the_regions(model, tiny_config, tmp_path
     squares = []
     original = RecursiveDecoder._forward_on_regions
 
-    def recorded(self, latents, tokens, context, region_side):
+    def recorded(self, latents, tokens, context, region_side, layout):
         squares.append(int(region_side.max()))
-        return original(self, latents, tokens, context, region_side)
+        return original(self, latents, tokens, context, region_side, layout)
 
     monkeypatch.setattr(RecursiveDecoder, "_forward_on_regions", recorded)
     summary = train(tiny_config(tmp_path, *model, "dynamic_canvas=true", "dynamic_canvas_margin=0"))

@@ -128,3 +128,36 @@ def _parameter_count(overrides: list[str]) -> int:
 def test_encoder_keys_change_the_built_encoder(base, changed):
     fixed = ["encoder.hidden_size=32", "encoder.num_heads=2", "encoder.num_layers=1"]
     assert _parameter_count([*fixed, *base]) != _parameter_count([*fixed, *changed])
+
+
+@pytest.mark.parametrize(("overrides", "names"), [
+    (["ttt.grad_clip=0"], "ttt.grad_clip"), (["ttt.grad_clip=-1"], "ttt.grad_clip"),
+    (["ttt.lr=0"], "ttt.lr"), (["ttt.lr=-0.01"], "ttt.lr"), (["ttt.lr=inf"], "ttt.lr"),
+    (["eval.periodic_splits=tst"], "eval.periodic_splits"), (["eval.periodic_splits=train,train"], "periodic_splits"),
+    (["eval.periodic_splits=test,validation"], "eval.periodic_splits"),
+    (["dynamic_canvas=true", "dynamic_canvas_keys=square", "ttt.steps=4", "ttt.tasks_per_batch=2"], "tasks_per_batch"),
+    (["dynamic_canvas=true", "load_pretrained_decoder=some/run"], "load_pretrained_decoder"),
+    (["encoder.type=demo_cells", "model.context_len=16"], "model.context_len"),
+])
+def test_settings_that_would_silently_give_wrong_answers_are_refused(overrides, names):
+    with pytest.raises(ConfigError) as caught:
+        load_config(["preset=cpu-demo", *overrides])
+    assert len(str(caught.value).splitlines()) == 1 and names in str(caught.value)
+
+
+@pytest.mark.parametrize("overrides", [
+    ["dynamic_canvas=true", "dynamic_canvas_keys=square", "ttt.steps=4", "ttt.tasks_per_batch=1"],
+    ["dynamic_canvas=true", "dynamic_canvas_keys=region", "ttt.steps=4", "ttt.tasks_per_batch=16"],
+    ["eval.periodic_splits=test"], ["eval.periodic_splits='test,train'"],
+    ["encoder.type=demo_cells", "model.context_len=360", "max_demos=10", "canvas_side=6"],
+])
+def test_their_safe_neighbours_load(overrides):
+    load_config(["preset=cpu-demo", *overrides])
+
+
+def test_a_run_saved_with_the_removed_eval_checkpoint_key_still_loads(tmp_path):
+    from etrm.core.config import config_from_yaml, to_yaml
+
+    saved = to_yaml(load_config(["preset=cpu-demo"])).replace("eval:\n", "eval:\n  checkpoint: ''\n", 1)
+    (tmp_path / "config.yaml").write_text(saved)
+    assert config_from_yaml(tmp_path / "config.yaml").preset == "cpu-demo"

@@ -199,3 +199,16 @@ def test_a_partial_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert read_checkpoint(path)["step"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+def test_resume_trains_what_the_original_run_trained(finished_run, capsys):
+    # The tiny run was made from preset=cpu-demo with overrides; resuming it by its directory
+    # alone gives that configuration back, and another preset is refused, not silently dropped.
+    from etrm.cli import main
+
+    original = (finished_run / "config.yaml").read_text()
+    assert main(["train", f"run_dir={finished_run}", "resume=true", "--print-config"]) == 0
+    assert capsys.readouterr().out == original.replace("resume: false", "resume: true", 1)
+    assert main(["train", f"run_dir={finished_run}", "resume=true", "preset=overfit-cpu", "--print-config"]) == 2
+    error = capsys.readouterr().err
+    assert "preset=cpu-demo" in error and "preset=overfit-cpu" in error and len(error.strip().splitlines()) == 1

@@ -201,7 +201,7 @@ def probe_run(run_dir: str | Path, sources: str | None = None) -> RunProbe:
         return RunProbe(None, reason=f"no {CHECKPOINT_NAME} in {run_dir}")
     if config_from_yaml(run_dir / "config.yaml").model_type == "trm":
         return RunProbe(None, reason="a TRM run: every held-out task reads the same blank embedding row")
-    overrides = ["leak_policy=warn", "eval.split=test", "eval.num_augmentations=1"]
+    overrides = ["leak_policy=drop", "eval.split=test", "eval.num_augmentations=1"]
     if sources:
         overrides += [f"test_sources={sources}", "max_eval_groups=null"]
     config, model, augmented, _ = load_for_eval(run_dir, overrides)

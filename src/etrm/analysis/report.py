@@ -8,7 +8,7 @@ import base64
 import html
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -38,13 +38,53 @@ def _summary(run_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def compare(run_dirs: list[str | Path], out: str | Path | None = None) -> str:
-    """A Markdown table of the key metrics of several runs (also written to `out`)."""
+# The oracle must beat the no-context floor by this much (pass@2) for encoder efficiency to be
+# reported: below it the ratio divides by a gap of a few tasks and means nothing.
+EFFICIENCY_MIN_GAP = 0.10
+
+
+class Efficiency(NamedTuple):
+    """Encoder efficiency, or None with the reason it is not reported."""
+
+    value: float | None
+    reason: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.value:.2f}" if self.value is not None else f"not reported: {self.reason}"
+
+
+def encoder_efficiency(etrm: float, oracle: float, none: float, min_gap: float = EFFICIENCY_MIN_GAP) -> Efficiency:
+    """(ETRM - none) / (oracle - none): how much of the way from the no-context floor
+    (`encoder.type=none`) to the rule oracle (`model_type=oracle`) the encoder's context takes
+    the decoder. The three scores (e.g. held-out pass@2) must come from the same split and
+    training budget. Not reported where the oracle beats the floor by less than `min_gap`
+    (10 points by default). 0: the encoder adds nothing; 1: it gives all the rule gives."""
+    gap = oracle - none
+    if gap < min_gap - 1e-9:  # scores are task fractions: exactly 10 points must not fall short by rounding
+        return Efficiency(None, f"oracle - none = {100 * gap:.1f} points (< {100 * min_gap:g})")
+    return Efficiency((etrm - none) / gap)
+
+
+def compare(run_dirs: list[str | Path], out: str | Path | None = None,
+            bounds: tuple[str | Path, str | Path] | None = None) -> str:
+    """A Markdown table of the key metrics of several runs (also written to `out`).
+
+    `bounds` (the oracle run, the no-context run): a column of each run's encoder efficiency
+    on held-out pass@2 (`encoder_efficiency`), the bounds' scores below the table."""
     rows = [_summary(Path(run_dir)) for run_dir in run_dirs]
-    lines = ["| " + " | ".join(name for name, _ in COMPARE_COLUMNS) + " |",
-             "|" + "---|" * len(COMPARE_COLUMNS)]
-    lines += ["| " + " | ".join(str(get(row)) for _, get in COMPARE_COLUMNS) + " |" for row in rows]
-    table = "\n".join(lines) + "\n"
+    columns = list(COMPARE_COLUMNS)
+    notes = ""
+    if bounds is not None:
+        oracle, none = (_summary(Path(run_dir))["test_eval"].get("pass@2") for run_dir in bounds)
+        if oracle is None or none is None:
+            raise EtrmError(f"{' and '.join(map(str, bounds))}: the bounds need a held-out pass@2 (test_eval)")
+        columns.append(("encoder efficiency", lambda s: "-" if s["test_eval"].get("pass@2") is None else
+                        str(encoder_efficiency(s["test_eval"]["pass@2"], oracle, none))))
+        notes = (f"\nEncoder efficiency = (pass@2 - none) / (oracle - none); oracle {bounds[0]}: {oracle:.3f}, "
+                 f"no context {bounds[1]}: {none:.3f} (same split and budget as the runs).\n")
+    lines = ["| " + " | ".join(name for name, _ in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(get(row)) for _, get in columns) + " |" for row in rows]
+    table = "\n".join(lines) + "\n" + notes
     if out:
         Path(out).write_text(table)
     return table

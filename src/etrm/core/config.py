@@ -10,7 +10,8 @@ error, never silently dropped. The resolved config is written beside every run
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -55,6 +56,16 @@ class EncoderConfig:
     num_inducing: int = 8  # set_transformer: inducing points per ISAB block
     h_cycles: int = 1  # recurrent (ETRM-squared): refinement cycles of z_E per ACT step
     l_cycles: int = 2  # recurrent: z_E updates per cycle
+    # The per-demo transformer's tokens (standard, variational, lpn, hybrid, cross_demo,
+    # set_transformer, recurrent). separate: input cells then output cells, one token each;
+    # fused: one token per canvas cell, its input and its output embedding summed.
+    pair_tokens: str = "separate"
+    # separate tokens: sequence (an output cell at canvas place p takes angle p + L) or aligned (angle p,
+    # the angle of the input cell at its place).
+    pair_positions: str = "sequence"
+    # demo_cells: the rotary position of a demo cell in the decoder. sequence: context position i
+    # takes angle i (demo after demo); aligned: the angle of the query cell at the same canvas place.
+    cell_positions: str = "sequence"
 
 
 @dataclass
@@ -65,8 +76,7 @@ class EvalConfig:
     batch_size: int = 64
     # etrm eval: test (held-out tasks) | validation (validation_sources) | train (the training tasks' test pairs)
     split: str = "test"
-    periodic_splits: str = "train,test"  # what eval_every evaluates during training
-    checkpoint: str = ""  # a checkpoint file or run directory (etrm eval)
+    periodic_splits: str = "train,test"  # what eval_every evaluates during training: train, test or both
     out_dir: str = ""  # where eval.json and submission.json go (default: the run directory)
     # > 0: a batch stops its ACT steps once every sample's sigmoid(q_halt) reaches this; 0: off,
     # every sample runs halt_max_steps steps as in the reference protocol.
@@ -132,6 +142,10 @@ class RunConfig:
     progress: bool = True
 
     # data
+    # The data home of `data:` sources (ConceptARC: data:conceptarc/arc-agi_concept); "": the
+    # environment variable ETRM_DATA_DIR, else shared/data beside a source checkout, else
+    # ~/.local/share/etrm (`etrm.data.sources.data_home`)
+    data_dir: str = ""
     train_sources: str = "arc1:training"
     test_sources: str = "arc1:evaluation"
     canvas_side: int = 30
@@ -147,6 +161,10 @@ class RunConfig:
     dynamic_canvas_keys: str = "region"
     max_demos: int = 10
     leave_one_out: bool = False
+    # A training signal the context cannot be starved of (LPN's reconstruction mixed with
+    # leave-one-out): the probability that a leave-one-out episode keeps its held-out demo in its
+    # context, so the context holds the answer itself. 0: pure leave-one-out.
+    context_includes_query_prob: float = 0.0
     max_train_groups: int | None = None
     max_eval_groups: int | None = None
     # Validation tasks, kept out of training like the held-out ones (`etrm eval RUN
@@ -224,6 +242,9 @@ _CHOICES = {
     "lr_schedule": ("constant", "cosine"),
     "train_mode": ("persistent", "per_batch", "per_batch_encode_once"),
     "encoder.pooling": ("mean", "max", "attention", "cls"),
+    "encoder.cell_positions": ("sequence", "aligned"),
+    "encoder.pair_tokens": ("separate", "fused"),
+    "encoder.pair_positions": ("sequence", "aligned"),
     "eval.split": ("test", "validation", "train"),
     "ttt.params": ("context", "lora", "decoder", "all"),
     "ttt.objective": ("leave_one_out", "all_demos"),
@@ -264,6 +285,8 @@ def _validate(config: RunConfig) -> None:
     for key in ("global_batch_size", "max_steps", "canvas_side", "max_demos", "halt_max_steps"):
         if getattr(config, key) < 1:
             raise ConfigError(f"{key} must be at least 1, got {getattr(config, key)}")
+    if not 0.0 <= config.context_includes_query_prob <= 1.0:
+        raise ConfigError(f"context_includes_query_prob must be in [0, 1], got {config.context_includes_query_prob}")
     if not 0.0 <= config.halt_exploration_prob <= 1.0:
         raise ConfigError(f"halt_exploration_prob must be in [0, 1], got {config.halt_exploration_prob}")
     if config.model_type == "trm" and config.augmentations_per_task < 1:
@@ -284,10 +307,49 @@ def _validate(config: RunConfig) -> None:
                           "the zero context has no norm to keep")
     if not 1 <= config.canvas_side <= 30:
         raise ConfigError(f"canvas_side must be in 1..30, got {config.canvas_side}")
+    periodic_split_names(config.eval.periodic_splits)
+    if not config.ttt.grad_clip > 0:  # a zero clip norm would scale every adaptation gradient to zero
+        raise ConfigError(f"ttt.grad_clip must be above 0 (a large value clips nothing), got {config.ttt.grad_clip}")
+    if not 0 < config.ttt.lr < math.inf:
+        raise ConfigError(f"ttt.lr must be a positive finite learning rate, got {config.ttt.lr}")
+    if (config.dynamic_canvas and config.dynamic_canvas_keys == "square" and config.ttt.steps
+            and config.ttt.tasks_per_batch > 1):
+        raise ConfigError("dynamic_canvas_keys=square with ttt.tasks_per_batch > 1 would couple the tasks adapted "
+                          "together (their episodes share one square of keys): set ttt.tasks_per_batch=1 or "
+                          "dynamic_canvas_keys=region")
+    if config.dynamic_canvas and config.load_pretrained_decoder:
+        raise ConfigError("dynamic_canvas=true with load_pretrained_decoder: the size-aware canvas masks the PAD keys "
+                          "a decoder trained on the full canvas attends to; train it from scratch or drop "
+                          "dynamic_canvas")
     if config.grad_clip_norm <= 0:  # clip_grad_norm_ would scale every gradient to zero
         raise ConfigError(f"grad_clip_norm must be above 0 (a large value clips nothing), got {config.grad_clip_norm}")
+    front_end_changed = config.encoder.pair_tokens != "separate" or config.encoder.pair_positions != "sequence"
+    if front_end_changed and config.encoder.type in ("hierarchical", "demo_cells", "none"):
+        raise ConfigError(f"encoder.pair_tokens / encoder.pair_positions do not apply to encoder.type="
+                          f"{config.encoder.type} (it has no per-demo pair transformer)")
+    if config.encoder.pair_tokens == "fused" and config.encoder.pair_positions == "aligned":
+        raise ConfigError("encoder.pair_positions=aligned needs encoder.pair_tokens=separate: a fused token "
+                          "already holds its input and output cell at one place")
+    cells = config.max_demos * config.canvas_side**2
+    if config.model_type == "etrm" and config.encoder.type == "demo_cells" and config.model.context_len != cells:
+        raise ConfigError(f"encoder.type=demo_cells needs model.context_len = max_demos * canvas_side**2 = {cells} "
+                          f"(one context position per demo cell), got {config.model.context_len}")
     if config.dynamic_canvas_margin < 0:
         raise ConfigError(f"dynamic_canvas_margin must be at least 0, got {config.dynamic_canvas_margin}")
+
+
+PERIODIC_SPLITS = ("train", "test")
+
+
+def periodic_split_names(value: str) -> tuple[str, ...]:
+    """The splits of `eval.periodic_splits` ("train,test", "test", ...): comma-separated names of
+    `PERIODIC_SPLITS`, each at most once."""
+    names = tuple(name.strip() for name in value.split(","))
+    unknown = [name for name in names if name not in PERIODIC_SPLITS]
+    if unknown or len(set(names)) != len(names):
+        raise ConfigError(f"eval.periodic_splits={value!r}: give comma-separated names from "
+                          f"{', '.join(PERIODIC_SPLITS)}, each once")
+    return names
 
 
 def _describe(error: Exception) -> str:
@@ -326,6 +388,9 @@ def config_from_yaml(path: str | Path, overrides: list[str] | tuple[str, ...] = 
         # Runs saved before test-time training replaced test-time optimisation: `tto` was an
         # evaluation setting, not part of the trained model.
         saved_yaml.pop("tto", None)
+        # `eval.checkpoint` was a key nothing read (`etrm eval` takes the run or checkpoint as its argument).
+        if "eval" in saved_yaml:
+            saved_yaml["eval"].pop("checkpoint", None)
         saved = OmegaConf.merge(OmegaConf.structured(RunConfig), saved_yaml)
         _, rest = _normalise_overrides(list(overrides))
         merged = OmegaConf.merge(saved, OmegaConf.from_dotlist(rest))
@@ -334,6 +399,66 @@ def config_from_yaml(path: str | Path, overrides: list[str] | tuple[str, ...] = 
     config: RunConfig = OmegaConf.to_object(merged)
     _validate(config)
     return config
+
+
+# The encoder types each `encoder.*` knob reaches (the rest are read by every encoder type
+# that has parameters, or by none: see `ineffective_settings`).
+_ENCODER_KNOB_USERS = {
+    "pooling": ("standard", "variational", "cross_demo", "set_transformer", "recurrent", "hierarchical"),
+    "kl_weight": ("variational", "lpn", "hybrid"),  # lpn / hybrid only with encoder.variational
+    "variational": ("lpn", "hybrid"),
+    "num_inducing": ("set_transformer",),
+    "h_cycles": ("recurrent",),
+    "l_cycles": ("recurrent",),
+    "cell_positions": ("demo_cells",),
+}
+
+
+def ineffective_settings(config: RunConfig) -> list[str]:
+    """Settings that differ from their defaults but change nothing in the run `config` describes
+    (exploration at one ACT step, encoder knobs of a TRM, test-time settings with TTT off, ...),
+    each as "key=value: why". A training run prints them when it starts."""
+    defaults = RunConfig(run_name="")
+    found: list[str] = []
+
+    def note(key: str, why: str) -> None:
+        value, default = OmegaConf.select(OmegaConf.structured(config), key), OmegaConf.select(
+            OmegaConf.structured(defaults), key)
+        if value != default:
+            found.append(f"{key}={value}: {why}")
+
+    if config.halt_max_steps == 1:
+        note("halt_exploration_prob", "with halt_max_steps=1 every sample halts after its one step")
+    if not config.load_pretrained_decoder:
+        for key in ("pretrained_h_cycles", "pretrained_l_cycles"):
+            note(key, "no load_pretrained_decoder")
+    if config.lr_schedule != "cosine":
+        note("lr_min_ratio", f"lr_schedule={config.lr_schedule}")
+    if not config.dynamic_canvas:
+        for key in ("dynamic_canvas_margin", "dynamic_canvas_keys"):
+            note(key, "dynamic_canvas=false")
+    if not config.leave_one_out:
+        note("context_includes_query_prob", "leave_one_out=false: no episode holds a demo out")
+    if config.model_type != "trm":
+        for key in ("puzzle_emb_lr", "puzzle_emb_weight_decay"):
+            note(key, f"model_type={config.model_type} has no puzzle embedding")
+    if config.model_type != "etrm":
+        note("encoder_lr_scale", f"model_type={config.model_type} has no encoder")
+        for key in [f.name for f in fields(EncoderConfig)]:
+            note(f"encoder.{key}", f"model_type={config.model_type} has no encoder")
+    else:
+        encoder_type = config.encoder.type
+        variational = encoder_type == "variational" or config.encoder.variational
+        for key, users in _ENCODER_KNOB_USERS.items():
+            if encoder_type not in users or (key == "kl_weight" and not variational):
+                note(f"encoder.{key}", f"encoder.type={encoder_type} does not read it")
+        if encoder_type in ("none", "demo_cells"):
+            for key in ("num_layers", "hidden_size", "num_heads", "expansion"):
+                note(f"encoder.{key}", f"encoder.type={encoder_type} has no layers")
+    if config.ttt.steps == 0:
+        for key in [f.name for f in fields(TTTConfig)]:
+            note(f"ttt.{key}", "ttt.steps=0: no test-time training")
+    return found
 
 
 def to_yaml(config: RunConfig) -> str:

@@ -86,8 +86,9 @@ class Augmentation:
         return self.inverse().apply(grid)
 
 
-def task_seed(task_id: str, seed: int) -> list[int]:
-    """A process-independent seed for per-task randomness (Python's hash() is salted)."""
+def task_seed_sequence(task_id: str, seed: int) -> list[int]:
+    """A task's entropy for `np.random.default_rng`, the same in every process (Python's hash()
+    is salted): [seed, crc32 of the task id]."""
     return [seed, zlib.crc32(task_id.encode())]
 
 
@@ -111,7 +112,7 @@ def augmentation_list(task: Task, count: int, seed: int = 0) -> list[Augmentatio
     """
     if count < 1:
         raise ValueError(f"augmentation count must be at least 1, got {count}")
-    rng = np.random.default_rng(task_seed(task.id, seed))
+    rng = np.random.default_rng(task_seed_sequence(task.id, seed))
     candidates = (Augmentation(t) for t in range(NUM_DIHEDRAL))
     chosen: list[Augmentation] = []
     seen: set[bytes] = set()

@@ -226,8 +226,9 @@ class TrainSampler:
     def __init__(self, tasks: Sequence[Task], *, canvas_side: int, max_demos: int, leave_one_out: bool,
                  seed: int, augment: bool = True, translate: bool = True,
                  enumerated: AugmentedTasks | None = None, rank: int = 0, world_size: int = 1,
-                 region_margin: int | None = None):
+                 region_margin: int | None = None, context_includes_query_prob: float = 0.0):
         self.tasks = list(tasks)
+        self.context_includes_query_prob = context_includes_query_prob
         self.episodes = training_episodes(self.tasks, leave_one_out)
         if len(self.episodes) == 0:
             raise ValueError("no training episodes: the training tasks have no test pair with a known output")
@@ -259,6 +260,8 @@ class TrainSampler:
                 "offsets": rng.random((n, self.max_demos + 1, 2)),
                 # Drawn last, so the draws above (and runs without translation) are unchanged.
                 "untranslated": rng.random((n, self.max_demos + 1)),
+                # Its own generator, so that runs without it draw exactly what they drew before.
+                "includes_query": np.random.default_rng([self.seed, epoch, 2]).random(n),
             }, **{e: d for e, d in self._epoch_cache.items() if e == epoch - 1}}
         return self._epoch_cache[epoch]
 
@@ -283,11 +286,12 @@ class TrainSampler:
         local = global_batch_size // self.world_size
         positions = step * global_batch_size + self.rank * local + np.arange(local)
         epochs, slots = np.divmod(positions, self.num_episodes)
-        chosen, augmentations, offsets, puzzle_ids, aug_ids = [], [], [], [], []
+        chosen, augmentations, offsets, puzzle_ids, aug_ids, includes_query = [], [], [], [], [], []
         for epoch, slot in zip(epochs.tolist(), slots.tolist(), strict=True):
             draws = self._epoch_draws(epoch, global_batch_size)
             episode = int(draws["order"][slot])
             chosen.append(episode)
+            includes_query.append(draws["includes_query"][episode] < self.context_includes_query_prob)
             task_index = int(self.episodes[episode, 0])
             if self.enumerated is not None:
                 options = self.enumerated.lists[task_index]
@@ -309,6 +313,7 @@ class TrainSampler:
             offset_fractions=np.stack(offsets) if self.translate else None,
             puzzle_identifiers=np.asarray(puzzle_ids) if puzzle_ids else None,
             augmentation_index=np.asarray(aug_ids) if aug_ids else None, region_margin=self.region_margin,
+            context_includes_query=np.asarray(includes_query),
         )
 
 

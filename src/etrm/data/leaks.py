@@ -97,3 +97,30 @@ def remove_leaks(train_tasks: Sequence[Task], held_out_tasks: Sequence[Task],
         leaked = report.training_ids
         return [task for task in train_tasks if task.id not in leaked], report
     return list(train_tasks), report
+
+
+def check_evaluated_tasks(trained_tasks: Sequence[Task], evaluated_tasks: Sequence[Task],
+                          policy: str = "drop") -> tuple[list[Task], LeakReport]:
+    """The leak policy at evaluation, where the training set is fixed: drop the evaluated tasks
+    that share a pair with a task the model trained on, only warn (keep them), or refuse."""
+    if policy not in LEAK_POLICIES:
+        raise DataError(f"leak policy '{policy}' is not one of {', '.join(LEAK_POLICIES)}")
+    report = find_leaks(trained_tasks, evaluated_tasks)
+    if report.overlapping_tasks and policy == "error":
+        first_held, first_train = report.pairs()[0]
+        raise DataError(f"{report.overlapping_tasks} evaluated tasks overlap the run's training tasks "
+                        f"(e.g. {first_held} ~ {first_train}); set leak_policy=drop to leave them out")
+    if policy == "drop":
+        return [task for task in evaluated_tasks if task.id not in report.matches], report
+    return list(evaluated_tasks), report
+
+
+def evaluated_leak_summary(report: LeakReport, policy: str, evaluated: int) -> str:
+    """One line saying what the evaluation-time leak check found and did."""
+    if not report.overlapping_tasks:
+        return f"leak check: none of the {evaluated} evaluated tasks overlaps the run's training tasks"
+    action = "left out" if policy == "drop" else "kept (leak_policy=warn)"
+    ids = sorted(report.matches)
+    shown = ", ".join(ids[:8]) + (f" and {len(ids) - 8} more" if len(ids) > 8 else "")
+    return (f"leak check: {report.overlapping_tasks} of the {evaluated} evaluated tasks overlap the run's training "
+            f"tasks ({shown}): {action}")

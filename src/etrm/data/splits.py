@@ -62,13 +62,13 @@ class FewShotSplit:
 def few_shot_split(train_sources: str, test_sources: str, canvas_side: int,
                    max_train_groups: int | None = None, max_eval_groups: int | None = None,
                    leak_policy: str = "drop", validation_sources: str = "",
-                   max_validation_groups: int | None = None) -> FewShotSplit:
+                   max_validation_groups: int | None = None, data_dir: str | None = None) -> FewShotSplit:
     """Load, filter to the canvas, select subsets and apply the leak policy (against the
-    held-out and the validation tasks together)."""
-    test, dropped_test = fitting_subset(load_tasks(test_sources), canvas_side, max_eval_groups)
-    validation = fitting_subset(load_tasks(validation_sources), canvas_side, max_validation_groups)[0] \
+    held-out and the validation tasks together); `data_dir`: the data home of `data:` sources."""
+    test, dropped_test = fitting_subset(load_tasks(test_sources, data_dir), canvas_side, max_eval_groups)
+    validation = fitting_subset(load_tasks(validation_sources, data_dir), canvas_side, max_validation_groups)[0] \
         if validation_sources else []
-    train_pool, dropped_train = fitting_subset(load_tasks(train_sources), canvas_side, None)
+    train_pool, dropped_train = fitting_subset(load_tasks(train_sources, data_dir), canvas_side, None)
     validation_ids = {task.id for task in validation}
     train_pool = [task for task in train_pool if task.id not in validation_ids]
     kept, leaks = remove_leaks(train_pool, [*test, *validation], leak_policy)

@@ -19,12 +19,16 @@ from etrm.core.distributed import Runtime, autocast_for, gather_objects
 from etrm.core.errors import EtrmError
 from etrm.data.encoding import IGNORE_LABEL, decode_grid
 from etrm.data.episodes import AugmentedTasks, EvalEnumeration
+from etrm.data.leaks import check_evaluated_tasks, evaluated_leak_summary
+from etrm.data.tasks import Task
 from etrm.data.tensors import to_torch
 from etrm.eval.ttt import TASK_SLOT, adapt, task_groups
 from etrm.eval.voting import pass_at_k, rank_of_truth, vote
 from etrm.models.decoder import ACTModel
+from etrm.models.flops import task_test_time_flops
 from etrm.models.oracle import ORACLE_KEYS_BUFFER
 from etrm.models.puzzle_embedding import PUZZLE_TABLE_PARAMETER
+from etrm.models.run_data import RunData, run_data, split_of
 
 PASS_AT = (1, 2, 5)
 
@@ -102,8 +106,13 @@ def predict(model: ACTModel, augmented: AugmentedTasks, *, canvas_side: int, max
     return records
 
 
-def score(records: list[dict[str, Any]], augmented: AugmentedTasks, num_steps: int) -> tuple[dict, dict]:
-    """Vote and score gathered records -> (eval summary with per-task results, submission)."""
+def score(records: list[dict[str, Any]], augmented: AugmentedTasks, num_steps: int,
+          config: RunConfig | None = None, ttt: TTTConfig | None = None) -> tuple[dict, dict]:
+    """Vote and score gathered records -> (eval summary with per-task results, submission).
+
+    With the run's `config` the summary has `test_time_flops_per_task`, the mean over tasks of
+    `etrm.models.flops.task_test_time_flops` for the predictions the records hold (and the
+    adaptation, when `ttt` adapted the tasks)."""
     by_test: dict[tuple[int, int], list[dict]] = {}
     for record in records:
         by_test.setdefault((record["task_index"], record["test_index"]), []).append(record)
@@ -123,10 +132,13 @@ def score(records: list[dict[str, Any]], augmented: AugmentedTasks, num_steps: i
         submission[task.id] = attempts
         per_task[task.id] = {**{f"pass@{k}": pass_at_k([ranks], k) for k in PASS_AT}, "tests": tests}
     labelled = [r for r in records if r["exact"] is not None]
+    floor = copy_input_floor(augmented.tasks)
     seconds = {r["task_index"]: r["test_time_seconds"] for r in records if "test_time_seconds" in r}
     demo_fit = _demo_fit(records, augmented, per_task)
     summary = {
         **{f"pass@{k}": pass_at_k(ranks_per_task, k) for k in PASS_AT},
+        # what copying each test input solves on these tasks (any k): the floor a score is read against
+        "copy_input_floor": floor,
         "num_tasks": len(augmented.tasks),
         "num_test_inputs": sum(len(t.tests) for t in augmented.tasks),
         "num_predictions": len(records),
@@ -139,10 +151,35 @@ def score(records: list[dict[str, Any]], augmented: AugmentedTasks, num_steps: i
         "steps_run": num_steps,
         # test-time training: seconds per task, adaptation and prediction (None without it)
         "test_time_seconds_per_task": float(np.mean(list(seconds.values()))) if seconds else None,
+        **({} if config is None else
+           {"test_time_flops_per_task": mean_test_time_flops(config, augmented, records, ttt)}),
         **demo_fit,
         "per_task": per_task,
     }
     return summary, submission
+
+
+def mean_test_time_flops(config: RunConfig, augmented: AugmentedTasks, records: list[dict[str, Any]],
+                         ttt: TTTConfig | None = None) -> float:
+    """Mean over the tasks of `etrm.models.flops.task_test_time_flops`: each task's predictions in
+    `records` at the mean steps they ran, and its adaptation when `ttt` (steps > 0) adapted it."""
+    steps: dict[int, list[int]] = {index: [] for index in range(len(augmented.tasks))}
+    for record in records:
+        steps[record["task_index"]].append(record["steps_run"])
+    per_task = [task_test_time_flops(config, task, len(steps[index]), float(np.mean(steps[index] or [0])), ttt)
+                for index, task in enumerate(augmented.tasks)]
+    return float(np.mean(per_task)) if per_task else 0.0
+
+
+def copy_input_floor(tasks: list[Task]) -> float | None:
+    """The ARC Prize score (task mean of its tests' mean) of the trivial predictor that answers
+    each test input with itself, over the tests with known outputs; None when none is known."""
+    scores = []
+    for task in tasks:
+        known = [(grid_in, grid_out) for grid_in, grid_out in task.tests if grid_out is not None]
+        if known:
+            scores.append(float(np.mean([np.array_equal(grid_in, grid_out) for grid_in, grid_out in known])))
+    return float(np.mean(scores)) if scores else None
 
 
 def _demo_fit(records: list[dict[str, Any]], augmented: AugmentedTasks, per_task: dict[str, dict]) -> dict:
@@ -177,10 +214,11 @@ def _halt_step_histogram(records: list[dict[str, Any]]) -> dict[str, dict[str, f
 def evaluate(model: ACTModel, augmented: AugmentedTasks, *, canvas_side: int, max_demos: int, batch_size: int,
              runtime: Runtime, out_dir: str | Path | None = None, num_steps: int | None = None,
              ttt: TTTConfig | None = None, early_stop_confidence: float = 0.0,
-             region_margin: int | None = None) -> dict | None:
+             region_margin: int | None = None, config: RunConfig | None = None) -> dict | None:
     """Predict on every rank, vote and score on rank 0; write eval.json and submission.json there.
 
-    Returns the summary on rank 0 and None on the other ranks.
+    Returns the summary on rank 0 and None on the other ranks. With the run's `config` the
+    summary has the test-time FLOPs per task (`score`).
     """
     num_steps = num_steps or model.config.halt_max_steps
     local = predict(model, augmented, canvas_side=canvas_side, max_demos=max_demos, batch_size=batch_size,
@@ -189,7 +227,7 @@ def evaluate(model: ACTModel, augmented: AugmentedTasks, *, canvas_side: int, ma
     gathered = gather_objects(local, runtime)
     if not runtime.is_main:
         return None
-    summary, submission = score([r for part in gathered for r in part], augmented, num_steps)
+    summary, submission = score([r for part in gathered for r in part], augmented, num_steps, config, ttt)
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -207,14 +245,17 @@ def load_for_eval(target: str | Path, overrides: list[str] | tuple[str, ...] = (
     from etrm.core.checkpoint import CHECKPOINT_NAME, read_checkpoint
     from etrm.core.config import config_from_yaml
     from etrm.models.build import load_evaluation_weights
-    from etrm.models.run_data import run_data
 
     target = Path(target)
     checkpoint = target / CHECKPOINT_NAME if target.is_dir() else target
     saved_config = checkpoint.parent / "config.yaml"
     if not (checkpoint.is_file() and saved_config.is_file()):
         raise EtrmError(f"{target}: not a run directory or checkpoint (needs {CHECKPOINT_NAME} and config.yaml)")
+    trained = config_from_yaml(saved_config)
     config = config_from_yaml(saved_config, overrides)
+    if config.dynamic_canvas and not trained.dynamic_canvas:
+        raise EtrmError(f"{checkpoint}: dynamic_canvas=true on a model trained on the fixed canvas (its attention "
+                        "saw the PAD keys that the size-aware canvas masks); evaluate it with dynamic_canvas=false")
     state = read_checkpoint(checkpoint)
     table = state["model"].get(PUZZLE_TABLE_PARAMETER)
     if config.model_type == "trm" and table is None:
@@ -223,16 +264,35 @@ def load_for_eval(target: str | Path, overrides: list[str] | tuple[str, ...] = (
                     atom_keys=state["model"].get(ORACLE_KEYS_BUFFER))
     model = data.build_model()
     load_evaluation_weights(model, state)
+    # The model halts as it was trained (test-time training caps its objective there); an
+    # evaluation's `halt_max_steps` only sets how many steps prediction runs (`evaluate_run`).
+    model.decoder.config.halt_max_steps = trained.halt_max_steps
     if config.eval.split == "train":
-        augmented = data.training_test_pairs(config.eval.num_augmentations)
-    elif config.eval.split == "validation":
-        if not data.split.validation:
-            raise EtrmError(f"{saved_config}: eval.split=validation, but the run has no validation tasks "
-                            "(validation_sources is empty or nothing in it fits the canvas)")
-        augmented = data.held_out(config.eval.num_augmentations, data.split.validation)
-    else:
-        augmented = data.held_out(config.eval.num_augmentations)
-    return config, model, augmented, checkpoint
+        return config, model, data.training_test_pairs(config.eval.num_augmentations), checkpoint
+    if config.eval.split == "validation" and not data.split.validation:
+        raise EtrmError(f"{saved_config}: eval.split=validation, but the run has no validation tasks "
+                        "(validation_sources is empty or nothing in it fits the canvas)")
+    evaluated = data.split.validation if config.eval.split == "validation" else data.split.test
+    evaluated = _without_trained_tasks(evaluated, trained, config, data)
+    return config, model, data.held_out(config.eval.num_augmentations, evaluated), checkpoint
+
+
+def _without_trained_tasks(evaluated: list[Task], trained: RunConfig, config: RunConfig, data: RunData) -> list[Task]:
+    # The tasks the run trained on are those of its own split (its sources and leak policy); with
+    # other held-out sources the split recomputed here would drop other training tasks, so the
+    # evaluated tasks are checked against the trained ones, the policy as in training.
+    same_split = all(getattr(trained, key) == getattr(config, key) for key in _SPLIT_KEYS)
+    trained_tasks = data.split.train if same_split else split_of(trained).train
+    kept, report = check_evaluated_tasks(trained_tasks, evaluated, config.leak_policy)
+    print(evaluated_leak_summary(report, config.leak_policy, len(evaluated)))
+    if not kept:
+        raise EtrmError("every evaluated task overlaps the run's training tasks: nothing left to evaluate")
+    return kept
+
+
+# The config keys that decide a run's split (`etrm.models.run_data.split_of`).
+_SPLIT_KEYS = ("train_sources", "test_sources", "canvas_side", "max_train_groups", "max_eval_groups", "leak_policy",
+               "validation_sources", "max_validation_groups")
 
 
 def evaluate_run(target: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict | None:
@@ -249,13 +309,16 @@ def evaluate_run(target: str | Path, overrides: list[str] | tuple[str, ...] = ()
         model.to(runtime.device)
         out_dir = Path(config.eval.out_dir) if config.eval.out_dir else checkpoint.parent
         summary = evaluate(model, augmented, canvas_side=config.canvas_side, max_demos=config.max_demos,
-                           batch_size=config.eval.batch_size, runtime=runtime, out_dir=out_dir, ttt=config.ttt,
+                           batch_size=config.eval.batch_size, runtime=runtime, out_dir=out_dir,
+                           num_steps=config.halt_max_steps, ttt=config.ttt,
                            early_stop_confidence=config.eval.early_stop_confidence,
-                           region_margin=canvas_region_margin(config))
+                           region_margin=canvas_region_margin(config), config=config)
         if summary is not None:
             print(f"{config.eval.split} tasks: {summary['num_tasks']}, pass@1 {summary['pass@1']:.3f}, "
                   f"pass@2 {summary['pass@2']:.3f}, exact match {summary['exact_match'] or 0:.3f}, "
-                  f"token accuracy {summary['token_accuracy'] or 0:.3f}; wrote {out_dir / 'eval.json'}")
+                  f"token accuracy {summary['token_accuracy'] or 0:.3f}, "
+                  f"{summary['test_time_flops_per_task'] / 1e9:.3g} test-time GFLOPs per task; "
+                  f"wrote {out_dir / 'eval.json'}")
         return summary
     finally:
         distributed.shutdown(runtime)

@@ -54,8 +54,9 @@ LORA_TARGETS = ("qkv", "out", "gate_up", "down")  # the decoder's projections Lo
 TASK_SLOT = "task_slot"  # batch key: which of the adapter's tasks an episode belongs to
 
 
-def task_seed(seed: int, task_id: str) -> int:
-    """A task's own random stream (its episodes, its LoRA init), from the seed and its id alone."""
+def task_integer_seed(seed: int, task_id: str) -> int:
+    """One 32-bit integer seeding a task's own random streams (its episodes, its LoRA init), from
+    the seed and its id alone."""
     return zlib.crc32(f"{seed}:{task_id}".encode())
 
 
@@ -82,7 +83,8 @@ class TaskAdapter:
             self.context = self._initial_context(parameters)
         if config.params == "lora":
             # Each task's A from its own generator: it does not depend on the tasks beside it.
-            generators = [torch.Generator().manual_seed(task_seed(config.seed, task_id)) for task_id in task_ids]
+            generators = [torch.Generator().manual_seed(task_integer_seed(config.seed, task_id))
+                          for task_id in task_ids]
             for name, module in model.decoder.named_modules():
                 if name.rsplit(".", 1)[-1] in LORA_TARGETS:
                     out_features, in_features = module.weight.shape
@@ -174,7 +176,8 @@ class _AdaptedRun(nn.Module):
 
     def forward(self, batch: dict[str, Tensor], num_steps: int, early_stop_confidence: float) -> dict[str, Tensor]:
         context = self.adapter.adapt_context(self.model.context_source(batch), batch[TASK_SLOT])
-        return self.model.decode(batch["inputs"], context, num_steps, early_stop_confidence, batch.get("region_side"))
+        return self.model.decode(batch["inputs"], context, num_steps, early_stop_confidence, batch.get("region_side"),
+                                 self.model.context_source.layout(batch))
 
 
 def episode_batch(augmented: AugmentedTasks, task_indices: Sequence[int], step: int, config: TTTConfig, *,
@@ -190,7 +193,7 @@ def episode_batch(augmented: AugmentedTasks, task_indices: Sequence[int], step: 
     for slot, task_index in enumerate(task_indices):
         task, options = augmented.tasks[task_index], augmented.lists[task_index]
         num_demos = len(task.demos)
-        rng = np.random.default_rng([task_seed(config.seed, task.id), step])
+        rng = np.random.default_rng([task_integer_seed(config.seed, task.id), step])
         choices = rng.integers(len(options), size=num_demos)
         augmentations += [options[int(c)] if config.augment else Augmentation() for c in choices]
         rows += [(task_index, -(d + 1)) for d in range(num_demos)]

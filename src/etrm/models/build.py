@@ -81,6 +81,10 @@ def load_pretrained_decoder(model: ACTModel, path: str | Path, config: RunConfig
 
     path = Path(path)
     file = path / "checkpoint.pt" if path.is_dir() else path
+    if not file.is_file():
+        raise ConfigError(f"load_pretrained_decoder={path}: no checkpoint at {file.resolve()} (a run directory or "
+                          "checkpoint file; a preset that names a run there, e.g. enc-standard, needs that run "
+                          "trained first: its comment says which)")
     state = read_checkpoint(file)
     declared = {"H_cycles": config.pretrained_h_cycles, "L_cycles": config.pretrained_l_cycles}
     arch = resolve_architecture(saved_architecture(state, file), declared, str(file))

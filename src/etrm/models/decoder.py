@@ -75,6 +75,14 @@ class ContextOutput(NamedTuple):
     auxiliary_loss: Tensor | None = None  # (B,) extra per-sample loss, already weighted (kl_weight * KL)
 
 
+class ContextLayout(NamedTuple):
+    """How a context source's positions enter the decoder's attention, for sources whose context
+    is not a fixed block of vectors (the demos as the context); None everywhere else."""
+
+    key_mask: Tensor | None = None  # (B, context_len) True for context positions that may be attended to
+    positions: Tensor | None = None  # (context_len,) the rotary position of each context position
+
+
 class ContextSource(nn.Module):
     """The one part in which TRM and ETRM differ: where the decoder's context comes from.
 
@@ -90,6 +98,11 @@ class ContextSource(nn.Module):
 
     def step(self, batch: dict[str, Tensor], state: Tensor | None, reset: Tensor) -> ContextOutput:
         raise NotImplementedError
+
+    def layout(self, batch: dict[str, Tensor]) -> ContextLayout | None:
+        """The context's key mask and rotary positions for `batch`; None: every context position is
+        a key and position i takes rotary angle i (a fixed block of vectors, as in TRM)."""
+        return None
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         first = next(iter(batch.values()))
@@ -133,17 +146,42 @@ class RecursiveDecoder(nn.Module):
         return h
 
     def forward(
-        self, latents: Latents, tokens: Tensor, context: Tensor, region_side: Tensor | None = None
+        self, latents: Latents, tokens: Tensor, context: Tensor, region_side: Tensor | None = None,
+        layout: ContextLayout | None = None,
     ) -> tuple[Latents, Tensor, Tensor, Tensor]:
-        """One ACT step of latent recursion; `region_side` (B,): a size-aware canvas (see the module).
+        """One ACT step of latent recursion; `region_side` (B,): a size-aware canvas (see the module);
+        `layout`: the context's key mask and rotary positions (`ContextSource.layout`).
 
         Returns (detached new latents, logits (B, S, vocab), q_halt (B,), q_continue (B,)).
         """
         if region_side is not None:
-            return self._forward_on_regions(latents, tokens, context, region_side)
+            return self._forward_on_regions(latents, tokens, context, region_side, layout)
         x = self.embed_input(tokens, context)
-        z_H, z_L, logits, q = self.recursion(latents.z_H, latents.z_L, x, self.rotary(x.shape[1]))
+        cells = torch.arange(self.config.seq_len, device=tokens.device)
+        cos_sin, key_mask = self._context_attention(layout, cells, None)
+        z_H, z_L, logits, q = self.recursion(latents.z_H, latents.z_L, x, cos_sin, key_mask)
         return Latents(z_H.detach(), z_L.detach()), logits, q[..., 0], q[..., 1]
+
+    def _context_attention(self, layout: ContextLayout | None, cells: Tensor, cell_keys: Tensor | None
+                           ) -> tuple[CosSin, Tensor | None]:
+        # The rotary tables and key mask (None: every position a key) of the context followed by
+        # the canvas `cells` run; `cell_keys` (B, cells) masks cells.
+        context_positions = None if layout is None else layout.positions
+        context_keys = None if layout is None else layout.key_mask
+        if context_positions is None and len(cells) == self.config.seq_len:  # every position, in order
+            cos_sin = self.rotary(self.config.context_len + self.config.seq_len)
+        else:
+            if context_positions is None:
+                context_positions = torch.arange(self.config.context_len, device=cells.device)
+            cos_sin = self.rotary.at(torch.cat((context_positions, self.config.context_len + cells)))
+        if context_keys is None and cell_keys is None:
+            return cos_sin, None
+        batch_size = (context_keys if context_keys is not None else cell_keys).shape[0]
+        if context_keys is None:
+            context_keys = torch.ones(batch_size, self.config.context_len, dtype=torch.bool, device=cells.device)
+        if cell_keys is None:
+            cell_keys = torch.ones(batch_size, len(cells), dtype=torch.bool, device=cells.device)
+        return cos_sin, torch.cat((context_keys, cell_keys), dim=1)
 
     def recursion(self, z_H: Tensor, z_L: Tensor, x: Tensor, cos_sin: CosSin,
                   key_mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -161,8 +199,8 @@ class RecursiveDecoder(nn.Module):
         z_H, z_L = cycle(z_H, z_L)  # the only cycle with gradients
         return z_H, z_L, self.lm_head(z_H)[:, self.config.context_len :], self.q_head(z_H[:, 0]).float()
 
-    def _forward_on_regions(self, latents: Latents, tokens: Tensor, context: Tensor,
-                            region_side: Tensor) -> tuple[Latents, Tensor, Tensor, Tensor]:
+    def _forward_on_regions(self, latents: Latents, tokens: Tensor, context: Tensor, region_side: Tensor,
+                            layout: ContextLayout | None) -> tuple[Latents, Tensor, Tensor, Tensor]:
         canvas = math.isqrt(self.config.seq_len)
         side = int(region_side.max())  # one host sync per step: the square's size sets the shapes
         ticks = torch.arange(side, device=tokens.device)
@@ -171,11 +209,10 @@ class RecursiveDecoder(nn.Module):
                                self.config.context_len + cells))
         inside = ((ticks[:, None] < region_side[:, None, None]) & (ticks[None, :] < region_side[:, None, None]))
         inside = inside.reshape(len(region_side), -1)
-        key_mask = torch.cat((inside.new_ones(len(region_side), self.config.context_len), inside), dim=1)
+        cos_sin, key_mask = self._context_attention(layout, cells, inside if self.config.region_keys_only else None)
         x = self.embed_input(tokens[:, cells], context)
-        z_H, z_L, cropped, q = self.recursion(latents.z_H[:, positions], latents.z_L[:, positions], x,
-                                              self.rotary.at(positions),
-                                              key_mask if self.config.region_keys_only else None)
+        z_H, z_L, cropped, q = self.recursion(latents.z_H[:, positions], latents.z_L[:, positions], x, cos_sin,
+                                              key_mask)
         logits = cropped.new_zeros(len(region_side), self.config.seq_len, cropped.shape[-1])
         logits = logits.index_copy(1, cells, cropped.masked_fill(~inside[..., None], 0.0))
         new_latents = Latents(latents.z_H.index_copy(1, positions, z_H.detach().to(latents.z_H.dtype)),
@@ -313,7 +350,7 @@ class ACTModel(nn.Module):
 
         source = self.context_source.step(data, carry.context_state, carry.halted)
         latents, logits, q_halt, q_continue = self.decoder(latents, data["inputs"], source.context,
-                                                           data.get("region_side"))
+                                                           data.get("region_side"), self.context_source.layout(data))
 
         steps = steps + 1
         halted = self.halting(steps, q_halt)
@@ -344,8 +381,10 @@ class ACTModel(nn.Module):
         fresh = torch.ones(batch_size, dtype=torch.bool, device=device)
         context, state, _ = self.context_source.step(batch, self.context_source.initial_state(batch_size, device),
                                                      fresh)
+        layout = self.context_source.layout(batch)
         if state is None:
-            return self.decode(batch["inputs"], context, num_steps, early_stop_confidence, batch.get("region_side"))
+            return self.decode(batch["inputs"], context, num_steps, early_stop_confidence, batch.get("region_side"),
+                               layout)
         # A recurrent source refines its context at every step.
         latents = self.decoder.reset_latents(self.decoder.initial_latents(batch_size, device), fresh)
         halt_step = torch.full((batch_size,), num_steps, dtype=torch.int32, device=device)
@@ -353,16 +392,16 @@ class ACTModel(nn.Module):
             if step > 1:
                 context, state, _ = self.context_source.step(batch, state, ~fresh)
             latents, logits, q_halt, q_continue = self.decoder(latents, batch["inputs"], context,
-                                                               batch.get("region_side"))
+                                                               batch.get("region_side"), layout)
             halt_step = torch.where((q_halt > 0) & (halt_step == num_steps), step, halt_step)
             if _all_confident(q_halt, early_stop_confidence):
                 break
         return _step_outputs(logits, q_halt, q_continue, halt_step, step)
 
     def decode(self, inputs: Tensor, context: Tensor, num_steps: int, early_stop_confidence: float = 0.0,
-               region_side: Tensor | None = None) -> dict[str, Tensor]:
+               region_side: Tensor | None = None, layout: ContextLayout | None = None) -> dict[str, Tensor]:
         """Run `num_steps` ACT steps from fresh latents with a fixed context (B, context_len, hidden)
-        (`region_side`: a size-aware canvas).
+        (`region_side`: a size-aware canvas; `layout`: the context's, `ContextSource.layout`).
 
         Only the last step builds a graph (when gradients are enabled), so test-time optimisation
         of the context costs one step's backward. Returns the last step's outputs, `halt_step`
@@ -374,7 +413,7 @@ class ACTModel(nn.Module):
         halt_step = torch.full((batch_size,), num_steps, dtype=torch.int32, device=device)
         for step in range(1, num_steps + 1):
             with torch.set_grad_enabled(torch.is_grad_enabled() and step == num_steps):
-                latents, logits, q_halt, q_continue = self.decoder(latents, inputs, context, region_side)
+                latents, logits, q_halt, q_continue = self.decoder(latents, inputs, context, region_side, layout)
             halt_step = torch.where((q_halt > 0) & (halt_step == num_steps), step, halt_step)
             if _all_confident(q_halt, early_stop_confidence):
                 break

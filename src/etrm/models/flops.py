@@ -21,8 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from etrm.core.config import RunConfig
-from etrm.data.encoding import PAD
+from etrm.core.config import RunConfig, TTTConfig
+from etrm.data.encoding import PAD, encode_grid
+from etrm.data.tasks import Task
 from etrm.models.layers import round_up_to_multiple
 
 
@@ -122,37 +123,61 @@ def encoder_batch_flops(config: RunConfig, demo_inputs: Any, demo_outputs: Any, 
     return forward * (3 if train else 1)
 
 
-def eval_flops_per_sample(config: RunConfig, num_demos: float, cells_per_demo: float, num_steps: float,
-                          encoder_every_step: bool = False) -> float:
-    """Test-time FLOPs of one (test input, augmentation) prediction.
+def kept_grid_tokens(grid: np.ndarray, canvas_side: int) -> int:
+    """The non-PAD tokens of a grid as evaluation encodes it (at the canvas's corner): its cells
+    and the EOS border below and to the right of it, where the canvas leaves room for one."""
+    return int(np.count_nonzero(encode_grid(grid, canvas_side) != PAD))
 
-    ETRM runs the encoder once (every step with `encoder_every_step`, as the reference protocol
-    did), then `num_steps` decoder steps. Test-time training's adaptation comes on top, once per
-    task: `ttt_flops_per_task`.
+
+def task_test_time_flops(config: RunConfig, task: Task, predictions: float, steps_run: float,
+                         ttt: TTTConfig | None = None, encoder_every_step: bool = False) -> float:
+    """Test-time FLOPs of one task: its `predictions` (test input, augmentation) predictions and,
+    with `ttt` (steps > 0), its adaptation before them (`ttt_flops_per_task`).
+
+    Each prediction runs the encoder once (every step with `encoder_every_step`, as the reference
+    protocol did) over the context evaluation gives it: the task's first `max_demos` demos, each
+    cropped to its kept tokens (`kept_grid_tokens` of input and output; the augmentations move
+    none), each at its own length; then `steps_run` decoder steps on the whole canvas (the mean
+    steps run: fewer than halt_max_steps with early stopping).
     """
+    side = config.canvas_side
+    demos = [kept_grid_tokens(i, side) + kept_grid_tokens(o, side) for i, o in task.demos]
+    context = demos[:config.max_demos]
+    encoder = 0.0
+    if reads_demos(config):
+        encoder = _pair_transformer_flops(config.encoder, context, padded=False)
+        encoder += _aggregation_flops(config, 1, len(context))
     step_forward = decoder_step_flops(config, 1, train=False)
-    encoder = encoder_flops(config, round(num_demos), cells_per_demo, train=False) if _reads_demos(config) else 0
-    return num_steps * step_forward + encoder * (num_steps if encoder_every_step else 1)
+    per_prediction = steps_run * step_forward + encoder * (steps_run if encoder_every_step else 1)
+    adaptation = 0.0
+    if ttt is not None and demos:
+        adaptation = ttt_flops_per_task(config, len(demos), sum(demos) / len(demos), ttt)
+    return predictions * per_prediction + adaptation
 
 
-def _reads_demos(config: RunConfig) -> bool:
-    return config.model_type == "etrm" and config.encoder.type != "none"  # the zero context costs nothing
+def reads_demos(config: RunConfig) -> bool:
+    """Whether `config`'s context source runs encoder layers over the demos (counted FLOPs)."""
+    # The zero context costs nothing; the demos as the context are embeddings (not counted), their
+    # cost is the decoder's longer sequence (model.context_len in `decoder_step_flops`).
+    return config.model_type == "etrm" and config.encoder.type not in ("none", "demo_cells")
 
 
-def ttt_flops_per_task(config: RunConfig, num_demos: float, cells_per_demo: float) -> float:
-    """Test-time training's adaptation of one task (`ttt.*`), before its predictions.
+def ttt_flops_per_task(config: RunConfig, num_demos: float, cells_per_demo: float,
+                       ttt: TTTConfig | None = None) -> float:
+    """Test-time training's adaptation of one task (`ttt`, default `config.ttt`), before its predictions.
 
     Each of `ttt.steps` steps runs one episode per demo: the encoder over the episode's
-    context demos (num_demos - 1 with leave-one-out), `objective_act_steps` decoder steps forward, and the
-    backward of the last one: twice its forward where weights adapt (`decoder`, `all`: weight and
-    input gradients), once where only the context or LoRA adapters do (input gradients; the
-    adapters' own rank-r products are not counted). With `all` the encoder backpropagates too.
+    context demos (num_demos - 1 with leave-one-out, at most max_demos), `objective_act_steps`
+    decoder steps forward, and the backward of the last one: twice its forward where weights
+    adapt (`decoder`, `all`: weight and input gradients), once where only the context or LoRA
+    adapters do (input gradients; the adapters' own rank-r products are not counted). With `all`
+    the encoder backpropagates too.
     """
-    ttt = config.ttt
+    ttt = config.ttt if ttt is None else ttt
     if ttt.steps == 0:
         return 0.0
-    context_demos = max(1, round(num_demos) - (ttt.objective == "leave_one_out"))
-    encoder = encoder_flops(config, context_demos, cells_per_demo, train=False) if _reads_demos(config) else 0
+    context_demos = min(config.max_demos, max(1, round(num_demos) - (ttt.objective == "leave_one_out")))
+    encoder = encoder_flops(config, context_demos, cells_per_demo, train=False) if reads_demos(config) else 0
     step_forward = decoder_step_flops(config, 1, train=False)
     last_step = decoder_step_flops(config, 1, train=True) - step_forward  # 2 x its graph's forward
     weights_adapt = ttt.params in ("decoder", "all")

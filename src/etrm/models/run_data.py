@@ -27,7 +27,7 @@ def split_of(config: RunConfig, leak_policy: str | None = None) -> FewShotSplit:
     look at a finished run's tasks)."""
     return few_shot_split(config.train_sources, config.test_sources, config.canvas_side, config.max_train_groups,
                           config.max_eval_groups, leak_policy or config.leak_policy, config.validation_sources,
-                          config.max_validation_groups)
+                          config.max_validation_groups, config.data_dir or None)
 
 
 @dataclass

@@ -40,7 +40,15 @@ from tqdm import tqdm
 
 from etrm.core import distributed
 from etrm.core.checkpoint import CHECKPOINT_NAME, read_checkpoint, write_checkpoint
-from etrm.core.config import RunConfig, canvas_region_margin, run_directory, to_yaml
+from etrm.core.config import (
+    PERIODIC_SPLITS,
+    RunConfig,
+    canvas_region_margin,
+    ineffective_settings,
+    periodic_split_names,
+    run_directory,
+    to_yaml,
+)
 from etrm.core.distributed import autocast_for
 from etrm.core.errors import ConfigError, EtrmError
 from etrm.data.episodes import TrainSampler
@@ -75,7 +83,8 @@ class Trainer:
             self.data.split.train, canvas_side=config.canvas_side, max_demos=config.max_demos,
             leave_one_out=config.leave_one_out, seed=config.seed, augment=config.augment,
             translate=config.translate, enumerated=self.data.enumerated, rank=runtime.rank,
-            world_size=runtime.world_size, region_margin=canvas_region_margin(config))
+            world_size=runtime.world_size, region_margin=canvas_region_margin(config),
+            context_includes_query_prob=config.context_includes_query_prob)
 
         torch.manual_seed(config.seed)
         self.model = self.data.build_model().to(runtime.device)
@@ -143,7 +152,8 @@ class Trainer:
             with autocast_for(device):
                 if not encode_once:
                     context, context_state, auxiliary = model.context_source.step(batch, context_state, steps == 0)
-                latents, logits, q_halt, _ = model.decoder(latents, inputs, context, batch.get("region_side"))
+                latents, logits, q_halt, _ = model.decoder(latents, inputs, context, batch.get("region_side"),
+                                                           model.context_source.layout(batch))
                 steps = steps + 1
                 halted = model.halting(steps, q_halt)
                 forced = forced | ((q_halt > 0) & ~halted)
@@ -224,6 +234,8 @@ class Trainer:
             (self.run_dir / "config.yaml").write_text(to_yaml(config))
             for line in self.data.split.summary(config.canvas_side):
                 print(line)
+            for setting in ineffective_settings(config):
+                print(f"no effect in this run: {setting}")
             print(f"training episodes: {self.sampler.num_episodes} "
                   f"({self.sampler.steps_per_epoch(config.global_batch_size)} steps per epoch at global batch "
                   f"{config.global_batch_size}); run directory: {self.run_dir}")
@@ -252,7 +264,7 @@ class Trainer:
                 if config.diagnostics_every and state.step % config.diagnostics_every == 0 and not last:
                     self.log_diagnostics()
                 if config.eval_every and state.step % config.eval_every == 0 and not last:
-                    self.evaluate_all(config.eval.periodic_splits)
+                    self.evaluate_all(periodic_split_names(config.eval.periodic_splits))
         progress.close()
         results = self.evaluate_all() if config.final_eval else {}
         summary = None
@@ -330,7 +342,7 @@ class Trainer:
                   f"({metrics['retrieval_chance']:.2f}): the encoder does not tell the probe tasks apart")
         return metrics
 
-    def evaluate_all(self, splits: str = "train,test") -> dict[str, Any]:
+    def evaluate_all(self, splits: tuple[str, ...] = PERIODIC_SPLITS) -> dict[str, Any]:
         """Evaluate with the EMA weights: `train` = the training tasks' test pairs (identity
         augmentation; Phase 1's train accuracy), `test` = the held-out tasks with voting."""
         config = self.config
@@ -347,7 +359,7 @@ class Trainer:
                 results["train"] = evaluate(self.model, self.data.training_test_pairs(), out_dir=None, **kwargs)
             if "test" in splits and self.data.split.test:
                 results["test"] = evaluate(self.model, self.data.held_out(config.eval.num_augmentations),
-                                           out_dir=self.run_dir, ttt=config.ttt, **kwargs)
+                                           out_dir=self.run_dir, ttt=config.ttt, config=config, **kwargs)
         finally:
             self.model.load_state_dict(raw)
         if self.runtime.is_main and self.logger is not None:

@@ -3,7 +3,8 @@
 Phase 1 (`phase=overfit`): train token accuracy above `overfit_pass_accuracy` (90%) on the
 training tasks, else FAIL with the guide's diagnosis. Phase 2 (`phase=generalisation`): held-out
 exact match (pass@1 after voting, the ARC Prize task mean) at or above
-`generalisation_pass_em` (5%), with the train/test gap and pass@2.
+`generalisation_pass_em` (5%) and above the copy-input floor (what answering each test input
+with itself scores on the same tasks), with the floor, the train/test gap and pass@2.
 """
 
 from __future__ import annotations
@@ -69,12 +70,15 @@ def verdict(config: RunConfig, history: list[dict[str, Any]], results: dict[str,
             summary["diagnosis"] = _diagnose(history, train["token_accuracy"])
             lines += [f"  - {note}" for note in summary["diagnosis"]]
     if config.phase == "generalisation" and test:
-        passed = test["pass@1"] >= config.generalisation_pass_em
+        floor = test.get("copy_input_floor") or 0.0
+        passed = test["pass@1"] >= config.generalisation_pass_em and test["pass@1"] > floor
         summary["verdict"] = "PASS" if passed else "FAIL"
         gap = (train.get("exact_match") or 0) - test["pass@1"]
         summary["train_test_em_gap"] = gap
+        summary["copy_input_floor"] = floor
         lines.append(f"Phase 2 (generalisation): {summary['verdict']} - held-out exact match {test['pass@1']:.1%} "
-                     f"(bar >= {config.generalisation_pass_em:.0%}), pass@2 {test['pass@2']:.1%}, "
+                     f"(bar >= {config.generalisation_pass_em:.0%} and above the copy-input floor {floor:.1%}: "
+                     f"answering each test input with itself), pass@2 {test['pass@2']:.1%}, "
                      f"train/test EM gap {gap:+.1%}")
     lines.append(f"run directory: {run_dir}")
     print("\n".join(lines))

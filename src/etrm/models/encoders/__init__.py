@@ -13,7 +13,8 @@ cross_demo: demo vectors attend to each other before the cross-attention;
 set_transformer: ISAB blocks over the demo set, then PMA;
 hierarchical: cells -> grid vectors -> demo vectors -> context;
 recurrent: ETRM-squared, a latent z_E refined from the demos at every ACT step;
-none: a zero context (the no-encoder floor).
+none: a zero context (the no-encoder floor);
+demo_cells: the demos as the context, one fused (input, output) token per demo cell, uncompressed.
 """
 
 from etrm.models.encoders.common import (
@@ -25,6 +26,7 @@ from etrm.models.encoders.common import (
     rename_legacy_keys,
 )
 from etrm.models.encoders.cross_demo import CrossDemoEncoder
+from etrm.models.encoders.demo_cells import DemoCellsEncoder
 from etrm.models.encoders.hierarchical import HierarchicalEncoder
 from etrm.models.encoders.hybrid import HybridEncoder
 from etrm.models.encoders.lpn import LPNEncoder
@@ -37,6 +39,7 @@ from etrm.models.encoders.variational import VariationalEncoder, gaussian_kl
 __all__ = [
     "ENCODERS",
     "CrossDemoEncoder",
+    "DemoCellsEncoder",
     "DemoEncoder",
     "EncoderContext",
     "HierarchicalEncoder",

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from etrm.core.config import EncoderConfig
 from etrm.data.encoding import PAD
-from etrm.models.decoder import ContextOutput, ContextSource
+from etrm.models.decoder import ContextLayout, ContextOutput, ContextSource
 from etrm.models.encoders.blocks import AttentionBlock, PreNormBlock
 from etrm.models.layers import (
     RMS_NORM_EPS,
@@ -59,26 +59,34 @@ def match_token_scale(context: Tensor) -> Tensor:
 
 
 class PairTransformer(nn.Module):
-    """Embeds one demo's input and output grids (separate embeddings) as one token sequence and
-    runs post-norm transformer layers over the real cells only.
+    """Embeds one demo's input and output grids as one token sequence and runs post-norm
+    transformer layers over the real cells only.
 
     PAD cells are cropped away before the layers: each demo keeps its non-PAD tokens (padded to
     the longest demo of the batch, those pads masked as keys), and every kept token carries the
-    RoPE angle of its canvas position. This equals masking PAD cells in a full 2L-token sequence,
+    RoPE angle of its canvas position. This equals masking PAD cells in the full token sequence,
     at a fraction of the cost: a 10x10 grid uses about 120 of the 900 cells of a 30x30 canvas.
 
     Options: `cls_token` prepends a learned CLS vector (state 0 of the output, unrotated: it
     takes RoPE angle 0); `pre_norm` uses pre-norm blocks and a final norm (the LPN style)
-    instead of the decoder's post-norm blocks.
+    instead of the decoder's post-norm blocks. `fused_pairs` (`encoder.pair_tokens=fused`): one
+    token per canvas cell, the sum of its input and its output embedding, so a raw token already
+    says "c became d" (else `separate`: 2L tokens, input cells then output cells, each with its own
+    embedding table). `aligned_positions` (`encoder.pair_positions=aligned`, separate tokens): an
+    output cell takes the angle of the input cell at its canvas place (else p + L); the two
+    embedding tables tell input from output.
     """
 
     LENGTH_GROUPS = 4  # demos sorted by length run through the layers in this many groups
 
     def __init__(self, hidden: int, num_heads: int, expansion: float, num_layers: int, seq_len: int,
-                 vocab_size: int, *, cls_token: bool = False, pre_norm: bool = False):
+                 vocab_size: int, *, cls_token: bool = False, pre_norm: bool = False, fused_pairs: bool = False,
+                 aligned_positions: bool = False):
         super().__init__()
         self.scale = math.sqrt(hidden)
         self.pre_norm = pre_norm
+        self.fused_pairs = fused_pairs
+        self.aligned_positions = aligned_positions
         self.input_embed = TokenEmbedding(vocab_size, hidden, init_std=1.0 / self.scale)
         self.output_embed = TokenEmbedding(vocab_size, hidden, init_std=1.0 / self.scale)
         self.cls = nn.Parameter(trunc_normal_init_(torch.empty(hidden), std=1.0)) if cls_token else None
@@ -86,28 +94,42 @@ class PairTransformer(nn.Module):
         block = PreNormBlock if pre_norm else PostNormBlock
         self.layers = nn.ModuleList(block(hidden, num_heads, expansion, RMS_NORM_EPS) for _ in range(num_layers))
 
+    def _tokens(self, grid_in: Tensor, grid_out: Tensor) -> tuple[Tensor, Callable[[Tensor], Tensor], Tensor]:
+        # (is_real (N, S), embed(positions (N, T)) -> (N, T, hidden), the RoPE angle index of each of the S places)
+        seq_len = grid_in.shape[1]
+        if self.fused_pairs:
+            def embed(position: Tensor) -> Tensor:
+                return self.input_embed(grid_in.gather(1, position)) + self.output_embed(grid_out.gather(1, position))
+
+            return (grid_in != PAD) | (grid_out != PAD), embed, torch.arange(seq_len, device=grid_in.device)
+        tokens = torch.cat((grid_in, grid_out), dim=1)
+
+        def embed(position: Tensor) -> Tensor:
+            kept_tokens = tokens.gather(1, position)
+            is_output = (position >= seq_len).unsqueeze(-1)
+            return torch.where(is_output, self.output_embed(kept_tokens), self.input_embed(kept_tokens))
+
+        angles = torch.arange(2 * seq_len, device=grid_in.device)
+        return tokens != PAD, embed, angles % seq_len if self.aligned_positions else angles
+
     def forward(self, grid_in: Tensor, grid_out: Tensor) -> tuple[Tensor, Tensor]:
         """(N, L) input and output tokens -> states of the kept tokens (N, T, hidden) and their
-        mask (N, T), T = the largest number of real cells of one demo (+1 for the CLS state,
+        mask (N, T), T = the largest number of real tokens of one demo (+1 for the CLS state,
         which comes first)."""
-        seq_len = grid_in.shape[1]
-        tokens = torch.cat((grid_in, grid_out), dim=1)
-        is_real = tokens != PAD
+        is_real, embed, angles = self._tokens(grid_in, grid_out)
         lengths = is_real.sum(1)
         kept = int(lengths.max())
-        # Stable sort puts each demo's real cells first, in canvas order; `position` is each
-        # kept token's index in the full 2L sequence.
+        # Stable sort puts each demo's real tokens first, in sequence order; `position` is each
+        # kept token's index in the full sequence.
         position = torch.argsort((~is_real).to(torch.int8), dim=1, stable=True)[:, :kept]
-        kept_tokens = tokens.gather(1, position)
-        mask = torch.arange(kept, device=tokens.device) < lengths.unsqueeze(1)
-        is_output = (position >= seq_len).unsqueeze(-1)
-        x = self.scale * torch.where(is_output, self.output_embed(kept_tokens), self.input_embed(kept_tokens))
-        if self.cls is not None:  # the CLS state takes position 0's angle (cos 1, sin 0): no rotation
-            position = torch.cat((torch.zeros_like(position[:, :1]), position), dim=1)
+        mask = torch.arange(kept, device=grid_in.device) < lengths.unsqueeze(1)
+        x = self.scale * embed(position)
+        angle = angles[position]
+        if self.cls is not None:  # the CLS state takes angle 0 (cos 1, sin 0): no rotation
+            angle = torch.cat((torch.zeros_like(angle[:, :1]), angle), dim=1)
             x = torch.cat((self.cls.to(x.dtype).expand(x.shape[0], 1, -1), x), dim=1)
             mask = torch.cat((torch.ones_like(mask[:, :1]), mask), dim=1)
-        cos, sin = self.rotary(2 * seq_len)
-        cos, sin = cos[position], sin[position]
+        cos, sin = self.rotary.at(angle)
         extra = x.shape[1] - kept  # the CLS state
         # Demos differ a lot in size (a 2x2 pair beside an 8x8 one): run the layers on groups of
         # demos of similar length, each padded only to its own longest, instead of padding every
@@ -123,6 +145,11 @@ class PairTransformer(nn.Module):
             outputs.append(nn.functional.pad(h, (0, 0, 0, x.shape[1] - width)))
         x = torch.cat(outputs)[torch.argsort(order)]
         return (rms_norm(x, RMS_NORM_EPS) if self.pre_norm else x), mask
+
+
+def pair_front_end(config: EncoderConfig) -> dict[str, bool]:
+    """The front-end options of `config` as `PairTransformer` keyword arguments."""
+    return {"fused_pairs": config.pair_tokens == "fused", "aligned_positions": config.pair_positions == "aligned"}
 
 
 class MaskedPooling(nn.Module):
@@ -170,7 +197,7 @@ class DemoVectors(nn.Module):
         super().__init__()
         hidden = config.hidden_size
         self.pair = PairTransformer(hidden, config.num_heads, config.expansion, config.num_layers, seq_len,
-                                    vocab_size, cls_token=config.pooling == "cls")
+                                    vocab_size, cls_token=config.pooling == "cls", **pair_front_end(config))
         self.pool = MaskedPooling(hidden, config.pooling)
 
     def encode_demo(self, grid_in: Tensor, grid_out: Tensor) -> Tensor:
@@ -229,6 +256,11 @@ class DemoEncoder(nn.Module):
     def initial_state(self, batch_size: int, device: torch.device) -> Tensor | None:
         return None
 
+    def layout(self, demo_inputs: Tensor, demo_outputs: Tensor, demo_mask: Tensor) -> ContextLayout | None:
+        """The context's key mask and rotary positions (`ContextSource.layout`); None for a fixed
+        block of context vectors."""
+        return None
+
     def encode(self, demo_inputs: Tensor, demo_outputs: Tensor, demo_mask: Tensor, state: Tensor | None = None,
                reset: Tensor | None = None) -> ContextOutput:
         raise NotImplementedError
@@ -253,3 +285,6 @@ class EncoderContext(ContextSource):
 
     def step(self, batch: dict[str, Tensor], state: Tensor | None, reset: Tensor) -> ContextOutput:
         return self.encoder.encode(batch["demo_inputs"], batch["demo_outputs"], batch["demo_mask"], state, reset)
+
+    def layout(self, batch: dict[str, Tensor]) -> ContextLayout | None:
+        return self.encoder.layout(batch["demo_inputs"], batch["demo_outputs"], batch["demo_mask"])

@@ -26,6 +26,7 @@ from etrm.models.encoders.common import (
     PairTransformer,
     encode_real_demos,
     match_token_scale,
+    pair_front_end,
     register_encoder,
 )
 from etrm.models.encoders.variational import GaussianHead, gaussian_kl, sample_gaussian
@@ -41,7 +42,7 @@ class LatentPerDemo(nn.Module):
         hidden = config.hidden_size
         self.variational = config.variational
         self.pair = PairTransformer(hidden, config.num_heads, config.expansion, config.num_layers, seq_len,
-                                    vocab_size, cls_token=True, pre_norm=True)
+                                    vocab_size, cls_token=True, pre_norm=True, **pair_front_end(config))
         self.head = GaussianHead(hidden, hidden) if self.variational else Linear(hidden, hidden, bias=True)
 
     def encode_demo(self, grid_in: Tensor, grid_out: Tensor) -> Tensor:

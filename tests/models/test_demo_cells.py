@@ -1,0 +1,112 @@
+"""The demos as the context (`encoder.type=demo_cells`): one fused (input, output) token per demo
+cell, PAD cells and padded demos masked as keys, sequence or aligned rotary positions."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from etrm.core.config import load_config
+from etrm.data.encoding import PAD
+from etrm.models import act_loss
+from etrm.models.build import build_model
+
+from .test_encoders import CANVAS, SEQ_LEN, act_batch
+
+MAX_DEMOS = 3
+
+
+def cells_model(positions: str = "sequence", max_demos: int = MAX_DEMOS):
+    config = load_config(["preset=overfit-cpu", f"canvas_side={CANVAS}", "model.hidden_size=32", "model.num_heads=2",
+                          f"max_demos={max_demos}", f"model.context_len={max_demos * SEQ_LEN}", "halt_max_steps=2",
+                          "encoder.type=demo_cells", f"encoder.cell_positions={positions}"])
+    torch.manual_seed(0)
+    return build_model(config).eval()
+
+
+def one_step(model, batch, context=None, layout=None):
+    source = model.context_source
+    context = source(batch) if context is None else context
+    layout = source.layout(batch) if layout is None else layout
+    latents = model.decoder.reset_latents(model.decoder.initial_latents(len(batch["inputs"])),
+                                          torch.ones(len(batch["inputs"]), dtype=torch.bool))
+    _, logits, q_halt, _ = model.decoder(latents, batch["inputs"], context, None, layout)
+    return logits, q_halt
+
+
+def test_each_cell_token_is_its_input_plus_its_output_embedding():
+    model = cells_model()
+    batch = act_batch([2, 1], seed=0)
+    encoder = model.context_source.encoder
+    context = model.context_source(batch).view(2, MAX_DEMOS, SEQ_LEN, -1)
+    d, cell = 0, int((batch["demo_inputs"][0, 0] != PAD).nonzero()[0])
+    token_in, token_out = batch["demo_inputs"][0, d, cell], batch["demo_outputs"][0, d, cell]
+    torch.testing.assert_close(context[0, d, cell], encoder.input_embed.weight[token_in]
+                               + encoder.output_embed.weight[token_out])
+
+
+@pytest.mark.parametrize("positions", ["sequence", "aligned"])
+def test_masked_cells_and_padded_demos_change_nothing(positions):
+    # Whatever sits at a masked context position (a cell PAD in both grids, a padded demo slot)
+    # leaves every output unchanged; the real cells do change it.
+    model = cells_model(positions)
+    batch = act_batch([2, 1, 3], seed=1)
+    layout = model.context_source.layout(batch)
+    with torch.no_grad():
+        context = model.context_source(batch)
+        expected = one_step(model, batch, context, layout)
+        masked = ~layout.key_mask
+        assert masked.any() and layout.key_mask.any()
+        noisy = torch.where(masked[..., None], torch.randn_like(context), context)
+        for got, want in zip(one_step(model, batch, noisy, layout), expected, strict=True):
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+        real_changed = torch.where(masked[..., None], context, torch.randn_like(context) * context.std())
+        assert not torch.allclose(one_step(model, batch, real_changed, layout)[0], expected[0], atol=1e-3)
+
+
+def test_the_mask_is_applied_to_the_decoder_s_attention():
+    model = cells_model()
+    batch = act_batch([1, 2], seed=2)
+    layout = model.context_source.layout(batch)
+    with torch.no_grad():
+        masked = one_step(model, batch, layout=layout)[0]
+        unmasked = one_step(model, batch, layout=layout._replace(key_mask=torch.ones_like(layout.key_mask)))[0]
+    assert not torch.allclose(masked, unmasked, atol=1e-4)
+
+
+def test_aligned_positions_give_a_demo_cell_its_query_cell_s_angle():
+    model = cells_model("aligned")
+    batch = act_batch([2, 1], seed=3)
+    positions = model.context_source.layout(batch).positions
+    context_len = MAX_DEMOS * SEQ_LEN
+    for demo in range(MAX_DEMOS):
+        for row, col in ((0, 0), (1, 2), (2, 1), (5, 4)):
+            cell = row * CANVAS + col
+            # a query cell sits at rotary position context_len + its canvas index
+            assert positions[demo * SEQ_LEN + cell] == context_len + cell
+            transposed = col * CANVAS + row
+            assert (positions[demo * SEQ_LEN + cell] == context_len + transposed) == (row == col)
+    assert cells_model("sequence").context_source.layout(batch).positions is None
+
+
+def test_aligned_outputs_do_not_depend_on_how_many_demo_slots_the_context_has():
+    # With aligned positions every angle is a canvas place, so a model with room for more demos
+    # (the same weights) gives the same outputs: the extra slots are masked, not attended to.
+    small, large = cells_model("aligned", max_demos=2), cells_model("aligned", max_demos=3)
+    large.load_state_dict(small.state_dict())
+    batch = act_batch([2, 1], seed=4)
+    with torch.no_grad():
+        for got, want in zip(one_step(large, batch), one_step(small, batch), strict=True):
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_every_parameter_gets_a_gradient_and_too_many_demos_are_refused():
+    model = cells_model().train()
+    batch = act_batch([3, 1, 2], seed=5)
+    carry, outputs = model(model.initial_carry(batch), batch)
+    loss, _ = act_loss(outputs, carry.current_data["labels"], carry.halted)
+    loss.backward()
+    for name, parameter in model.context_source.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+    with pytest.raises(ValueError, match="do not fit"):
+        model.context_source(act_batch([4, 1], seed=6))
