@@ -44,3 +44,26 @@ def test_probe_contexts_of_a_real_encoder_have_one_row_per_task_and_augmentation
     assert contexts.shape[1:] == (3, config.model.context_len * config.model.hidden_size)
     assert 2 <= contexts.shape[0] <= 5
     assert model.context_source.training  # mode restored
+
+
+def _tiny_model(*overrides):
+    config = load_config(["preset=cpu-demo", "canvas_side=6", "model.hidden_size=32", "model.num_heads=2",
+                          "encoder.hidden_size=32", "encoder.num_heads=2", "encoder.num_layers=1", "halt_max_steps=2",
+                          *overrides])
+    torch.manual_seed(0)
+    return build_model(config), config
+
+
+def test_context_influence_is_zero_without_a_context_and_not_with_one():
+    from etrm.eval.diagnostics import context_influence
+
+    tasks = [t for t in load_tasks("arc1:training") if t.fits(6)][:6]
+    none, config = _tiny_model("encoder.type=none")
+    result = context_influence(none, tasks, 6, config.max_demos, torch.device("cpu"))
+    assert result["context_influence"] == 0.0 and result["context_loss_own"] > 0  # every task the same zero context
+    for encoder in (["encoder.type=standard"], ["encoder.type=demo_cells", f"model.context_len={10 * 36}"]):
+        model, config = _tiny_model(*encoder)
+        result = context_influence(model.train(), tasks, 6, config.max_demos, torch.device("cpu"))
+        assert abs(result["context_influence"]) > 1e-4, encoder
+        assert result["context_influence"] == result["context_loss_swapped"] - result["context_loss_own"]
+        assert model.training  # mode restored

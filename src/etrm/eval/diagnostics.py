@@ -11,6 +11,9 @@ probe set: K tasks, each under A augmentations, grouped by the ORIGINAL task.
 - retrieval_accuracy: for task t under augmentation i, is the nearest context (cosine) among all
   tasks under augmentation j that of task t? Averaged over tasks and ordered pairs i != j.
   Chance is 1/K: at chance, the encoder tells tasks apart no better than noise.
+- context_influence (`context_influence`): how much the decoder reads its context: the loss on
+  the probe tasks' test pairs with another task's context minus the loss with their own. Near 0,
+  the decoder ignores the context (what starvation looks like from the decoder's side).
 """
 
 from __future__ import annotations
@@ -20,11 +23,13 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from etrm.data.augment import NUM_DIHEDRAL
+from etrm.data.augment import NUM_DIHEDRAL, Augmentation
+from etrm.data.encoding import IGNORE_LABEL
 from etrm.data.episodes import AugmentedTasks, encode_episodes
 from etrm.data.tasks import Task
 from etrm.data.tensors import to_torch
-from etrm.models.decoder import ContextSource
+from etrm.models.decoder import ACTModel, ContextLayout, ContextSource
+from etrm.models.losses import stablemax_cross_entropy
 
 
 def probe_contexts(context_source: ContextSource, tasks: Sequence[Task], num_augmentations: int, canvas_side: int,
@@ -76,3 +81,33 @@ def collapse_metrics(contexts: torch.Tensor) -> dict[str, float]:
 def retrieval_at_chance(metrics: dict[str, float], margin: float = 2.0) -> bool:
     """Whether retrieval is no better than `margin` x chance (a collapsed or task-blind encoder)."""
     return metrics["retrieval_accuracy"] <= margin * metrics["retrieval_chance"]
+
+
+def context_influence(model: ACTModel, tasks: Sequence[Task], canvas_side: int, max_demos: int,
+                      device: torch.device, region_margin: int | None = None) -> dict[str, float] | None:
+    """The decoder's loss on each task's first test pair (identity augmentation, halt_max_steps
+    steps) with the task's own context and with the next task's (the contexts rolled by one),
+    and their difference `context_influence` (swapped minus own). None for fewer than two tasks
+    or a recurrent context source (its context is refined inside the ACT carry)."""
+    source = model.context_source
+    if len(tasks) < 2 or source.initial_state(1, device) is not None:
+        return None
+    episodes = np.array([(t, 0) for t in range(len(tasks))], dtype=np.int64)
+    batch = to_torch(encode_episodes(tasks, episodes, [Augmentation()] * len(tasks), canvas_side, max_demos,
+                                     region_margin=region_margin), device)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        context, layout = source(batch), source.layout(batch)
+        swapped_layout = None if layout is None else ContextLayout(
+            None if layout.key_mask is None else layout.key_mask.roll(1, 0), layout.positions)
+        losses = {}
+        for name, ctx, lay in (("own", context, layout), ("swapped", context.roll(1, 0), swapped_layout)):
+            outputs = model.decode(batch["inputs"], ctx, model.config.halt_max_steps,
+                                   region_side=batch.get("region_side"), layout=lay)
+            known = batch["labels"] != IGNORE_LABEL
+            per_sample = stablemax_cross_entropy(outputs["logits"], batch["labels"]).sum(-1) / known.sum(-1)
+            losses[name] = float(per_sample.mean())
+    model.train(was_training)
+    return {"context_loss_own": losses["own"], "context_loss_swapped": losses["swapped"],
+            "context_influence": losses["swapped"] - losses["own"]}

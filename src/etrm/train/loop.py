@@ -53,7 +53,7 @@ from etrm.core.distributed import autocast_for
 from etrm.core.errors import ConfigError, EtrmError
 from etrm.data.episodes import TrainSampler
 from etrm.data.tensors import to_torch
-from etrm.eval.diagnostics import collapse_metrics, probe_contexts, retrieval_at_chance
+from etrm.eval.diagnostics import collapse_metrics, context_influence, probe_contexts, retrieval_at_chance
 from etrm.eval.evaluate import evaluate
 from etrm.models.build import compile_model, load_pretrained_decoder
 from etrm.models.decoder import ACTModel
@@ -336,6 +336,8 @@ class Trainer:
         if contexts.shape[0] < 2:
             return None
         metrics = collapse_metrics(contexts)
+        metrics.update(context_influence(self.model, probe, config.canvas_side, config.max_demos,
+                                         self.runtime.device, canvas_region_margin(config)) or {})
         self.logger.log(self.state.step, metrics, kind="diagnostics")
         if self.state.step > config.lr_warmup_steps and retrieval_at_chance(metrics):
             print(f"warning: step {self.state.step}: task retrieval {metrics['retrieval_accuracy']:.2f} is at chance "
