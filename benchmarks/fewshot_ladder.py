@@ -26,6 +26,7 @@ import argparse
 import json
 import statistics
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -140,6 +141,126 @@ def extra(name: str, probe_tasks: int, threads: int) -> None:
     result["probe"] = probe_run(run_dir, f"synth:iid:test:1:{probe_tasks}:8:{level}").probes
     (run_dir / "extra.json").write_text(json.dumps(result, indent=1, default=str))
     print(name, json.dumps(result, default=str)[:400], flush=True)
+
+
+REPRESENT = OUT / "represent"
+# What the representability diagnostic trains (a fresh encoder with a head on the rule labels):
+# the standard front end, its options, and the demos as the context.
+REPRESENT_DESIGNS = {"standard": [], "fused": DESIGNS["fused"], "aligned": DESIGNS["aligned"], "cells": CELLS}
+
+
+def represent(level: int, steps: int, threads: int, train_tasks: int) -> None:
+    """`etrm.analysis.representability` for each of REPRESENT_DESIGNS at `level`: trained on the
+    first `train_tasks` training tasks' labels, scored on the 100 held-out tasks ->
+    runs/ladder/represent/l{level}-NAME.json (an existing file is kept)."""
+    import torch
+
+    from etrm.analysis.representability import representability
+    from etrm.core.config import load_config
+    from etrm.models.run_data import split_of
+
+    torch.set_num_threads(threads)
+    REPRESENT.mkdir(parents=True, exist_ok=True)
+    for name, overrides in REPRESENT_DESIGNS.items():
+        path = REPRESENT / f"l{level}-{name}.json"
+        if path.is_file():
+            continue
+        config = load_config([f"preset={LEVELS[level]}", *overrides])
+        split = split_of(config)
+        start = time.perf_counter()
+        result = representability(config, split.train[:train_tasks], split.test, steps=steps)
+        result.update(overrides=overrides, seconds=time.perf_counter() - start, threads=threads)
+        path.write_text(json.dumps(result, indent=1))
+        print(name, json.dumps(result)[:300], flush=True)
+
+
+def _diagnostics(name: str) -> list[dict]:
+    path = OUT / name / "metrics.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    return records
+
+
+def designs_figure(names: list[str]) -> Path:
+    """Held-out pass@2, the encoder's gradient share, retrieval and context influence against
+    steps for the design runs -> docs/figures/fewshot_designs.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 4, figsize=(18, 3.6))
+    for name in names:
+        records = _diagnostics(name)
+        if not records:
+            continue
+        for axis, kind, key in ((axes[0], "eval_test", "pass@2"), (axes[1], "train", "encoder_grad_share"),
+                                (axes[2], "diagnostics", "retrieval_accuracy"),
+                                (axes[3], "diagnostics", "context_influence")):
+            points = [(r["step"], r[key]) for r in records if r["kind"] == kind and r.get(key) is not None]
+            if points:
+                axis.plot(*zip(*points, strict=True), label=name, linewidth=1)
+    for axis, title in zip(axes, ("held-out pass@2", "encoder gradient share (log)", "task retrieval (probe set)",
+                                  "context influence (loss, swapped - own)"), strict=True):
+        axis.set_title(title, fontsize=9)
+        axis.set_xlabel("step")
+        axis.grid(alpha=0.3)
+    axes[1].set_yscale("log")
+    axes[0].legend(fontsize=6)
+    path = FIGURE.with_name("fewshot_designs.png")
+    fig.savefig(path, dpi=90, bbox_inches="tight")
+    return path
+
+
+def designs_report(minutes: float, threads: int, sharing: str) -> None:
+    """The `fewshot_designs` section of BENCHMARKS.md: every design run that exists, its bounds
+    beside it where they were run, and the representability results."""
+    names = [name for name in GROUPS["designs"] + GROUPS["bounds"] if (OUT / name / "summary.json").is_file()]
+    rows = ["| run | overrides | steps | s / step | train EM | held-out pass@2 | copy-input floor | "
+            "encoder grad share (last) | retrieval (last) | context influence (last) |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    for name in names:
+        run, records = _load(name), _diagnostics(name)
+        last = {kind: next((r for r in reversed(records) if r["kind"] == kind), {})
+                for kind in ("train", "diagnostics")}
+        test = run["summary"]["test_eval"]
+        rows.append(f"| {name} | {' '.join(f'`{o}`' for o in RUNS[name][1])} | {run['summary']['steps']} | "
+                    f"{run['seconds_per_step']:.2f} | {_cell(run['summary']['train_eval']['exact_match'])} | "
+                    f"{_cell(test['pass@2'])} | {_cell(test.get('copy_input_floor'))} | "
+                    f"{last['train'].get('encoder_grad_share', float('nan')):.1e} | "
+                    f"{_cell(last['diagnostics'].get('retrieval_accuracy'))} | "
+                    f"{last['diagnostics'].get('context_influence', float('nan')):.3f} |")
+    represented = ["| level, design | colour image: accuracy (chance) | all shown colours right | family | "
+                   "first parameter: accuracy (chance) | steps | seconds |", "|---|---|---|---|---|---|---|"]
+    for path in sorted(REPRESENT.glob("*.json")) if REPRESENT.is_dir() else []:
+        result = json.loads(path.read_text())
+        image, family, parameter = result["colour_image"], result["family"], result["parameter"]
+
+        def scored(part: dict) -> str:
+            return "-" if part.get("accuracy") is None else f"{_cell(part['accuracy'])} ({_cell(part['chance'])})"
+
+        represented.append(f"| {path.stem} | {scored(image)} | {_cell(image.get('tasks_all_right'))} | "
+                           f"{scored(family)} | {scored(parameter)} | {result['steps']} | {result['seconds']:.0f} |")
+    figure_path = designs_figure(names)
+    body = f"""## Few-shot designs: the demos as the context, front end, training signal (`fewshot_ladder.py designs`)
+
+Machine: {machine()}. Each run {minutes:.0f} minutes of training (`max_minutes`, the periodic
+held-out evaluations every 50 steps included), {threads} torch thread(s) per run; {sharing}.
+Held-out: the level's 100 `iid` tasks. The copy-input floor is what answering each test input
+with itself scores on the same tasks. Gradient share, retrieval and context influence are the
+last values logged (diagnostics every 250 steps on 16 training tasks x 4 augmentations).
+
+{chr(10).join(rows)}
+
+Representability (`etrm.analysis.representability`): a fresh encoder of each design trained with a
+small head directly on the rule labels of the level's training tasks, scored on its held-out
+tasks. A diagnostic, not a model.
+
+{chr(10).join(represented)}
+
+![design curves](docs/figures/{figure_path.name})
+"""
+    write_section("fewshot_designs", body)
+    print(body)
 
 
 # ------------------------------------------------------------------------------ the report
@@ -362,12 +483,15 @@ atoms); no context: `encoder.type=none`; both trained exactly like ETRM on the s
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("stage", choices=["train", "extra", "report"])
+    parser.add_argument("stage", choices=["train", "extra", "represent", "report", "designs"])
     parser.add_argument("names", nargs="*")
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--probe-tasks", type=int, default=300)
     parser.add_argument("--sharing", default="two runs side by side on the two cores")
+    parser.add_argument("--level", type=int, default=1, help="represent: the ladder level")
+    parser.add_argument("--steps", type=int, default=600, help="represent: training steps of each encoder")
+    parser.add_argument("--train-tasks", type=int, default=2000, help="represent: training tasks used")
     args = parser.parse_args()
     names = [n for name in args.names for n in GROUPS.get(name, [name])]
     unknown = [n for n in names if n not in RUNS]
@@ -379,6 +503,10 @@ def main() -> None:
     elif args.stage == "extra":
         for name in names:
             extra(name, args.probe_tasks, args.threads)
+    elif args.stage == "represent":
+        represent(args.level, args.steps, args.threads, args.train_tasks)
+    elif args.stage == "designs":
+        designs_report(args.minutes, args.threads, args.sharing)
     else:
         report(args.minutes, args.threads, args.sharing)
 

@@ -207,6 +207,11 @@ def _analyze(args: argparse.Namespace) -> int:
         print(path)
     for line in probe_run(args.run_dir, args.probe_sources).lines():
         print(line)
+    if args.representability:
+        from etrm.analysis.representability import representability_run
+
+        for line in representability_run(args.run_dir, args.representability):
+            print(line)
     return 0
 
 
@@ -313,6 +318,10 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("run_dir")
     analyze.add_argument("--probe-sources", default=None,
                          help="probe the rules on these tasks (e.g. synth:iid:test:1:300:8), not the held-out ones")
+    analyze.add_argument("--representability", type=int, default=0, metavar="STEPS",
+                         help="also train a fresh encoder of the run's config with a small head on the rule labels "
+                              "of its training tasks for STEPS steps and score it on its held-out tasks (can the "
+                              "front end carry the rule?) -> RUN_DIR/representability.json")
     analyze.set_defaults(handler=_analyze)
     comparison = commands.add_parser("compare", help="a side-by-side table of the key metrics of runs")
     comparison.add_argument("run_dirs", nargs="+")
