@@ -49,6 +49,8 @@ DESIGNS = {
     "fused": ["encoder.pair_tokens=fused"],
     "fused-withq": ["encoder.pair_tokens=fused", "context_includes_query_prob=0.5"],
     "aligned": ["encoder.pair_positions=aligned"],
+    "slots": ["encoder.type=cell_slots"],
+    "slots-withq": ["encoder.type=cell_slots", "context_includes_query_prob=0.5"],
 }
 # Periodic held-out evaluation for the curves (the final evaluation also scores the training tasks).
 CURVE = ["eval_every=50", "eval.periodic_splits=test"]
@@ -146,7 +148,8 @@ def extra(name: str, probe_tasks: int, threads: int) -> None:
 REPRESENT = OUT / "represent"
 # What the representability diagnostic trains (a fresh encoder with a head on the rule labels):
 # the standard front end, its options, and the demos as the context.
-REPRESENT_DESIGNS = {"standard": [], "fused": DESIGNS["fused"], "aligned": DESIGNS["aligned"], "cells": CELLS}
+REPRESENT_DESIGNS = {"standard": [], "fused": DESIGNS["fused"], "aligned": DESIGNS["aligned"], "slots": DESIGNS["slots"],
+                     "cells": CELLS}
 
 
 def represent(level: int, steps: int, threads: int, train_tasks: int) -> None:

@@ -31,7 +31,7 @@ CONTEXT_LEN = 4
 DECODER_HIDDEN = 24  # differs from the encoder's 32, so a mix-up of the two widths fails
 VOCAB = 12
 
-# (id, encoder.type, extra EncoderConfig fields): all nine kinds, plus the variational hybrid.
+# (id, encoder.type, extra EncoderConfig fields): every kind with parameters, and variants.
 KINDS = [
     ("standard", "standard", {}),
     ("variational", "variational", {}),
@@ -43,6 +43,8 @@ KINDS = [
     ("set_transformer", "set_transformer", {}),
     ("hierarchical", "hierarchical", {}),
     ("recurrent", "recurrent", {}),
+    ("cell_slots", "cell_slots", {}),
+    ("cell_slots-raw", "cell_slots", {"num_layers": 0}),
 ]
 VARIATIONAL = {"variational", "lpn-variational", "hybrid-variational"}
 KIND_IDS = [kind[0] for kind in KINDS]
@@ -51,8 +53,8 @@ KIND_BY_ID = {kind[0]: kind for kind in KINDS}
 
 def tiny_encoder(kind_id: str, seed: int = 0, **fields) -> torch.nn.Module:
     _, encoder_type, extra = KIND_BY_ID[kind_id]
-    config = EncoderConfig(type=encoder_type, hidden_size=32, num_heads=2, expansion=2.0, num_layers=2,
-                           num_inducing=3, **{**extra, **fields})
+    config = EncoderConfig(**{"type": encoder_type, "hidden_size": 32, "num_heads": 2, "expansion": 2.0,
+                              "num_layers": 2, "num_inducing": 3, **extra, **fields})
     torch.manual_seed(seed)
     return build_encoder(config, DECODER_HIDDEN, CONTEXT_LEN, SEQ_LEN, VOCAB)
 

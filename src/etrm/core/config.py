@@ -324,9 +324,9 @@ def _validate(config: RunConfig) -> None:
     if config.grad_clip_norm <= 0:  # clip_grad_norm_ would scale every gradient to zero
         raise ConfigError(f"grad_clip_norm must be above 0 (a large value clips nothing), got {config.grad_clip_norm}")
     front_end_changed = config.encoder.pair_tokens != "separate" or config.encoder.pair_positions != "sequence"
-    if front_end_changed and config.encoder.type in ("hierarchical", "demo_cells", "none"):
+    if front_end_changed and config.encoder.type in ("hierarchical", "demo_cells", "cell_slots", "none"):
         raise ConfigError(f"encoder.pair_tokens / encoder.pair_positions do not apply to encoder.type="
-                          f"{config.encoder.type} (it has no per-demo pair transformer)")
+                          f"{config.encoder.type} (its front end is fixed: see its module)")
     if config.encoder.pair_tokens == "fused" and config.encoder.pair_positions == "aligned":
         raise ConfigError("encoder.pair_positions=aligned needs encoder.pair_tokens=separate: a fused token "
                           "already holds its input and output cell at one place")

@@ -14,9 +14,11 @@ set_transformer: ISAB blocks over the demo set, then PMA;
 hierarchical: cells -> grid vectors -> demo vectors -> context;
 recurrent: ETRM-squared, a latent z_E refined from the demos at every ACT step;
 none: a zero context (the no-encoder floor);
-demo_cells: the demos as the context, one fused (input, output) token per demo cell, uncompressed.
+demo_cells: the demos as the context, one fused (input, output) token per demo cell, uncompressed;
+cell_slots: context_len learned slots attending over every fused cell state of every demo.
 """
 
+from etrm.models.encoders.cell_slots import CellSlotsEncoder
 from etrm.models.encoders.common import (
     ENCODERS,
     DemoEncoder,
@@ -38,6 +40,7 @@ from etrm.models.encoders.variational import VariationalEncoder, gaussian_kl
 
 __all__ = [
     "ENCODERS",
+    "CellSlotsEncoder",
     "CrossDemoEncoder",
     "DemoCellsEncoder",
     "DemoEncoder",
