@@ -148,8 +148,8 @@ def extra(name: str, probe_tasks: int, threads: int) -> None:
 REPRESENT = OUT / "represent"
 # What the representability diagnostic trains (a fresh encoder with a head on the rule labels):
 # the standard front end, its options, and the demos as the context.
-REPRESENT_DESIGNS = {"standard": [], "fused": DESIGNS["fused"], "aligned": DESIGNS["aligned"], "slots": DESIGNS["slots"],
-                     "cells": CELLS}
+REPRESENT_DESIGNS = {"standard": [], "fused": DESIGNS["fused"], "aligned": DESIGNS["aligned"],
+                     "slots": DESIGNS["slots"], "cells": CELLS}
 
 
 def represent(level: int, steps: int, threads: int, train_tasks: int) -> None:

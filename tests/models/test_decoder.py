@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from etrm.models import ACTModel, DecoderConfig, PuzzleEmbedding, RecursiveDecoder
-from etrm.models.decoder import merge_new_samples
+from etrm.models.decoder import REGION_GROUPS, merge_new_samples
 
 TINY = dict(hidden_size=32, num_heads=2, expansion=2.0, num_layers=2, h_cycles=2, l_cycles=2,
             seq_len=9, context_len=2, vocab_size=12, halt_max_steps=3)
@@ -264,3 +264,130 @@ def test_with_square_keys_a_sample_depends_on_its_batch_square():
     torch.testing.assert_close(beside, _run_decoder(model, alone, region=False)[1][:, cells], rtol=1e-5, atol=1e-5)
     # ... and alone, on its own square, something else.
     assert not torch.allclose(beside, _run_decoder(model, alone, region=True)[1][:, cells])
+
+
+# ------------------------------------------- size-aware canvas: groups of similar region
+MIXED = [1, 2, 5, 3, 2, 4, 1, 5]  # region sides in batch order: the groups are not contiguous in it
+
+
+def _region_positions(side: int) -> list[int]:
+    """The context positions and a region's cells on the full canvas (what a sample's latents hold)."""
+    return list(range(TINY["context_len"])) + [TINY["context_len"] + r * CANVAS + c
+                                               for r in range(side) for c in range(side)]
+
+
+def _grouped_and_one_square(model: ACTModel, batch: dict[str, torch.Tensor], steps: int = 2, layout=None):
+    """(grouped, one square) results of `steps` decoder steps from fresh latents, with the
+    gradients of the last step's logits and halting logits (a random weighting of each). In
+    float64, where the two agree to rounding (~1e-14): a sample's masked keys contribute nothing,
+    and in float32 the different square sizes only change the rounding (~1e-5)."""
+    model.double()
+    results = []
+    for groups in (model.decoder.config.region_groups, 1):
+        model.zero_grad()
+        model.decoder.config.region_groups = groups
+        context = model.context_source(batch)
+        size = batch["inputs"].shape[0]
+        latents = model.decoder.reset_latents(model.decoder.initial_latents(size), torch.ones(size, dtype=torch.bool))
+        for _ in range(steps):
+            latents, logits, q_halt, q_continue = model.decoder(latents, batch["inputs"], context,
+                                                                batch["region_side"], layout)
+        weights = torch.Generator().manual_seed(0)
+        ((logits * torch.randn(logits.shape, generator=weights)).sum()
+         + (q_halt * torch.randn(q_halt.shape, generator=weights)).sum()).backward()
+        grads = {name: p.grad.to_dense() for name, p in model.named_parameters() if p.grad is not None}
+        results.append((latents, logits.detach(), q_halt.detach(), q_continue.detach(), grads))
+    model.decoder.config.region_groups = REGION_GROUPS
+    return results
+
+
+def _count_squares(model: ACTModel, monkeypatch) -> list[int]:
+    squares: list[int] = []
+    original = RecursiveDecoder._forward_on_square
+
+    def recorded(self, *args, **kwargs):
+        squares.append(args[5] if len(args) > 5 else kwargs["side"])
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(RecursiveDecoder, "_forward_on_square", recorded)
+    return squares
+
+
+def _assert_same_per_sample(grouped, one_square, sides: list[int]) -> None:
+    (latents_g, logits_g, halt_g, continue_g, grads_g), (latents_1, logits_1, halt_1, continue_1, grads_1) = (
+        grouped, one_square)
+    assert logits_g.dtype == torch.float64
+    close = dict(rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(logits_g, logits_1, **close)
+    torch.testing.assert_close(halt_g, halt_1, **close)
+    torch.testing.assert_close(continue_g, continue_1, **close)
+    for row, side in enumerate(sides):  # a sample's latents: its context positions and its region
+        positions = _region_positions(side)
+        for grouped_z, one_z in zip(latents_g, latents_1, strict=True):
+            torch.testing.assert_close(grouped_z[row, positions], one_z[row, positions], **close)
+    assert grads_g.keys() == grads_1.keys() and grads_g
+    for name, grad in grads_g.items():
+        torch.testing.assert_close(grad, grads_1[name], **close, msg=name)
+
+
+def test_region_groups_split_sorted_sides_where_it_saves_and_never_inside_a_side():
+    from etrm.models.decoder import region_groups
+
+    sizes = dict(context_len=16, hidden_size=512, expansion=4.0)
+    assert region_groups([5, 5, 5], 4, **sizes) == [3]  # one side: one square
+    assert region_groups([3, 3, 8, 8, 12, 12, 16, 30], 4, **sizes) == [4, 6, 7, 8]  # the last ends each group
+    assert region_groups([3, 3, 8, 8, 12, 12, 16, 30], 1, **sizes) == [8]
+    assert region_groups([30, 30], 4, **sizes) == [2] and region_groups([], 4, **sizes) == []
+    many = sorted([side for side in range(3, 31) for _ in range(30)])
+    ends = region_groups(many, 4, **sizes)
+    assert len(ends) == 4 and ends[-1] == len(many)
+    assert all(many[end - 1] != many[end] for end in ends[:-1])  # equal sides stay together
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_groups_of_regions_compute_per_sample_what_one_square_does(seed, monkeypatch):
+    # TRM's context (a learned vector block per puzzle): mixed sides in several groups, each on
+    # its own square, against the whole batch on its largest square: logits, halting, the
+    # latents of every sample's region and the weights' gradients agree.
+    model = _region_model(seed)
+    batch = _region_batch(MIXED, seed=seed + 10)
+    squares = _count_squares(model, monkeypatch)
+    grouped, one_square = _grouped_and_one_square(model, batch)
+    assert len(set(squares[:2 * 4])) > 2 and squares[-1] == CANVAS  # the grouped steps ran several squares
+    _assert_same_per_sample(grouped, one_square, MIXED)
+
+
+def test_groups_of_regions_with_a_context_layout(monkeypatch):
+    # The demos as the context (ETRM's demo_cells source): a key mask over the context positions
+    # per sample, which each group takes its rows of.
+    from etrm.models.decoder import ContextLayout
+
+    model = _region_model(2)
+    batch = _region_batch(MIXED, seed=12)
+    key_mask = torch.rand(len(MIXED), TINY["context_len"], generator=torch.Generator().manual_seed(3)) > 0.3
+    key_mask[:, 0] = True
+    layout = ContextLayout(key_mask=key_mask, positions=torch.tensor([0, 5]))
+    squares = _count_squares(model, monkeypatch)
+    grouped, one_square = _grouped_and_one_square(model, batch, layout=layout)
+    assert len(set(squares)) > 2
+    _assert_same_per_sample(grouped, one_square, MIXED)
+
+
+def test_a_batch_of_one_size_runs_one_square_and_computes_the_same(monkeypatch):
+    model = _region_model(3)
+    batch = _region_batch([3] * 4, seed=13)
+    squares = _count_squares(model, monkeypatch)
+    grouped, one_square = _grouped_and_one_square(model, batch)
+    assert squares == [3] * 4  # two steps per arm, one square each
+    for a, b in zip(grouped[:4], one_square[:4], strict=True):
+        for x, y in zip(a if isinstance(a, tuple) else (a,), b if isinstance(b, tuple) else (b,), strict=True):
+            assert torch.equal(x, y)
+
+
+def test_square_keys_run_one_square_whatever_the_sides(monkeypatch):
+    # dynamic_canvas_keys=square: the PAD keys of the square are attended to, so grouping would
+    # change the results; the batch runs on its largest square.
+    model = _region_model(region_keys_only=False)
+    squares = _count_squares(model, monkeypatch)
+    _run_decoder(model, _region_batch(MIXED, seed=14), region=True)
+    assert squares == [CANVAS, CANVAS]

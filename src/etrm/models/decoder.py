@@ -18,7 +18,13 @@ Design choices:
   context positions and the top-left square that holds every sample's region, each cell with its
   full-canvas rotary angle, keys outside a sample's own region masked; the latents keep their
   full-canvas layout (the rest of it untouched), and the logits come back on the full canvas,
-  zero outside each sample's region (so argmax reads PAD there).
+  zero outside each sample's region (so argmax reads PAD there). With those masked keys a
+  sample's results do not depend on the square, so the batch's samples run in up to
+  `REGION_GROUPS` groups of similar region, each on its own square (`region_groups` picks them:
+  contiguous in region order, the split that minimises the estimated cost), their results put
+  back in the batch's order: exact, and what keeps the speed-up when the persistent carry mixes
+  samples of many sizes (the square of the whole carry is its largest region). With the square's
+  PAD cells as keys (`region_keys_only=False`) a batch runs on one square.
 - Halting bookkeeping lives in `ACTModel`, apart from the recursion: a slot whose sample halted
   takes the next batch's sample and restarts from the fixed initial latents; a running slot
   keeps its own sample (inputs, labels, demos). Training halts when q_halt > 0 (with random
@@ -28,6 +34,7 @@ Design choices:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
 
@@ -43,8 +50,65 @@ from etrm.models.layers import (
     PostNormBlock,
     RotaryEmbedding,
     TokenEmbedding,
+    round_up_to_multiple,
     trunc_normal_init_,
 )
+
+# Size-aware canvas: a batch's samples run in at most this many groups of similar region, each on
+# its own square (exact with the region keys: `RecursiveDecoder._forward_on_regions`).
+REGION_GROUPS = 4
+# A further group must save at least this share of the batch's cost on its one square (it costs
+# a pass over the layers of its own: kernel launches, smaller matmuls).
+REGION_GROUP_MIN_SAVING = 0.01
+
+
+def region_groups(sides: Sequence[int], max_groups: int, context_len: int, hidden_size: int,
+                  expansion: float) -> list[int]:
+    """How a batch whose sorted region sides are `sides` splits into at most `max_groups` groups,
+    each run on the square of its largest side: the end index (into `sides`) of each group.
+
+    Groups are contiguous in sorted order (optimal for a cost that grows with the square) and
+    never split equal sides; the split minimises the estimated step cost, a sample on a square of
+    side s costing P (linear + 4 P hidden) with P = context_len + s^2 positions (the block's
+    matmuls per token and its attention), and a further group must save
+    `REGION_GROUP_MIN_SAVING` of the cost on one square. Pure Python on the host (`sides` has
+    at most one distinct value per canvas side, so the search is small whatever the batch).
+    """
+    if len(sides) == 0:
+        return []
+    inner = round_up_to_multiple(round(expansion * hidden_size * 2 / 3), 256)
+    linear = 2 * (4 * hidden_size * hidden_size + 3 * hidden_size * inner)
+
+    def cost(side: int) -> float:
+        positions = context_len + side * side
+        return positions * (linear + 4 * positions * hidden_size)
+
+    values, ends = [], []  # the distinct sides, and where each one's run ends in `sides`
+    for index, side in enumerate(sides):
+        if values and side == values[-1]:
+            ends[-1] = index + 1
+        else:
+            values.append(side)
+            ends.append(index + 1)
+    whole = len(sides) * cost(values[-1])
+    penalty = REGION_GROUP_MIN_SAVING * whole
+    # best[j]: (cost, group ends) of the first j distinct values' samples in the groups so far.
+    best: list[tuple[float, list[int]]] = [(0.0, [])] + [(math.inf, [])] * len(values)
+    answer = (whole, [len(sides)])
+    for groups in range(1, min(max_groups, len(values)) + 1):
+        new: list[tuple[float, list[int]]] = [(math.inf, [])] * (len(values) + 1)
+        for j in range(groups, len(values) + 1):
+            for i in range(groups - 1, j):
+                if best[i][0] == math.inf:
+                    continue
+                count = ends[j - 1] - (ends[i - 1] if i else 0)
+                total = best[i][0] + count * cost(values[j - 1]) + (penalty if i else 0.0)
+                if total < new[j][0]:
+                    new[j] = (total, [*best[i][1], ends[j - 1]])
+        best = new
+        if best[-1][0] < answer[0]:
+            answer = best[-1]
+    return answer[1]
 
 
 @dataclass
@@ -58,6 +122,7 @@ class DecoderConfig(ModelConfig):
     halt_max_steps: int = RunConfig.halt_max_steps
     halt_exploration_prob: float = RunConfig.halt_exploration_prob
     region_keys_only: bool = True  # size-aware canvas: mask the keys beyond a sample's region
+    region_groups: int = REGION_GROUPS  # size-aware canvas, region keys: at most this many squares per step
 
 
 class Latents(NamedTuple):
@@ -201,8 +266,46 @@ class RecursiveDecoder(nn.Module):
 
     def _forward_on_regions(self, latents: Latents, tokens: Tensor, context: Tensor, region_side: Tensor,
                             layout: ContextLayout | None) -> tuple[Latents, Tensor, Tensor, Tensor]:
+        if not self.config.region_keys_only or self.config.region_groups <= 1:
+            side = int(region_side.max())  # one host sync per step: the square's size sets the shapes
+            return self._forward_on_square(latents, tokens, context, region_side, layout, side)
+        sides = region_side.tolist()  # one host sync per step: the groups' squares set the shapes
+        order = sorted(range(len(sides)), key=sides.__getitem__)
+        sorted_sides = [sides[i] for i in order]
+        ends = region_groups(sorted_sides, self.config.region_groups, self.config.context_len,
+                             self.config.hidden_size, self.config.expansion)
+        if len(ends) == 1:
+            return self._forward_on_square(latents, tokens, context, region_side, layout, sorted_sides[-1])
+        # Each group on its own square; its results written back into the batch's rows (the keys
+        # beyond a sample's region are masked, so its square does not change what it computes).
+        permutation = torch.tensor(order, device=tokens.device)
+        z_H, z_L = latents.z_H.clone(), latents.z_L.clone()
+        logits = q = None
+        start = 0
+        for end in ends:
+            rows = permutation[start:end]
+            group_layout = None if layout is None else layout._replace(
+                key_mask=None if layout.key_mask is None else layout.key_mask[rows])
+            group = self._forward_on_square(latents, tokens[rows], context[rows], region_side[rows], group_layout,
+                                            sorted_sides[end - 1], rows=rows, into=Latents(z_H, z_L))
+            _, group_logits, group_halt, group_continue = group
+            group_q = torch.stack((group_halt, group_continue), dim=-1)
+            if logits is None:
+                logits = group_logits.new_zeros(len(sides), *group_logits.shape[1:])
+                q = group_q.new_zeros(len(sides), 2)
+            logits = logits.index_put((rows,), group_logits)
+            q = q.index_put((rows,), group_q)
+            start = end
+        return Latents(z_H, z_L), logits, q[..., 0], q[..., 1]
+
+    def _forward_on_square(self, latents: Latents, tokens: Tensor, context: Tensor, region_side: Tensor,
+                           layout: ContextLayout | None, side: int, rows: Tensor | None = None,
+                           into: Latents | None = None) -> tuple[Latents, Tensor, Tensor, Tensor]:
+        # One step of the samples `rows` of `latents` (all of them when None) on the top-left
+        # square of `side`; `tokens`, `context`, `region_side` and `layout` are theirs. The new
+        # latents are written into `into` in place (the caller's copies) when given, else into
+        # copies of `latents`.
         canvas = math.isqrt(self.config.seq_len)
-        side = int(region_side.max())  # one host sync per step: the square's size sets the shapes
         ticks = torch.arange(side, device=tokens.device)
         cells = (ticks[:, None] * canvas + ticks[None, :]).reshape(-1)
         positions = torch.cat((torch.arange(self.config.context_len, device=tokens.device),
@@ -211,12 +314,20 @@ class RecursiveDecoder(nn.Module):
         inside = inside.reshape(len(region_side), -1)
         cos_sin, key_mask = self._context_attention(layout, cells, inside if self.config.region_keys_only else None)
         x = self.embed_input(tokens[:, cells], context)
-        z_H, z_L, cropped, q = self.recursion(latents.z_H[:, positions], latents.z_L[:, positions], x, cos_sin,
-                                              key_mask)
+        if rows is None:
+            z_H, z_L = latents.z_H[:, positions], latents.z_L[:, positions]
+        else:
+            z_H, z_L = (z[rows[:, None], positions[None, :]] for z in latents)
+        z_H, z_L, cropped, q = self.recursion(z_H, z_L, x, cos_sin, key_mask)
         logits = cropped.new_zeros(len(region_side), self.config.seq_len, cropped.shape[-1])
         logits = logits.index_copy(1, cells, cropped.masked_fill(~inside[..., None], 0.0))
-        new_latents = Latents(latents.z_H.index_copy(1, positions, z_H.detach().to(latents.z_H.dtype)),
-                              latents.z_L.index_copy(1, positions, z_L.detach().to(latents.z_L.dtype)))
+        if into is None:
+            new_latents = Latents(latents.z_H.index_copy(1, positions, z_H.detach().to(latents.z_H.dtype)),
+                                  latents.z_L.index_copy(1, positions, z_L.detach().to(latents.z_L.dtype)))
+        else:
+            for target, value in zip(into, (z_H, z_L), strict=True):
+                target.index_put_((rows[:, None], positions[None, :]), value.detach().to(target.dtype))
+            new_latents = into
         return new_latents, logits, q[..., 0], q[..., 1]
 
     def initial_latents(self, batch_size: int, device: torch.device | None = None) -> Latents:
