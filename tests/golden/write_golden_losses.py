@@ -133,7 +133,8 @@ CASES: dict[str, dict[str, object]] = {
     "etrm-per-batch-encode-once": {"model_type": "etrm", "train_mode": "per_batch_encode_once"},
     # Size-aware canvas with 2 ACT steps: every sample of the persistent carry halts at step 2, so
     # batches 0, 2 and 4 enter it, and batch 4 mixes regions of side 5 and 6 (with 3 steps batches
-    # 0 and 3 enter, every region of side 5): the keys beyond a sample's region are then masked.
+    # 0 and 3 enter, every region of side 5): how the decoder runs a batch of mixed regions (its
+    # groups of region, each on its own square, put back in order) is pinned too.
     "etrm-size-aware": {"model_type": "etrm", "dynamic_canvas": True, "halt_max_steps": 2},
     "trm-size-aware": {"model_type": "trm", "dynamic_canvas": True, "halt_max_steps": 2},
     "oracle": {"model_type": "oracle", **_SYNTH},
