@@ -8,9 +8,9 @@ with their rules). Each starts from the run schema's defaults (`preset=default`)
 every setting its training steps read, so retuning a preset or a schema default moves nothing;
 the stored case definitions (the overrides and the resolved values) must equal the script's.
 
-The stored losses were written by `tests/golden/write_golden_losses.py` at commit 079433c. Its
+The stored losses were written by `tests/golden/write_golden_losses.py` at commit 2bec4a0. Its
 trm and etrm runs are those of the earlier two-case script (the cpu-demo preset plus overrides),
-now spelt out: at 079433c both definitions compute the same numbers bit for bit, within 6e-8
+now spelt out: at 2bec4a0 both definitions compute the same numbers bit for bit, within 6e-8
 relative of those that script stored at b3c37c4. TRM's persistent step is tied to the
 TRM reference by tests/models/test_reference_training_step.py (carry, halting, loss, every
 gradient, sign-SGD) and the Adam-atan2 update to its formula by tests/train/test_train_optim.py.
