@@ -177,6 +177,46 @@ def represent(level: int, steps: int, threads: int, train_tasks: int) -> None:
         print(name, json.dumps(result)[:300], flush=True)
 
 
+# The training steps whose cost the designs are compared on (level 1's preset, one process).
+COST_ARMS = {"TRM": ["model_type=trm"], "standard": [], "demo_cells aligned": DESIGNS["cells-aligned"],
+             "cell_slots": DESIGNS["slots"]}
+
+
+def cost(steps: int, warmup: int, threads: int) -> None:
+    """Seconds per training step (`Trainer.train_step`, optimiser included) of COST_ARMS at level 1,
+    timed side by side in alternating rounds (`etrm.bench.alternating_rounds`) -> runs/ladder/cost.json."""
+    import torch
+
+    from etrm.bench import alternating_rounds
+    from etrm.core.config import load_config
+    from etrm.core.distributed import Runtime
+    from etrm.data.tensors import to_torch
+    from etrm.train.loop import Trainer
+
+    torch.set_num_threads(threads)
+    trainers = {}
+    for name, overrides in COST_ARMS.items():
+        config = load_config([f"preset={LEVELS[1]}", *overrides, "tracker=none", "progress=false",
+                              f"run_dir={OUT / 'cost' / name.replace(' ', '-')}"])
+        trainers[name] = (Trainer(config, Runtime(torch.device("cpu"))), config.global_batch_size)
+
+    def arm(name: str):
+        trainer, batch_size = trainers[name]
+
+        def prepare(index: int):
+            batch = to_torch(trainer.sampler.batch(index, batch_size))
+            return lambda: trainer.state.add(trainer.train_step(batch))
+        return prepare
+
+    measured = alternating_rounds({name: arm(name) for name in COST_ARMS}, rounds=steps, warmup=warmup)
+    medians = measured.medians()
+    result = {"seconds_per_step": medians, "steps": steps, "warmup": warmup, "threads": threads,
+              "vs_standard": {n: medians[n] / medians["standard"] for n in medians},
+              "vs_trm": {n: medians[n] / medians["TRM"] for n in medians}, "machine": machine()}
+    (OUT / "cost.json").write_text(json.dumps(result, indent=1))
+    print(json.dumps(result, indent=1))
+
+
 def _diagnostics(name: str) -> list[dict]:
     path = OUT / name / "metrics.jsonl"
     records = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
@@ -243,6 +283,15 @@ def designs_report(minutes: float, threads: int, sharing: str) -> None:
 
         represented.append(f"| {path.stem} | {scored(image)} | {_cell(image.get('tasks_all_right'))} | "
                            f"{scored(family)} | {scored(parameter)} | {result['steps']} | {result['seconds']:.0f} |")
+    costs = ["| training step (level 1 preset) | s / step (median) | vs standard | vs TRM |", "|---|---|---|---|"]
+    cost_path = OUT / "cost.json"
+    cost_result = json.loads(cost_path.read_text()) if cost_path.is_file() else None
+    for name, seconds in (cost_result or {}).get("seconds_per_step", {}).items():
+        costs.append(f"| {name} | {seconds:.3f} | {cost_result['vs_standard'][name]:.2f}x | "
+                     f"{cost_result['vs_trm'][name]:.2f}x |")
+    cost_note = ("" if cost_result is None else
+                 f"{cost_result['steps']} timed steps per arm after {cost_result['warmup']} warm-up steps, side by "
+                 f"side in one process in alternating rounds, {cost_result['threads']} thread(s)")
     figure_path = designs_figure(names)
     body = f"""## Few-shot designs: the demos as the context, front end, training signal (`fewshot_ladder.py designs`)
 
@@ -259,6 +308,10 @@ small head directly on the rule labels of the level's training tasks, scored on 
 tasks. A diagnostic, not a model.
 
 {chr(10).join(represented)}
+
+Cost of a training step ({cost_note}):
+
+{chr(10).join(costs)}
 
 ![design curves](docs/figures/{figure_path.name})
 """
@@ -486,7 +539,7 @@ atoms); no context: `encoder.type=none`; both trained exactly like ETRM on the s
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("stage", choices=["train", "extra", "represent", "report", "designs"])
+    parser.add_argument("stage", choices=["train", "extra", "represent", "cost", "report", "designs"])
     parser.add_argument("names", nargs="*")
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--threads", type=int, default=1)
@@ -508,6 +561,8 @@ def main() -> None:
             extra(name, args.probe_tasks, args.threads)
     elif args.stage == "represent":
         represent(args.level, args.steps, args.threads, args.train_tasks)
+    elif args.stage == "cost":
+        cost(args.steps, 5, args.threads)
     elif args.stage == "designs":
         designs_report(args.minutes, args.threads, args.sharing)
     else:
