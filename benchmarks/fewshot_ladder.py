@@ -232,7 +232,7 @@ def designs_figure(names: list[str]) -> Path:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 4, figsize=(18, 3.6))
-    for name in names:
+    for index, name in enumerate(names):
         records = _diagnostics(name)
         if not records:
             continue
@@ -241,14 +241,15 @@ def designs_figure(names: list[str]) -> Path:
                                 (axes[3], "diagnostics", "context_influence")):
             points = [(r["step"], r[key]) for r in records if r["kind"] == kind and r.get(key) is not None]
             if points:
-                axis.plot(*zip(*points, strict=True), label=name, linewidth=1)
+                axis.plot(*zip(*points, strict=True), label=name, linewidth=1, color=f"C{index % 10}")
     for axis, title in zip(axes, ("held-out pass@2", "encoder gradient share (log)", "task retrieval (probe set)",
                                   "context influence (loss, swapped - own)"), strict=True):
         axis.set_title(title, fontsize=9)
         axis.set_xlabel("step")
         axis.grid(alpha=0.3)
     axes[1].set_yscale("log")
-    axes[0].legend(fontsize=6)
+    for axis in axes:
+        axis.legend(fontsize=5)
     path = FIGURE.with_name("fewshot_designs.png")
     fig.savefig(path, dpi=90, bbox_inches="tight")
     return path
