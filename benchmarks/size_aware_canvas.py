@@ -7,9 +7,18 @@ Stages (each writes its section of BENCHMARKS.md; `report` rewrites them from sa
 - `speed`: training samples/s at the reference size (hidden 512, H3 x L4, 2 layers, canvas 30)
   on ARC-AGI-1 training + ConceptARC batches, fixed against size-aware, TRM and ETRM, timed in
   alternating rounds in one process (`etrm.bench.alternating_rounds`; the real
-  `Trainer.train_step`; one ACT step per batch, so that every timed step is a new batch of the
-  grouped stream: a step's cost depends on its batch's square alone). Evaluation samples/s on
-  the held-out ARC-AGI-1 evaluation tasks too.
+  `Trainer.train_step`). Two settings, each reported as such (`--settings`):
+  `one-step` (the CPU preset's halting): one ACT step per batch, so that every timed step is a
+  new batch of the grouped stream (a step's cost depends on its batch's square alone), and
+  evaluation samples/s on the held-out ARC-AGI-1 evaluation tasks too; `reference` (the
+  reference's settings): up to 16 ACT steps per sample, exploration 0.1, the persistent carry,
+  timed after a warm-up that brings the carry to its steady state, where a step runs samples of
+  many ages and sizes. A fresh halting head never halts before step 16 (q_halt starts at -5),
+  so every slot would start and halt together and the carry would hold one batch; a trained
+  head halts samples at their own steps. The run stands in for that with a seeded draw in
+  place of q_halt > 0 (`--halt-prob` per step; exploration and the 16-step cap as the model's
+  own rule), drawn alike in every arm (the halting never reads the model, so both canvases'
+  carries turn over the same way).
 - `train`: where the canvas matters, does the speed cost accuracy? ETRM at hidden 128 on the
   32 smallest-id ARC-AGI-1 training tasks that fit a 20x20 canvas (Phase 1's memorisation
   task, `preset=overfit-cpu canvas_side=20`), the same number of steps with and without the
@@ -40,8 +49,12 @@ MARGINS = (0, 1, 2)
 CONTEXT_POSITIONS = 16  # the decoder's context positions at the reference size
 REFERENCE = ["canvas_side=30", "max_demos=10", "model.hidden_size=512", "model.num_heads=8", "model.num_layers=2",
              "model.h_cycles=3", "model.l_cycles=4", "encoder.hidden_size=512", "encoder.num_heads=8",
-             "halt_max_steps=1", "optimizer=adamw", "test_sources=arc1:evaluation", "max_eval_groups=16",
+             "optimizer=adamw", "test_sources=arc1:evaluation", "max_eval_groups=16",
              "leave_one_out=true", "augment=true", "translate=false"]
+# The halting of each `speed` setting: the CPU preset's one ACT step per sample, or the reference's.
+SETTINGS = {"one-step": ["halt_max_steps=1"], "reference": ["halt_max_steps=16", "halt_exploration_prob=0.1"]}
+SETTING_LABELS = {"one-step": "one ACT step per sample (the CPU preset's halting)",
+                  "reference": "the reference's settings (16 ACT steps, exploration 0.1, persistent carry)"}
 MODELS = {"TRM": ["model_type=trm", "augmentations_per_task=8"], "ETRM": ["model_type=etrm"]}
 ARMS = {"fixed": "dynamic_canvas=false", "size-aware": "dynamic_canvas=true"}
 # The accuracy runs also try the other key rule: the PAD cells of a batch's square stay keys.
@@ -88,21 +101,73 @@ def _available(source: str) -> bool:
         return False
 
 
-def _trainer(model: str, arm: str, conceptarc: str, batch_size: int):
+def _trainer(model: str, arm: str, conceptarc: str, batch_size: int, settings: str = "one-step",
+             overrides: tuple[str, ...] = ()):
     import torch
 
     from etrm.core.config import load_config
     from etrm.core.distributed import Runtime
     from etrm.train.loop import Trainer
 
-    config = load_config(["preset=default", *REFERENCE, *MODELS[model], ARMS[arm], f"global_batch_size={batch_size}",
-                          f"train_sources='arc1:training,{conceptarc}'", "tracker=none", "progress=false",
-                          "device=cpu", "run_name=speed"])
+    config = load_config(["preset=default", *REFERENCE, *SETTINGS[settings], *MODELS[model], ARMS[arm],
+                          f"global_batch_size={batch_size}", f"train_sources='arc1:training,{conceptarc}'",
+                          "tracker=none", "progress=false", "device=cpu", "run_name=speed", *overrides])
     return Trainer(config, Runtime(torch.device("cpu")))
 
 
+def emulate_trained_halting(model, probability: float, seed: int) -> None:
+    """Replace `model.halting`'s q_halt > 0 with a seeded draw of `probability` per slot and step
+    (a trained halting head, which halts samples at their own steps); the rest is the model's
+    rule: halt at halt_max_steps, and in training, with probability halt_exploration_prob, not
+    before a minimum step count drawn from [2, halt_max_steps]. The draws never read the model, so
+    arms seeded alike turn their carries over alike (the samples are each arm's own stream's)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    config = model.config
+
+    @torch.no_grad()
+    def halting(steps: torch.Tensor, q_halt: torch.Tensor) -> torch.Tensor:
+        max_steps = config.halt_max_steps
+        wants = torch.rand(steps.shape, generator=generator) < probability  # stands for q_halt > 0
+        explore = torch.rand(steps.shape, generator=generator) < config.halt_exploration_prob
+        minimum = explore * torch.randint(2, max_steps + 1, steps.shape, generator=generator)
+        halted = (steps >= max_steps) | wants.to(steps.device)
+        return halted & (steps >= minimum.to(steps.device))
+
+    model.halting = halting
+
+
+def fast_forward_carry(trainer, steps: int, batch_size: int) -> int:
+    """Run the persistent carry's bookkeeping (`ACTModel.forward` without the context and the
+    decoder: halted slots take the batch's samples and restart, the others age a step, then
+    `model.halting` decides) for batches 0 .. steps - 1; returns the next batch's index. Only
+    for a halting that never reads q_halt (`emulate_trained_halting`): the carry then holds
+    what real steps would leave, but for the latents' values."""
+    import dataclasses
+
+    import torch
+
+    from etrm.data.tensors import to_torch
+    from etrm.models.decoder import merge_new_samples
+
+    model = trainer.model
+    for step in range(steps):
+        batch = to_torch(trainer.sampler.batch(step, batch_size))
+        carry = trainer.state.carry or model.initial_carry(batch)
+        data = merge_new_samples(carry.current_data, batch, take_new=carry.halted)
+        ages = torch.where(carry.halted, 0, carry.steps) + 1
+        halted = model.halting(ages, torch.zeros(ages.shape))
+        latents = model.decoder.reset_latents(carry.latents, carry.halted)
+        trainer.state.carry = dataclasses.replace(carry, latents=latents, steps=ages, halted=halted, current_data=data)
+    return steps
+
+
 def speed(args: argparse.Namespace) -> None:
-    """Training and evaluation samples/s, fixed against size-aware, alternating rounds."""
+    """Training (and, one-step, evaluation) samples/s, fixed against size-aware, alternating rounds."""
+    if args.settings == "reference":
+        speed_reference(args)
+        return
     import torch
 
     from etrm.bench import alternating_rounds
@@ -149,6 +214,118 @@ def speed(args: argparse.Namespace) -> None:
     _save("speed", {"threads": args.threads, "batch": args.batch, "rounds": args.rounds, "steps": args.steps,
                     "models": results})
     report_speed()
+
+
+def speed_reference(args: argparse.Namespace) -> None:
+    """Training samples/s at the reference's settings: fixed against size-aware over the
+    persistent carry's steady state, TRM and ETRM, in alternating rounds.
+
+    Warm-up, the same for both arms: the carry's bookkeeping is first run `--carry-steps` steps
+    without the model (`fast_forward_carry`: the halting draws never read the model, so the
+    slots' samples and ages are those the real steps would leave; the latents stay at their
+    initial values, which a step's cost does not read), which brings the carry to its mix of
+    ages and sizes (a slot lives at most 16 steps); then `--warmup` real training steps. Per
+    timed step the carry's regions are kept: the squares the region groups ran, the square one
+    batch-wide square would have taken, and the decoder and encoder FLOPs of the step
+    (`etrm.models.flops`), with the seconds of the optimiser step and of the context's forward."""
+    import torch
+
+    from etrm.bench import alternating_rounds
+    from etrm.core.config import load_config
+    from etrm.data.tensors import to_torch
+    from etrm.models.decoder import REGION_GROUPS, region_groups
+    from etrm.models.flops import decoder_batch_flops, decoder_step_flops, encoder_batch_flops, reads_demos
+
+    torch.set_num_threads(args.threads)
+
+    def timed(function: Callable, spent: list[float]) -> Callable:
+        # `function`, adding the seconds of each call to spent[0] (the CPU runs it synchronously).
+        def call(*a, **k):
+            start = time.perf_counter()
+            try:
+                return function(*a, **k)
+            finally:
+                spent[0] += time.perf_counter() - start
+        return call
+
+    def arm_of(trainer, model: str, arm: str, carries: list) -> Callable[[int], Callable[[], None]]:
+        emulate_trained_halting(trainer.model, args.halt_prob, seed=args.seed)
+        counter = [fast_forward_carry(trainer, args.carry_steps, args.batch)]
+        # Phases of a step outside the decoder: the optimiser step (clipping, AdamW, EMA) and the
+        # context source's forward (ETRM: the encoder over every slot's demos; its backward is not
+        # apart from the decoder's).
+        optimizer_s, context_s = [0.0], [0.0]
+        trainer._optimizer_step = timed(trainer._optimizer_step, optimizer_s)
+        trainer.model.context_source.step = timed(trainer.model.context_source.step, context_s)
+
+        def train_one() -> None:
+            trainer.train_step(to_torch(trainer.sampler.batch(counter[0], args.batch)))
+            counter[0] += 1
+
+        for _ in range(args.warmup):
+            train_one()
+        ages = trainer.state.carry.steps.tolist()
+        print(model, arm, f"carry fast-forwarded {args.carry_steps} steps, then {args.warmup} trained; ages {ages}",
+              flush=True)
+
+        def prepare(_: int) -> Callable[[], None]:
+            batch = to_torch(trainer.sampler.batch(counter[0], args.batch))
+
+            def run() -> None:
+                optimizer_s[0] = context_s[0] = 0.0
+                trainer.train_step(batch)
+                counter[0] += 1
+                carries.append({**_carry_regions(trainer), "optimizer_s": optimizer_s[0],
+                                "context_forward_s": context_s[0]})
+            return run
+        return prepare
+
+    def _carry_regions(trainer) -> dict:
+        config, carry = trainer.config, trainer.state.carry
+        data = carry.current_data
+        entry = {"ages": carry.steps.tolist()}
+        if "region_side" in data:
+            sides = sorted(data["region_side"].tolist())
+            ends = region_groups(sides, REGION_GROUPS, config.model.context_len, config.model.hidden_size,
+                                 config.model.expansion)
+            entry.update(sides=sides, squares=[sides[end - 1] for end in ends],
+                         decoder_flops=decoder_batch_flops(config, data, train=True),
+                         one_square_flops=decoder_step_flops(config, args.batch, train=True, square=sides[-1]))
+        entry["fixed_flops"] = decoder_step_flops(config, args.batch, train=True)
+        if reads_demos(config):
+            entry["encoder_flops"] = encoder_batch_flops(config, data["demo_inputs"], data["demo_outputs"],
+                                                         data["demo_mask"], train=True)
+        return entry
+
+    results = {}
+    for model in args.models:
+        carries = {arm: [] for arm in ARMS}
+        arms = {}
+        for arm in ARMS:
+            trainer = _trainer(model, arm, args.conceptarc, args.batch, "reference", tuple(args.overrides))
+            arms[arm] = arm_of(trainer, model, arm, carries[arm])
+        measured = alternating_rounds(arms, args.rounds, args.steps,
+                                      after_round=lambda r, m, model=model: print(model, r, m.medians(), flush=True))
+        seconds = measured.seconds
+        results[model] = {arm: {"samples_per_s": args.batch * len(s) / sum(s), "median_step_s": statistics.median(s),
+                                "mean_step_s": statistics.fmean(s), "steps": len(s), "seconds": s,
+                                "carry": carries[arm]} for arm, s in seconds.items()}
+        fixed, aware = results[model]["fixed"], results[model]["size-aware"]
+        results[model]["ratio"] = aware["samples_per_s"] / fixed["samples_per_s"]
+        results[model]["median_ratio"] = fixed["median_step_s"] / aware["median_step_s"]
+        print(model, {arm: {k: v for k, v in r.items() if k not in ("seconds", "carry")}
+                      for arm, r in results[model].items() if isinstance(r, dict)},
+              f"ratio {results[model]['ratio']:.2f}x", flush=True)
+    config = load_config(["preset=default", *REFERENCE, *SETTINGS["reference"], *args.overrides])
+    if args.overrides:  # not the reference's settings: saved apart, BENCHMARKS.md left alone
+        _save("speed-reference-overridden", {"overrides": args.overrides, "models": results})
+        return
+    _save("speed-reference", {"threads": args.threads, "batch": args.batch, "rounds": args.rounds,
+                              "steps": args.steps, "warmup": args.warmup, "carry_steps": args.carry_steps,
+                              "halt_prob": args.halt_prob, "halt_max_steps": config.halt_max_steps,
+                              "halt_exploration_prob": config.halt_exploration_prob, "region_groups": REGION_GROUPS,
+                              "models": results})
+    report_speed_reference()
 
 
 def train(args: argparse.Namespace) -> None:
@@ -206,12 +383,74 @@ def report_speed() -> None:
         rows.append(f"| {model} | size-aware / fixed | **{arms['ratio']:.2f}x** | | | **{arms['eval_ratio']:.2f}x** |")
     write_section("canvas_speed", f"""## Size-aware canvas: speed at the reference size (`size_aware_canvas.py speed`)
 
-Machine: {machine()}; {results['threads']} torch thread(s), nothing else running. Hidden 512,
+Settings: {SETTING_LABELS['one-step']} (`--settings one-step`); the reference's settings are in
+the next subsection. Machine: {machine()}; {results['threads']} torch thread(s), nothing else running. Hidden 512,
 H3 x L4, 2 layers, canvas 30, batch {results['batch']}, on ARC-AGI-1 training + ConceptARC
 (augmented, leave-one-out); {results['rounds']} alternating rounds of {results['steps']} steps per arm,
 samples/s over all timed steps (the real `Trainer.train_step`: AdamW, clipping, EMA). One ACT step
 per batch, so every timed step is a new batch of the size-grouped stream. Evaluation: the
 first 16 held-out ARC-AGI-1 evaluation tasks, one view each, batches of {EVAL_BATCH}, one ACT step.
+
+{chr(10).join(rows)}
+""")
+
+
+def report_speed_reference() -> None:
+    results = _load("speed-reference")
+    if not results:
+        return
+    rows = ["| model | canvas | train samples/s | median s/step | mean s/step | optimiser s/step | "
+            "context forward s/step | squares per step | one batch-wide square | decoder GFLOP/step | "
+            "encoder GFLOP/step |", "|---" * 11 + "|"]
+    ages = []
+    for model, arms in results["models"].items():
+        for arm in ARMS:
+            r = arms[arm]
+            carry = r["carry"]
+            ages += [age for entry in carry for age in entry["ages"]]
+            encoder = (f"{statistics.fmean(e['encoder_flops'] for e in carry) / 1e9:.0f}"
+                       if carry and "encoder_flops" in carry[0] else "-")
+            if arm == "size-aware":
+                groups = statistics.fmean(len(e["squares"]) for e in carry)
+                # The square each sample ran on: its group's, the smallest of the step's holding it.
+                ran = statistics.fmean(min(q for q in e["squares"] if q >= side) for e in carry for side in e["sides"])
+                squares = f"{groups:.1f} (a sample's: side {ran:.1f})"
+                one_square = f"{statistics.fmean(e['sides'][-1] for e in carry):.1f}"
+                decoder = (f"{statistics.fmean(e['decoder_flops'] for e in carry) / 1e9:.0f} (one square: "
+                           f"{statistics.fmean(e['one_square_flops'] for e in carry) / 1e9:.0f})")
+            else:
+                squares, one_square = "1 (side 30)", "30"
+                decoder = f"{statistics.fmean(e['fixed_flops'] for e in carry) / 1e9:.0f}"
+            phases = " | ".join(f"{statistics.fmean(e[key] for e in carry):.2f}"
+                                for key in ("optimizer_s", "context_forward_s"))
+            rows.append(f"| {model} | {arm} | {r['samples_per_s']:.2f} | {r['median_step_s']:.2f} | "
+                        f"{r['mean_step_s']:.2f} | {phases} | {squares} | {one_square} | {decoder} | {encoder} |")
+        rows.append(f"| {model} | size-aware / fixed | **{arms['ratio']:.2f}x** | {arms['median_ratio']:.2f}x |"
+                    + " |" * 7)
+    sides = [s for arms in results["models"].values() for e in arms["size-aware"]["carry"] for s in e["sides"]]
+    title = "### At the reference's settings (`size_aware_canvas.py speed --settings reference`)"
+    write_section("canvas_speed_reference", f"""{title}
+
+Settings: {SETTING_LABELS['reference']}; the table above: {SETTING_LABELS['one-step']}.
+Machine: {machine()}; {results['threads']} torch thread(s), nothing else running. Hidden 512,
+H3 x L4, 2 layers, canvas 30, batch {results['batch']}, up to {results['halt_max_steps']} ACT steps
+per sample with exploration {results['halt_exploration_prob']} over the persistent carry, on
+ARC-AGI-1 training + ConceptARC (augmented, leave-one-out); the real `Trainer.train_step` (AdamW,
+clipping, EMA), one ACT step of every slot per timed step. Halting: a seeded draw of
+{results['halt_prob']} per slot and step stands in for a trained head's q_halt > 0 (a fresh head
+never halts before step 16, which would keep every slot of the carry in step), seeded alike in
+both arms; slots' mean age over the timed steps {statistics.fmean(ages):.1f} steps. Size-aware:
+each step's samples in up to {results['region_groups']} region groups, each on its own square
+(`RecursiveDecoder._forward_on_regions`); the carry's mean region side {statistics.fmean(sides):.1f}.
+Warm-up, alike in both arms: the carry's bookkeeping run {results['carry_steps']} steps without the
+model (the halting draws never read it, so the slots' samples and ages are those real steps would
+leave: the carry's steady state; the latents stay at their initial values, which a step's cost
+does not read), then {results['warmup']} real training steps; then {results['rounds']} alternating
+rounds of {results['steps']} timed steps per arm. Samples/s over all timed steps; "median": the
+ratio of median step times. Optimiser: clipping, AdamW (TRM: and its puzzle embedding's
+optimiser) and EMA; context forward: the context source's forward pass (ETRM: the encoder over
+every slot's demos, its backward not counted apart). FLOPs per step (`etrm.models.flops`, forward
+and backward), the decoder's as it ran and as one batch-wide square would have run it.
 
 {chr(10).join(rows)}
 """)
@@ -281,12 +520,25 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8, help="speed: global batch")
     parser.add_argument("--rounds", type=int, default=3, help="speed: alternating rounds")
     parser.add_argument("--steps", type=int, default=4, help="speed: timed steps per arm and round")
+    parser.add_argument("--settings", choices=list(SETTINGS), default="one-step",
+                        help="speed: one ACT step per sample (the CPU preset's halting) or the reference's settings")
+    parser.add_argument("--models", nargs="*", choices=list(MODELS), default=list(MODELS),
+                        help="speed --settings reference: these models")
+    parser.add_argument("--carry-steps", type=int, default=32,
+                        help="speed --settings reference: steps of the carry's bookkeeping before the warm-up")
+    parser.add_argument("--warmup", type=int, default=2, help="speed --settings reference: real warm-up steps")
+    parser.add_argument("--halt-prob", type=float, default=0.25,
+                        help="speed --settings reference: per-step halting draw standing in for q_halt > 0")
+    parser.add_argument("--seed", type=int, default=0, help="speed --settings reference: the halting draws' seed")
+    parser.add_argument("--overrides", nargs="*", default=[],
+                        help="speed --settings reference: extra overrides (a smoke test: saved apart, not reported)")
     parser.add_argument("--train-steps", type=int, default=800, help="train: steps per run")
     parser.add_argument("--seeds", type=int, nargs="*", default=list(SEEDS), help="train: these seeds")
     args = parser.parse_args()
     if args.stage == "report":
         report_regions()
         report_speed()
+        report_speed_reference()
         report_train()
         return
     {"regions": regions, "speed": speed, "train": train}[args.stage](args)

@@ -23,7 +23,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 from etrm.core.config import load_config
 from etrm.core.distributed import Runtime
 from etrm.data.tensors import to_torch
-from etrm.models.flops import batch_square, decoder_step_flops, encoder_batch_flops
+from etrm.models.flops import decoder_batch_flops, decoder_step_flops, encoder_batch_flops
 from etrm.train.loop import Trainer
 
 TOLERANCE = 1e-3
@@ -47,7 +47,7 @@ def _expected(config, trainer: Trainer, padded: bool = True) -> tuple[float, flo
     """(decoder, encoder) analytic FLOPs of the step just run (the encoder ran on the carry's demos);
     `padded`: the work that runs (the counter's view), else the model FLOPs MFU is made of."""
     data = trainer.state.carry.current_data
-    decoder = decoder_step_flops(config, config.global_batch_size, train=True, square=batch_square(data))
+    decoder = decoder_batch_flops(config, data, train=True)  # size-aware: its region groups' squares
     if config.model_type != "etrm":
         return decoder, 0.0
     return decoder, encoder_batch_flops(config, data["demo_inputs"], data["demo_outputs"], data["demo_mask"],
@@ -64,17 +64,24 @@ def test_analytic_step_flops_match_the_flop_counter_on_real_training_steps(model
                               "model.hidden_size=64", "model.num_heads=4", "encoder.num_layers=2",
                               "halt_exploration_prob=0", canvas, "dynamic_canvas_margin=0"))
     trainer = Trainer(config, Runtime(torch.device("cpu")))
+    squares = []
+    if config.dynamic_canvas:  # q_halt > 0: every slot halts, the second step runs batch 1's mixed sizes
+        with torch.no_grad():
+            trainer.model.decoder.q_head.bias.fill_(1.0)
     for step in range(2):  # the second step runs carried samples (their demos stay in the carry)
         batch = to_torch(trainer.sampler.batch(step, config.global_batch_size))
         counted, by_op = counted_flops(trainer.train_step, batch)
         trainer.state.step += 1
         decoder, encoder = _expected(config, trainer)
+        if config.dynamic_canvas:
+            squares.append(sorted(set(trainer.state.carry.current_data["region_side"].tolist())))
         print(f"{model_type} step {step + 1}: counted {counted:.6g}, analytic {decoder + encoder:.6g} "
               f"(decoder {decoder:.6g}, encoder {encoder:.6g})")
         assert by_op.get("aten._scaled_dot_product_flash_attention_for_cpu_backward", 0) > 0  # attention counted
         assert abs(counted - (decoder + encoder)) <= TOLERANCE * counted
         if model_type == "etrm":
             assert encoder > 0.15 * counted  # the encoder's count is tested, not drowned by the decoder's
+    assert not config.dynamic_canvas or len(squares[-1]) > 1  # a step ran samples of several sizes (groups)
     assert not (tmp_path / "run").exists()  # construction and train_step write nothing
 
 
@@ -155,9 +162,24 @@ def test_bench_json_and_benchmarks_row(tmp_path):
         assert model[key] > 0, key
     assert 0 < model["data_share"] < 1
     assert model["compiled_graphs"] == model["graph_breaks"] == 0  # eager on the CPU: dynamo built nothing
+    assert model["settings"] == "CPU preset" and model["halt_max_steps"] == 1
     assert list(cwd.iterdir()) == []  # the bench's Trainer wrote no run directory
     table = out.read_text()
-    assert "## `etrm bench`" in table and "| trm overfit-cpu |" in table
+    assert "## `etrm bench`" in table and "| trm overfit-cpu (CPU preset) |" in table
+
+
+def test_reference_setups_are_labelled_and_run_the_reference_halting():
+    from etrm.bench import CPU_PRESET, REFERENCE_SETTINGS, SETUPS
+
+    for name, settings, overrides in SETUPS:
+        config = load_config([*overrides, "tracker=none"])
+        if "reference" in name:
+            assert settings == REFERENCE_SETTINGS
+            assert (config.halt_max_steps, config.halt_exploration_prob, config.train_mode) == (16, 0.1, "persistent")
+            assert (config.model.hidden_size, config.model.h_cycles, config.model.l_cycles, config.canvas_side) == (
+                512, 3, 4, 30)
+        else:
+            assert settings == CPU_PRESET and config.halt_max_steps == 1
 
 
 def test_rows_go_under_the_bench_table_even_when_sections_follow_it(tmp_path):

@@ -1,13 +1,19 @@
 """`etrm bench`: how fast this machine trains and evaluates TRM and ETRM, in one process and run.
 
-Setups: the CPU preset of each model, and the reference size (hidden 512, H3 x L4, canvas 30,
-on the first 32 ARC-AGI-1 training tasks) on the fixed canvas and size-aware
-(`dynamic_canvas=true`). Measured: the machine's matmul peak (float32 `torch.matmul` on CPU, bf16 on CUDA) as the
-yardstick; per model, the run's own training step (`Trainer.train_step`, compiled on CUDA as
-`compile=true` does) in steps per second, samples per second, model FLOP/s (counted
-analytically: `etrm.models.flops`) and model FLOP utilisation = model FLOP/s / peak; the data
-pipeline's time per batch and its share of the step; evaluation samples per second and seconds
-per task; peak memory. Every figure is a median over timed repeats after warm-up.
+Setups, each labelled with its settings: the CPU preset of each model ("CPU preset":
+`preset=overfit-cpu`, one ACT step per sample), and the reference's settings ("reference
+settings": hidden 512, H3 x L4, canvas 30, up to 16 ACT steps with exploration 0.1 over the
+persistent carry, on the first 32 ARC-AGI-1 training tasks) on the fixed canvas and size-aware
+(`dynamic_canvas=true`). The few timed steps of a bench run one carry (every slot starts together
+and, with a fresh halting head, runs all 16 steps), so its size-aware figures are those of one
+batch's squares; `benchmarks/size_aware_canvas.py speed --settings reference` measures the carry's
+steady state, its slots of mixed ages and sizes. Measured: the machine's matmul peak (float32
+`torch.matmul` on CPU, bf16 on CUDA) as the yardstick; per model, the run's own training step
+(`Trainer.train_step`, compiled on CUDA as `compile=true` does) in steps per second, samples per
+second, model FLOP/s (counted analytically: `etrm.models.flops`) and model FLOP utilisation =
+model FLOP/s / peak; the data pipeline's time per batch and its share of the step; evaluation
+samples per second and seconds per task; peak memory. Every figure is a median over timed repeats
+after warm-up.
 
 `alternating_rounds` times several variants side by side in one process (the before / after
 benchmarks under benchmarks/).
@@ -31,20 +37,23 @@ from etrm.core.config import canvas_region_margin, load_config
 from etrm.core.distributed import Runtime, select_device
 from etrm.data.tensors import to_torch
 from etrm.eval.evaluate import predict
-from etrm.models.flops import batch_square, decoder_step_flops, encoder_batch_flops, reads_demos
+from etrm.models.flops import decoder_batch_flops, encoder_batch_flops, reads_demos
 from etrm.train.loop import Trainer
 
+CPU_PRESET, REFERENCE_SETTINGS = "CPU preset", "reference settings"  # the setups' labels
+# The reference's settings on the CPU preset's data: its sizes, and its halting (up to 16 ACT steps
+# per sample over the persistent carry, exploration 0.1) rather than the preset's one step.
 REFERENCE = ["preset=overfit-cpu", "canvas_side=30", "model.hidden_size=512", "model.num_heads=8", "model.h_cycles=3",
-             "model.l_cycles=4", "global_batch_size=4"]
+             "model.l_cycles=4", "halt_max_steps=16", "halt_exploration_prob=0.1", "global_batch_size=4"]
 ETRM_REFERENCE = [*REFERENCE, "encoder.hidden_size=512", "encoder.num_heads=8"]
-# (name, overrides): the CPU preset and the reference size of each model, fixed and size-aware.
+# (name, label, overrides): the CPU preset and the reference's settings of each model, fixed and size-aware.
 SETUPS = (
-    ("trm overfit-cpu", ["preset=overfit-cpu", "model_type=trm"]),
-    ("etrm overfit-cpu", ["preset=overfit-cpu"]),
-    ("trm reference", [*REFERENCE, "model_type=trm"]),
-    ("etrm reference", ETRM_REFERENCE),
-    ("trm reference size-aware", [*REFERENCE, "model_type=trm", "dynamic_canvas=true"]),
-    ("etrm reference size-aware", [*ETRM_REFERENCE, "dynamic_canvas=true"]),
+    ("trm overfit-cpu", CPU_PRESET, ["preset=overfit-cpu", "model_type=trm"]),
+    ("etrm overfit-cpu", CPU_PRESET, ["preset=overfit-cpu"]),
+    ("trm reference", REFERENCE_SETTINGS, [*REFERENCE, "model_type=trm"]),
+    ("etrm reference", REFERENCE_SETTINGS, ETRM_REFERENCE),
+    ("trm reference size-aware", REFERENCE_SETTINGS, [*REFERENCE, "model_type=trm", "dynamic_canvas=true"]),
+    ("etrm reference size-aware", REFERENCE_SETTINGS, [*ETRM_REFERENCE, "dynamic_canvas=true"]),
 )
 
 
@@ -126,11 +135,12 @@ def _peak_memory_mb(device: torch.device) -> float:
 
 
 def bench_model(name: str, overrides: list[str], device: torch.device, steps: int, peak: float,
-                compile_step: bool | None = None) -> dict[str, Any]:
+                compile_step: bool | None = None, settings: str = "") -> dict[str, Any]:
     """Time the real training step (`Trainer.train_step`: the run's optimisers, clipping, schedule
     and EMA), the data pipeline and evaluation of one model setup.
 
-    `compile_step`: torch.compile the training step (`compile=true`; default: on CUDA only)."""
+    `compile_step`: torch.compile the training step (`compile=true`; default: on CUDA only).
+    `settings`: the setup's label (`CPU_PRESET`, `REFERENCE_SETTINGS`), kept in the results."""
     from torch._dynamo.utils import counters
 
     compiled = device.type == "cuda" if compile_step is None else compile_step
@@ -153,8 +163,8 @@ def bench_model(name: str, overrides: list[str], device: torch.device, steps: in
         if step >= 2:  # warm-up steps (and compilation) are not timed
             data_times.append(built - start)
             step_times.append(done - built)
-            data = trainer.state.carry.current_data  # the samples the step ran (and, size-aware, its square)
-            flops = decoder_step_flops(config, batch_size, train=True, square=batch_square(data))
+            data = trainer.state.carry.current_data  # the samples the step ran (and, size-aware, their squares)
+            flops = decoder_batch_flops(config, data, train=True)
             if reads_demos(config):  # the encoder runs on the demos of the samples in the carry
                 flops += encoder_batch_flops(config, data["demo_inputs"], data["demo_outputs"], data["demo_mask"],
                                              train=True)
@@ -172,7 +182,9 @@ def bench_model(name: str, overrides: list[str], device: torch.device, steps: in
     _sync(device)
     eval_time = time.perf_counter() - start
     return {
-        "name": name, "batch_size": batch_size, "steps_per_s": 1 / step_time, "samples_per_s": batch_size / step_time,
+        "name": name, "settings": settings, "halt_max_steps": config.halt_max_steps,
+        "halt_exploration_prob": config.halt_exploration_prob, "batch_size": batch_size, "steps_per_s": 1 / step_time,
+        "samples_per_s": batch_size / step_time,
         "model_flops_per_step": flops, "model_flops_per_s": flops / step_time, "mfu": flops / step_time / peak,
         "data_ms_per_batch": 1000 * data_time, "data_share": data_time / (data_time + step_time),
         "eval_samples_per_s": len(records) / eval_time,
@@ -193,9 +205,9 @@ def run_bench(device_preference: str = "auto", steps: int = 5, only: str = "") -
     results = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "device": str(device),
                "torch": torch.__version__, "threads": torch.get_num_threads(), "matmul_peak_flops": peak,
                "models": {}}
-    exact = [(name, overrides) for name, overrides in SETUPS if name == only]
-    for name, overrides in exact or [(name, overrides) for name, overrides in SETUPS if only in name]:
-        results["models"][name] = bench_model(name, overrides, device, steps, peak)
+    exact = [setup for setup in SETUPS if setup[0] == only]
+    for name, settings, overrides in exact or [setup for setup in SETUPS if only in setup[0]]:
+        results["models"][name] = bench_model(name, overrides, device, steps, peak, settings=settings)
     return results
 
 
@@ -203,8 +215,9 @@ def markdown_rows(results: dict[str, Any]) -> list[str]:
     """One dated table row per model for BENCHMARKS.md."""
     rows = []
     for model in results["models"].values():
+        label = f"{model['name']} ({model['settings']})" if model.get("settings") else model["name"]
         rows.append(
-            f"| {results['date'][:16]} | {results['device']} | {model['name']} | {model['batch_size']} | "
+            f"| {results['date'][:16]} | {results['device']} | {label} | {model['batch_size']} | "
             f"{model['samples_per_s']:.1f} | {model['model_flops_per_s'] / 1e9:.1f} | "
             f"{results['matmul_peak_flops'] / 1e9:.0f} | {100 * model['mfu']:.0f}% | "
             f"{model['data_ms_per_batch']:.1f} ({100 * model['data_share']:.1f}%) | "

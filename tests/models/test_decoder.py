@@ -379,9 +379,10 @@ def test_a_batch_of_one_size_runs_one_square_and_computes_the_same(monkeypatch):
     squares = _count_squares(model, monkeypatch)
     grouped, one_square = _grouped_and_one_square(model, batch)
     assert squares == [3] * 4  # two steps per arm, one square each
-    for a, b in zip(grouped[:4], one_square[:4], strict=True):
-        for x, y in zip(a if isinstance(a, tuple) else (a,), b if isinstance(b, tuple) else (b,), strict=True):
-            assert torch.equal(x, y)
+    (latents_g, *outputs_g, grads_g), (latents_1, *outputs_1, grads_1) = grouped, one_square
+    for x, y in zip([*latents_g, *outputs_g, *grads_g.values()], [*latents_1, *outputs_1, *grads_1.values()],
+                    strict=True):
+        assert torch.equal(x, y)  # the same computation, bit for bit
 
 
 def test_square_keys_run_one_square_whatever_the_sides(monkeypatch):

@@ -63,15 +63,20 @@ def test_training_in_groups_of_regions_trains_what_one_square_does(model, tiny_c
         torch.manual_seed(0)
         trainer = Trainer(config, Runtime(torch.device("cpu")))
         trainer.model.double()
+        with torch.no_grad():  # q_halt > 0: slots halt after a step, or a few (exploration), so ages mix
+            trainer.model.decoder.q_head.bias.fill_(1.0)
         trainer.model.decoder.config.region_groups = groups
         trainers.append(trainer)
     losses: list[list[float]] = [[], []]
-    for step in range(4):
+    ages: set[int] = set()
+    for step in range(6):
         batch = to_torch(trainers[0].sampler.batch(step, config.global_batch_size))
         for index, trainer in enumerate(trainers):
             squares_per_step.append([])
             torch.manual_seed(step)  # the halting's exploration draws the same in both
             losses[index].append(float(trainer.train_step(batch)["loss"]))
+        ages.add(len(set(trainers[0].state.carry.steps.tolist())))
+    assert max(ages) > 1  # some step ran samples of different ages
     grouped_steps = squares_per_step[0::2]
     assert max(len(squares) for squares in grouped_steps) > 1  # some steps ran several squares
     assert all(len(squares) == 1 for squares in squares_per_step[1::2])

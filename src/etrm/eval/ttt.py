@@ -141,8 +141,16 @@ class TaskAdapter:
 
     @contextlib.contextmanager
     def lora_hooks(self, slots: Tensor) -> Iterator[None]:
-        """Forward hooks that add each sample's task's low-rank update to the targeted projections."""
+        """Forward hooks that add each sample's task's low-rank update to the targeted projections.
+
+        The hooks pair the rows they see with `slots`, so while they are on a size-aware batch runs
+        on one square (`region_groups=1`: the same results, since masked keys change nothing)
+        rather than in groups of rows."""
         modules = dict(self.model.named_modules())
+        decoder_config = self.model.decoder.config
+        region_groups = decoder_config.region_groups
+        if self.lora:
+            decoder_config.region_groups = 1
         handles = []
         for name, (down, up) in self.lora.items():
             def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor,
@@ -155,6 +163,7 @@ class TaskAdapter:
         try:
             yield
         finally:
+            decoder_config.region_groups = region_groups
             for handle in handles:
                 handle.remove()
 
