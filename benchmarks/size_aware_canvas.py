@@ -115,16 +115,16 @@ def _trainer(model: str, arm: str, conceptarc: str, batch_size: int, settings: s
     return Trainer(config, Runtime(torch.device("cpu")))
 
 
-def emulate_trained_halting(model, probability: float, seed: int) -> None:
-    """Replace `model.halting`'s q_halt > 0 with a seeded draw of `probability` per slot and step
-    (a trained halting head, which halts samples at their own steps); the rest is the model's
-    rule: halt at halt_max_steps, and in training, with probability halt_exploration_prob, not
-    before a minimum step count drawn from [2, halt_max_steps]. The draws never read the model, so
-    arms seeded alike turn their carries over alike (the samples are each arm's own stream's)."""
+def emulated_halting(config, probability: float, seed: int) -> Callable:
+    """A halting rule (`ACTModel.halting`'s signature) with q_halt > 0 replaced by a seeded draw of
+    `probability` per slot and step (a trained halting head, which halts samples at their own
+    steps); the rest is the model's rule for `config` (a `DecoderConfig`): halt at
+    halt_max_steps, and in training, with probability halt_exploration_prob, not before a
+    minimum step count drawn from [2, halt_max_steps]. The draws never read the model, so rules
+    seeded alike turn carries over alike (the samples are each stream's own)."""
     import torch
 
     generator = torch.Generator().manual_seed(seed)
-    config = model.config
 
     @torch.no_grad()
     def halting(steps: torch.Tensor, q_halt: torch.Tensor) -> torch.Tensor:
@@ -135,15 +135,21 @@ def emulate_trained_halting(model, probability: float, seed: int) -> None:
         halted = (steps >= max_steps) | wants.to(steps.device)
         return halted & (steps >= minimum.to(steps.device))
 
-    model.halting = halting
+    return halting
 
 
-def fast_forward_carry(trainer, steps: int, batch_size: int) -> int:
-    """Run the persistent carry's bookkeeping (`ACTModel.forward` without the context and the
+def emulate_trained_halting(model, probability: float, seed: int) -> None:
+    """`model.halting` becomes `emulated_halting`'s rule."""
+    model.halting = emulated_halting(model.config, probability, seed)
+
+
+def carry_states(model, sampler, batch_size: int, steps: int, halting: Callable, carry=None):
+    """The persistent carry's bookkeeping (`ACTModel.forward` without the context and the
     decoder: halted slots take the batch's samples and restart, the others age a step, then
-    `model.halting` decides) for batches 0 .. steps - 1; returns the next batch's index. Only
-    for a halting that never reads q_halt (`emulate_trained_halting`): the carry then holds
-    what real steps would leave, but for the latents' values."""
+    `halting` decides) over batches 0 .. steps - 1 of `sampler`, from `carry` (default: a fresh
+    one); yields the carry after each step. Only for a halting that never reads q_halt
+    (`emulated_halting`): the carry then holds what real steps would leave, but for the
+    latents' values (their initial ones here, which a step's cost does not read)."""
     import dataclasses
 
     import torch
@@ -151,15 +157,22 @@ def fast_forward_carry(trainer, steps: int, batch_size: int) -> int:
     from etrm.data.tensors import to_torch
     from etrm.models.decoder import merge_new_samples
 
-    model = trainer.model
     for step in range(steps):
-        batch = to_torch(trainer.sampler.batch(step, batch_size))
-        carry = trainer.state.carry or model.initial_carry(batch)
+        batch = to_torch(sampler.batch(step, batch_size))
+        carry = carry or model.initial_carry(batch)
         data = merge_new_samples(carry.current_data, batch, take_new=carry.halted)
         ages = torch.where(carry.halted, 0, carry.steps) + 1
-        halted = model.halting(ages, torch.zeros(ages.shape))
+        halted = halting(ages, torch.zeros(ages.shape))
         latents = model.decoder.reset_latents(carry.latents, carry.halted)
-        trainer.state.carry = dataclasses.replace(carry, latents=latents, steps=ages, halted=halted, current_data=data)
+        carry = dataclasses.replace(carry, latents=latents, steps=ages, halted=halted, current_data=data)
+        yield carry
+
+
+def fast_forward_carry(trainer, steps: int, batch_size: int) -> int:
+    """Bring `trainer`'s carry `steps` steps on without the model (`carry_states`, with the
+    model's own, emulated, halting); returns the next batch's index."""
+    for carry in carry_states(trainer.model, trainer.sampler, batch_size, steps, trainer.model.halting):
+        trainer.state.carry = carry
     return steps
 
 
@@ -221,20 +234,23 @@ def speed_reference(args: argparse.Namespace) -> None:
     persistent carry's steady state, TRM and ETRM, in alternating rounds.
 
     Warm-up, the same for both arms: the carry's bookkeeping is first run `--carry-steps` steps
-    without the model (`fast_forward_carry`: the halting draws never read the model, so the
-    slots' samples and ages are those the real steps would leave; the latents stay at their
-    initial values, which a step's cost does not read), which brings the carry to its mix of
-    ages and sizes (a slot lives at most 16 steps); then `--warmup` real training steps. Per
-    timed step the carry's regions are kept: the squares the region groups ran, the square one
-    batch-wide square would have taken, and the decoder and encoder FLOPs of the step
-    (`etrm.models.flops`), with the seconds of the optimiser step and of the context's forward."""
+    without the model (`carry_states`: the halting draws never read the model, so the slots'
+    samples and ages are those the real steps would leave), which brings the carry to its mix of
+    ages and sizes (a slot lives at most 16 steps); then `--warmup` real training steps. Each
+    round times `--fixed-steps` steps of the fixed canvas, whose cost is the same at every step
+    (the whole canvas, whatever the carry holds), and `--steps` size-aware steps, whose cost
+    follows the carry's regions, which change slowly (a slot lives several steps), so it needs
+    many. Per timed step: its wall and process CPU seconds (CPU / wall below the threads in use
+    flags a step that shared the cores), the carry's regions (the squares the region groups
+    ran, the square one batch-wide square would have taken), the decoder's and the encoder's
+    FLOPs (`etrm.models.flops`), the seconds of the optimiser step and of the context's forward.
+    Besides the timing, the carry's bookkeeping alone over `--simulate-steps` steps gives the
+    FLOP ratio of the two canvases over a long stretch of the steady state."""
     import torch
 
     from etrm.bench import alternating_rounds
     from etrm.core.config import load_config
     from etrm.data.tensors import to_torch
-    from etrm.models.decoder import REGION_GROUPS, region_groups
-    from etrm.models.flops import decoder_batch_flops, decoder_step_flops, encoder_batch_flops, reads_demos
 
     torch.set_num_threads(args.threads)
 
@@ -248,7 +264,7 @@ def speed_reference(args: argparse.Namespace) -> None:
                 spent[0] += time.perf_counter() - start
         return call
 
-    def arm_of(trainer, model: str, arm: str, carries: list) -> Callable[[int], Callable[[], None]]:
+    def arm_of(trainer, model: str, arm: str, carries: list) -> Callable[[int], Callable[[], float]]:
         emulate_trained_halting(trainer.model, args.halt_prob, seed=args.seed)
         counter = [fast_forward_carry(trainer, args.carry_steps, args.batch)]
         # Phases of a step outside the decoder: the optimiser step (clipping, AdamW, EMA) and the
@@ -258,74 +274,106 @@ def speed_reference(args: argparse.Namespace) -> None:
         trainer._optimizer_step = timed(trainer._optimizer_step, optimizer_s)
         trainer.model.context_source.step = timed(trainer.model.context_source.step, context_s)
 
-        def train_one() -> None:
+        for _ in range(args.warmup):
             trainer.train_step(to_torch(trainer.sampler.batch(counter[0], args.batch)))
             counter[0] += 1
-
-        for _ in range(args.warmup):
-            train_one()
         ages = trainer.state.carry.steps.tolist()
-        print(model, arm, f"carry fast-forwarded {args.carry_steps} steps, then {args.warmup} trained; ages {ages}",
-              flush=True)
+        print(model, arm, f"carry run {args.carry_steps} steps, then {args.warmup} trained; ages {ages}", flush=True)
 
-        def prepare(_: int) -> Callable[[], None]:
+        def prepare(_: int) -> Callable[[], float]:
             batch = to_torch(trainer.sampler.batch(counter[0], args.batch))
 
-            def run() -> None:
+            def run() -> float:
                 optimizer_s[0] = context_s[0] = 0.0
+                cpu = time.process_time()
                 trainer.train_step(batch)
+                cpu = time.process_time() - cpu
                 counter[0] += 1
-                carries.append({**_carry_regions(trainer), "optimizer_s": optimizer_s[0],
-                                "context_forward_s": context_s[0]})
+                carries.append({**step_flops(trainer.config, trainer.state.carry), "optimizer_s": optimizer_s[0],
+                                "context_forward_s": context_s[0], "cpu_s": cpu})
+                return cpu
             return run
         return prepare
-
-    def _carry_regions(trainer) -> dict:
-        config, carry = trainer.config, trainer.state.carry
-        data = carry.current_data
-        entry = {"ages": carry.steps.tolist()}
-        if "region_side" in data:
-            sides = sorted(data["region_side"].tolist())
-            ends = region_groups(sides, REGION_GROUPS, config.model.context_len, config.model.hidden_size,
-                                 config.model.expansion)
-            entry.update(sides=sides, squares=[sides[end - 1] for end in ends],
-                         decoder_flops=decoder_batch_flops(config, data, train=True),
-                         one_square_flops=decoder_step_flops(config, args.batch, train=True, square=sides[-1]))
-        entry["fixed_flops"] = decoder_step_flops(config, args.batch, train=True)
-        if reads_demos(config):
-            entry["encoder_flops"] = encoder_batch_flops(config, data["demo_inputs"], data["demo_outputs"],
-                                                         data["demo_mask"], train=True)
-        return entry
 
     results = {}
     for model in args.models:
         carries = {arm: [] for arm in ARMS}
-        arms = {}
+        arms, simulated = {}, {}
         for arm in ARMS:
             trainer = _trainer(model, arm, args.conceptarc, args.batch, "reference", tuple(args.overrides))
+            simulated[arm] = simulate_flops(trainer, args)
             arms[arm] = arm_of(trainer, model, arm, carries[arm])
-        measured = alternating_rounds(arms, args.rounds, args.steps,
-                                      after_round=lambda r, m, model=model: print(model, r, m.medians(), flush=True))
-        seconds = measured.seconds
-        results[model] = {arm: {"samples_per_s": args.batch * len(s) / sum(s), "median_step_s": statistics.median(s),
-                                "mean_step_s": statistics.fmean(s), "steps": len(s), "seconds": s,
-                                "carry": carries[arm]} for arm, s in seconds.items()}
+        calls = {"fixed": args.fixed_steps, "size-aware": args.steps}
+        measured = alternating_rounds(arms, args.rounds, calls,
+                                      after_round=lambda r, m, model=model: print(model, r, m.means(), flush=True))
+        results[model] = {"simulated": simulated}
+        for arm, seconds in measured.seconds.items():
+            busy = [i for i, (wall, entry) in enumerate(zip(seconds, carries[arm], strict=True))
+                    if entry["cpu_s"] < BUSY_SHARE * args.threads * wall]
+            results[model][arm] = {"samples_per_s": args.batch * len(seconds) / sum(seconds),
+                                   "median_step_s": statistics.median(seconds),
+                                   "mean_step_s": statistics.fmean(seconds), "steps": len(seconds),
+                                   "seconds": seconds, "busy_steps": busy,
+                                   "carry": carries[arm]}
         fixed, aware = results[model]["fixed"], results[model]["size-aware"]
         results[model]["ratio"] = aware["samples_per_s"] / fixed["samples_per_s"]
-        results[model]["median_ratio"] = fixed["median_step_s"] / aware["median_step_s"]
         print(model, {arm: {k: v for k, v in r.items() if k not in ("seconds", "carry")}
-                      for arm, r in results[model].items() if isinstance(r, dict)},
-              f"ratio {results[model]['ratio']:.2f}x", flush=True)
+                      for arm, r in results[model].items() if arm in ARMS},
+              f"ratio {results[model]['ratio']:.2f}x", simulated, flush=True)
     config = load_config(["preset=default", *REFERENCE, *SETTINGS["reference"], *args.overrides])
     if args.overrides:  # not the reference's settings: saved apart, BENCHMARKS.md left alone
         _save("speed-reference-overridden", {"overrides": args.overrides, "models": results})
         return
+    from etrm.models.decoder import REGION_GROUPS
+
     _save("speed-reference", {"threads": args.threads, "batch": args.batch, "rounds": args.rounds,
-                              "steps": args.steps, "warmup": args.warmup, "carry_steps": args.carry_steps,
+                              "steps": args.steps, "fixed_steps": args.fixed_steps, "warmup": args.warmup,
+                              "carry_steps": args.carry_steps, "simulate_steps": args.simulate_steps,
                               "halt_prob": args.halt_prob, "halt_max_steps": config.halt_max_steps,
                               "halt_exploration_prob": config.halt_exploration_prob, "region_groups": REGION_GROUPS,
                               "models": results})
     report_speed_reference()
+
+
+BUSY_SHARE = 0.8  # a step whose process CPU seconds fall below this share of threads x wall shared the cores
+
+
+def step_flops(config, carry) -> dict:
+    """The carry's regions and the FLOPs of one training step over it (forward and backward):
+    the decoder's as it runs (the region groups' squares), on one batch-wide square and on the
+    fixed canvas, and the encoder's."""
+    from etrm.models.decoder import REGION_GROUPS, region_groups
+    from etrm.models.flops import decoder_batch_flops, decoder_step_flops, encoder_batch_flops, reads_demos
+
+    data, batch = carry.current_data, len(carry.steps)
+    entry = {"ages": carry.steps.tolist(), "fixed_flops": decoder_step_flops(config, batch, train=True)}
+    if "region_side" in data:
+        sides = sorted(data["region_side"].tolist())
+        ends = region_groups(sides, REGION_GROUPS, config.model.context_len, config.model.hidden_size,
+                             config.model.expansion)
+        entry.update(sides=sides, squares=[sides[end - 1] for end in ends],
+                     decoder_flops=decoder_batch_flops(config, data, train=True),
+                     one_square_flops=decoder_step_flops(config, batch, train=True, square=sides[-1]))
+    if reads_demos(config):
+        entry["encoder_flops"] = encoder_batch_flops(config, data["demo_inputs"], data["demo_outputs"],
+                                                     data["demo_mask"], train=True)
+    return entry
+
+
+def simulate_flops(trainer, args: argparse.Namespace) -> dict:
+    """Mean FLOPs per step over `--simulate-steps` steps of the carry's bookkeeping alone (after
+    `--carry-steps` to reach the steady state), on `trainer`'s stream with the emulated halting
+    (its own draws: the trainer is untouched)."""
+    halting = emulated_halting(trainer.model.config, args.halt_prob, args.seed + 1)
+    total = args.carry_steps + args.simulate_steps
+    entries = [step_flops(trainer.config, carry) for index, carry in
+               enumerate(carry_states(trainer.model, trainer.sampler, args.batch, total, halting))
+               if index >= args.carry_steps]
+    keys = [key for key in entries[0] if key.endswith("flops")]
+    means = {key: statistics.fmean(entry[key] for entry in entries) for key in keys}
+    means["mean_side"] = statistics.fmean(s for e in entries for s in e.get("sides", [30] * args.batch))
+    means["mean_age"] = statistics.fmean(a for e in entries for a in e["ages"])
+    return means
 
 
 def train(args: argparse.Namespace) -> None:
@@ -399,18 +447,22 @@ def report_speed_reference() -> None:
     results = _load("speed-reference")
     if not results:
         return
-    rows = ["| model | canvas | train samples/s | median s/step | mean s/step | optimiser s/step | "
+    rows = ["| model | canvas | timed steps | train samples/s | mean s/step | median s/step | optimiser s/step | "
             "context forward s/step | squares per step | one batch-wide square | decoder GFLOP/step | "
-            "encoder GFLOP/step |", "|---" * 11 + "|"]
-    ages = []
+            "encoder GFLOP/step |", "|---" * 12 + "|"]
+    flop_rows = ["| model | decoder, fixed / size-aware | decoder, fixed / one batch-wide square | "
+                 "whole step (decoder + encoder), fixed / size-aware |", "|---|---|---|---|"]
+    ages, sides, busy = [], [], []
     for model, arms in results["models"].items():
         for arm in ARMS:
             r = arms[arm]
             carry = r["carry"]
             ages += [age for entry in carry for age in entry["ages"]]
+            busy += [f"{model} {arm} {len(r['busy_steps'])} of {r['steps']}"] if r["busy_steps"] else []
             encoder = (f"{statistics.fmean(e['encoder_flops'] for e in carry) / 1e9:.0f}"
-                       if carry and "encoder_flops" in carry[0] else "-")
+                       if "encoder_flops" in carry[0] else "-")
             if arm == "size-aware":
+                sides += [side for e in carry for side in e["sides"]]
                 groups = statistics.fmean(len(e["squares"]) for e in carry)
                 # The square each sample ran on: its group's, the smallest of the step's holding it.
                 ran = statistics.fmean(min(q for q in e["squares"] if q >= side) for e in carry for side in e["sides"])
@@ -423,36 +475,51 @@ def report_speed_reference() -> None:
                 decoder = f"{statistics.fmean(e['fixed_flops'] for e in carry) / 1e9:.0f}"
             phases = " | ".join(f"{statistics.fmean(e[key] for e in carry):.2f}"
                                 for key in ("optimizer_s", "context_forward_s"))
-            rows.append(f"| {model} | {arm} | {r['samples_per_s']:.2f} | {r['median_step_s']:.2f} | "
-                        f"{r['mean_step_s']:.2f} | {phases} | {squares} | {one_square} | {decoder} | {encoder} |")
-        rows.append(f"| {model} | size-aware / fixed | **{arms['ratio']:.2f}x** | {arms['median_ratio']:.2f}x |"
-                    + " |" * 7)
-    sides = [s for arms in results["models"].values() for e in arms["size-aware"]["carry"] for s in e["sides"]]
+            rows.append(f"| {model} | {arm} | {r['steps']} | {r['samples_per_s']:.2f} | {r['mean_step_s']:.2f} | "
+                        f"{r['median_step_s']:.2f} | {phases} | {squares} | {one_square} | {decoder} | {encoder} |")
+        rows.append(f"| {model} | size-aware / fixed | | **{arms['ratio']:.2f}x** |" + " |" * 8)
+        fixed, aware = arms["simulated"]["fixed"], arms["simulated"]["size-aware"]
+        whole_fixed = fixed["fixed_flops"] + fixed.get("encoder_flops", 0.0)
+        whole_aware = aware["decoder_flops"] + aware.get("encoder_flops", 0.0)
+        one_square = aware["fixed_flops"] / aware["one_square_flops"]
+        flop_rows.append(f"| {model} | {aware['fixed_flops'] / aware['decoder_flops']:.2f}x | {one_square:.2f}x | "
+                         f"{whole_fixed / whole_aware:.2f}x |")
+    shared = ("Steps that shared the cores with another process (process CPU seconds under "
+              f"{BUSY_SHARE} x threads x wall): {', '.join(busy)}." if busy else
+              "No timed step shared the cores with another process (process CPU seconds at least "
+              f"{BUSY_SHARE} x threads x wall).")
     title = "### At the reference's settings (`size_aware_canvas.py speed --settings reference`)"
     write_section("canvas_speed_reference", f"""{title}
 
 Settings: {SETTING_LABELS['reference']}; the table above: {SETTING_LABELS['one-step']}.
-Machine: {machine()}; {results['threads']} torch thread(s), nothing else running. Hidden 512,
-H3 x L4, 2 layers, canvas 30, batch {results['batch']}, up to {results['halt_max_steps']} ACT steps
-per sample with exploration {results['halt_exploration_prob']} over the persistent carry, on
-ARC-AGI-1 training + ConceptARC (augmented, leave-one-out); the real `Trainer.train_step` (AdamW,
-clipping, EMA), one ACT step of every slot per timed step. Halting: a seeded draw of
-{results['halt_prob']} per slot and step stands in for a trained head's q_halt > 0 (a fresh head
-never halts before step 16, which would keep every slot of the carry in step), seeded alike in
-both arms; slots' mean age over the timed steps {statistics.fmean(ages):.1f} steps. Size-aware:
-each step's samples in up to {results['region_groups']} region groups, each on its own square
-(`RecursiveDecoder._forward_on_regions`); the carry's mean region side {statistics.fmean(sides):.1f}.
-Warm-up, alike in both arms: the carry's bookkeeping run {results['carry_steps']} steps without the
-model (the halting draws never read it, so the slots' samples and ages are those real steps would
-leave: the carry's steady state; the latents stay at their initial values, which a step's cost
-does not read), then {results['warmup']} real training steps; then {results['rounds']} alternating
-rounds of {results['steps']} timed steps per arm. Samples/s over all timed steps; "median": the
-ratio of median step times. Optimiser: clipping, AdamW (TRM: and its puzzle embedding's
-optimiser) and EMA; context forward: the context source's forward pass (ETRM: the encoder over
-every slot's demos, its backward not counted apart). FLOPs per step (`etrm.models.flops`, forward
-and backward), the decoder's as it ran and as one batch-wide square would have run it.
+Machine: {machine()}; {results['threads']} torch thread(s). Hidden 512, H3 x L4, 2 layers,
+canvas 30, batch {results['batch']}, up to {results['halt_max_steps']} ACT steps per sample with
+exploration {results['halt_exploration_prob']} over the persistent carry, on ARC-AGI-1 training +
+ConceptARC (augmented, leave-one-out); the real `Trainer.train_step` (AdamW, clipping, EMA), one
+ACT step of every slot per timed step. Halting: a seeded draw of {results['halt_prob']} per slot
+and step stands in for a trained head's q_halt > 0 (a fresh head never halts before step 16,
+which would keep every slot of the carry in step), seeded alike in both arms; slots' mean age
+over the timed steps {statistics.fmean(ages):.1f} steps. Size-aware: each step's samples in up to
+{results['region_groups']} region groups, each on its own square (`RecursiveDecoder._forward_on_regions`);
+the carry's mean region side over the timed steps {statistics.fmean(sides):.1f}. Warm-up, alike in
+both arms: the carry's bookkeeping run {results['carry_steps']} steps without the model (the
+halting draws never read it, so the slots' samples and ages are those real steps would leave: the
+carry's steady state; the latents stay at their initial values, which a step's cost does not
+read), then {results['warmup']} real training steps. Then {results['rounds']} alternating rounds,
+each of {results['fixed_steps']} fixed-canvas step(s) (the same cost at every step: the whole
+canvas whatever the carry holds) and {results['steps']} size-aware steps (their cost follows the
+carry's regions, which change slowly). Samples/s over all timed steps. Optimiser: clipping, AdamW
+(TRM: and its puzzle embedding's optimiser) and EMA; context forward: the context source's
+forward pass (ETRM: the encoder over every slot's demos, its backward not counted apart). FLOPs
+per step (`etrm.models.flops`, forward and backward), the decoder's as it ran and as one
+batch-wide square would have run it. {shared}
 
 {chr(10).join(rows)}
+
+FLOP ratios over {results['simulate_steps']} steps of the carry's steady state (its bookkeeping
+alone, each arm's own stream, the same halting rule; no timing):
+
+{chr(10).join(flop_rows)}
 """)
 
 
@@ -527,6 +594,10 @@ def main() -> None:
     parser.add_argument("--carry-steps", type=int, default=32,
                         help="speed --settings reference: steps of the carry's bookkeeping before the warm-up")
     parser.add_argument("--warmup", type=int, default=2, help="speed --settings reference: real warm-up steps")
+    parser.add_argument("--fixed-steps", type=int, default=1,
+                        help="speed --settings reference: timed fixed-canvas steps per round (--steps: size-aware)")
+    parser.add_argument("--simulate-steps", type=int, default=1000,
+                        help="speed --settings reference: steps of the carry's bookkeeping for the FLOP ratio")
     parser.add_argument("--halt-prob", type=float, default=0.25,
                         help="speed --settings reference: per-step halting draw standing in for q_halt > 0")
     parser.add_argument("--seed", type=int, default=0, help="speed --settings reference: the halting draws' seed")

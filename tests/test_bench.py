@@ -231,3 +231,21 @@ def test_alternating_rounds_alternates_the_arms_and_times_only_their_calls():
     assert measured.medians() == {"a": 2.5, "b": 25.0}
     assert measured.means() == {"a": 2.75, "b": 25.0}
     assert progress == [(0, {"a": 2, "b": 2}), (1, {"a": 4, "b": 4})]
+
+
+def test_alternating_rounds_with_calls_per_arm():
+    from etrm.bench import alternating_rounds
+
+    order: list[tuple[str, int]] = []
+
+    def arm(name: str):
+        def prepare(index: int):
+            order.append((name, index))
+            return lambda: index
+        return prepare
+
+    measured = alternating_rounds({"a": arm("a"), "b": arm("b")}, rounds=2, calls={"a": 1, "b": 3}, warmup=1,
+                                  clock=lambda: 0.0)
+    assert order == [("a", 0), ("b", 0), ("a", 1), ("b", 1), ("b", 2), ("b", 3), ("a", 2), ("b", 4), ("b", 5),
+                     ("b", 6)]
+    assert measured.results == {"a": [1, 2], "b": [1, 2, 3, 4, 5, 6]}

@@ -77,8 +77,9 @@ class Rounds(Generic[Name]):
         return {name: statistics.fmean(seconds) for name, seconds in self.seconds.items()}
 
 
-def alternating_rounds(arms: Mapping[Name, Callable[[int], Callable[[], Any]]], rounds: int, calls: int = 1, *,
-                       warmup: int = 0, after_round: Callable[[int, Rounds[Name]], None] | None = None,
+def alternating_rounds(arms: Mapping[Name, Callable[[int], Callable[[], Any]]], rounds: int,
+                       calls: int | Mapping[Name, int] = 1, *, warmup: int = 0,
+                       after_round: Callable[[int, Rounds[Name]], None] | None = None,
                        clock: Callable[[], float] = time.perf_counter) -> Rounds[Name]:
     """Time several arms side by side in one process: round after round, each arm in turn makes
     `calls` timed calls, so that every arm sees the same machine state (its load, its clock
@@ -87,16 +88,20 @@ def alternating_rounds(arms: Mapping[Name, Callable[[int], Callable[[], Any]]], 
     `arms[name](index)` prepares call `index` untimed (builds its batch, sets a switch) and
     returns the callable to time; what that returns is kept in `results`. Every arm first makes
     `warmup` untimed calls (indices 0 .. warmup - 1); the timed calls go on from there, round r
-    making indices warmup + r * calls onwards, the same indices for every arm. `after_round(r,
-    measured so far)` runs after each round (progress lines).
+    making indices warmup + r * calls onwards, the same indices for every arm. `calls` may be
+    given per arm (a mapping): an arm whose calls cost the same every time needs fewer of them
+    than one whose cost varies from call to call; its indices then go on at its own pace.
+    `after_round(r, measured so far)` runs after each round (progress lines).
     """
+    per_arm = {name: calls if isinstance(calls, int) else calls[name] for name in arms}
     for prepare in arms.values():
         for index in range(warmup):
             prepare(index)()
     measured: Rounds[Name] = Rounds({name: [] for name in arms}, {name: [] for name in arms})
     for round_index in range(rounds):
         for name, prepare in arms.items():
-            for index in range(warmup + round_index * calls, warmup + (round_index + 1) * calls):
+            count = per_arm[name]
+            for index in range(warmup + round_index * count, warmup + (round_index + 1) * count):
                 call = prepare(index)
                 start = clock()
                 result = call()
