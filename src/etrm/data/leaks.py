@@ -83,16 +83,24 @@ def find_leaks(train_tasks: Sequence[Task], held_out_tasks: Sequence[Task]) -> L
     return report
 
 
-def remove_leaks(train_tasks: Sequence[Task], held_out_tasks: Sequence[Task],
-                 policy: str = "drop") -> tuple[list[Task], LeakReport]:
-    """Apply a leak policy: drop the overlapping training tasks, only warn, or refuse to run."""
+def _checked_leaks(train_tasks: Sequence[Task], held_out_tasks: Sequence[Task], policy: str, overlapping: str,
+                   drop_does: str) -> LeakReport:
+    # The leaks of a policy that is known, refusing them under "error" (one line naming a pair).
     if policy not in LEAK_POLICIES:
         raise DataError(f"leak policy '{policy}' is not one of {', '.join(LEAK_POLICIES)}")
     report = find_leaks(train_tasks, held_out_tasks)
     if report.overlapping_tasks and policy == "error":
         first_held, first_train = report.pairs()[0]
-        raise DataError(f"{report.overlapping_tasks} held-out tasks overlap the training pool "
-                        f"(e.g. {first_held} ~ {first_train}); set leak_policy=drop to remove them")
+        raise DataError(f"{report.overlapping_tasks} {overlapping} (e.g. {first_held} ~ {first_train}); "
+                        f"set leak_policy=drop to {drop_does}")
+    return report
+
+
+def remove_leaks(train_tasks: Sequence[Task], held_out_tasks: Sequence[Task],
+                 policy: str = "drop") -> tuple[list[Task], LeakReport]:
+    """Apply a leak policy: drop the overlapping training tasks, only warn, or refuse to run."""
+    report = _checked_leaks(train_tasks, held_out_tasks, policy, "held-out tasks overlap the training pool",
+                            "remove them")
     if policy == "drop":
         leaked = report.training_ids
         return [task for task in train_tasks if task.id not in leaked], report
@@ -103,13 +111,8 @@ def check_evaluated_tasks(trained_tasks: Sequence[Task], evaluated_tasks: Sequen
                           policy: str = "drop") -> tuple[list[Task], LeakReport]:
     """The leak policy at evaluation, where the training set is fixed: drop the evaluated tasks
     that share a pair with a task the model trained on, only warn (keep them), or refuse."""
-    if policy not in LEAK_POLICIES:
-        raise DataError(f"leak policy '{policy}' is not one of {', '.join(LEAK_POLICIES)}")
-    report = find_leaks(trained_tasks, evaluated_tasks)
-    if report.overlapping_tasks and policy == "error":
-        first_held, first_train = report.pairs()[0]
-        raise DataError(f"{report.overlapping_tasks} evaluated tasks overlap the run's training tasks "
-                        f"(e.g. {first_held} ~ {first_train}); set leak_policy=drop to leave them out")
+    report = _checked_leaks(trained_tasks, evaluated_tasks, policy,
+                            "evaluated tasks overlap the run's training tasks", "leave them out")
     if policy == "drop":
         return [task for task in evaluated_tasks if task.id not in report.matches], report
     return list(evaluated_tasks), report
