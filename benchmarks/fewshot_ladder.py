@@ -45,6 +45,9 @@ CELLS = ["encoder.type=demo_cells", "model.context_len=256"]
 DESIGNS = {
     "cells": CELLS,
     "cells-aligned": [*CELLS, "encoder.cell_positions=aligned"],
+    "cells-withq": [*CELLS, "context_includes_query_prob=0.5"],
+    "cells-aligned-withq-decay": [*CELLS, "encoder.cell_positions=aligned", "context_includes_query_prob=0.5",
+                                  "context_includes_query_decay_steps=1500"],
     "cells-aligned-withq": [*CELLS, "encoder.cell_positions=aligned", "context_includes_query_prob=0.5"],
     "fused": ["encoder.pair_tokens=fused"],
     "fused-withq": ["encoder.pair_tokens=fused", "context_includes_query_prob=0.5"],

@@ -233,6 +233,26 @@ def test_context_includes_the_held_out_demo_with_the_given_probability(tasks, pr
     assert abs(included / held_out - probability) < 0.15, (included, held_out)
 
 
+def test_the_held_out_demo_stays_in_the_context_less_often_as_the_schedule_runs(tasks):
+    # context_includes_query_decay_steps: the probability falls linearly to 0, so the end of
+    # training is pure leave-one-out; without it the probability is constant.
+    decaying = _sampler(tasks, augment=False, translate=False, seed=3, context_includes_query_prob=1.0,
+                        context_includes_query_decay_steps=100)
+    constant = _sampler(tasks, augment=False, translate=False, seed=3, context_includes_query_prob=1.0)
+    assert [decaying.includes_query_prob(s) for s in (0, 25, 100, 500)] == [1.0, 0.75, 0.0, 0.0]
+    assert constant.includes_query_prob(500) == 1.0
+
+    def included_share(sampler: TrainSampler, step: int) -> float:
+        batch = sampler.batch(step, 64)
+        held_out = [b for b, (_, q) in enumerate(_rows(batch)) if q < 0]
+        full = [int(batch["demo_mask"][b].sum()) == len(tasks[t].demos[:10])
+                for b, (t, _) in enumerate(_rows(batch)) if b in held_out]
+        return sum(full) / len(full)
+
+    assert included_share(decaying, 0) == 1.0 and included_share(constant, 100) == 1.0
+    assert included_share(decaying, 100) == 0.0
+
+
 def _placed(tokens: np.ndarray, side: int) -> tuple[np.ndarray, tuple[int, int]]:
     """The grid in a translated canvas and its offset; the canvas must be exactly its encoding."""
     canvas = tokens.reshape(side, side)

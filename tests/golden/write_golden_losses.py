@@ -47,6 +47,7 @@ SETTINGS: dict[str, object] = {
     "max_demos": 10,
     "leave_one_out": True,
     "context_includes_query_prob": 0.0,
+    "context_includes_query_decay_steps": 0,
     "max_train_groups": 4,
     "max_eval_groups": 3,
     "validation_sources": "",

@@ -51,6 +51,7 @@ def test_bad_enum_value_names_the_key_and_the_choices(override, key):
 
 @pytest.mark.parametrize("override", ["lr=abc", "max_steps=0", "canvas_side=31", "halt_exploration_prob=1.5",
                                       "grad_clip_norm=0", "dynamic_canvas_margin=-1",
+                                      "context_includes_query_decay_steps=-1",
                                       "global_batch_size", "preset=nonexistent"])
 def test_other_bad_values_are_one_line_config_errors(override):
     with pytest.raises(ConfigError) as caught:

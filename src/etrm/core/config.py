@@ -165,6 +165,10 @@ class RunConfig:
     # leave-one-out): the probability that a leave-one-out episode keeps its held-out demo in its
     # context, so the context holds the answer itself. 0: pure leave-one-out.
     context_includes_query_prob: float = 0.0
+    # A schedule of how much of the answer the context may hold: the probability above falls
+    # linearly to 0 over this many optimiser steps, so the end of training is pure leave-one-out,
+    # as evaluation is. 0: constant.
+    context_includes_query_decay_steps: int = 0
     max_train_groups: int | None = None
     max_eval_groups: int | None = None
     # Validation tasks, kept out of training like the held-out ones (`etrm eval RUN
@@ -287,6 +291,9 @@ def _validate(config: RunConfig) -> None:
             raise ConfigError(f"{key} must be at least 1, got {getattr(config, key)}")
     if not 0.0 <= config.context_includes_query_prob <= 1.0:
         raise ConfigError(f"context_includes_query_prob must be in [0, 1], got {config.context_includes_query_prob}")
+    if config.context_includes_query_decay_steps < 0:
+        raise ConfigError("context_includes_query_decay_steps must be >= 0 (0: constant), got "
+                          f"{config.context_includes_query_decay_steps}")
     if not 0.0 <= config.halt_exploration_prob <= 1.0:
         raise ConfigError(f"halt_exploration_prob must be in [0, 1], got {config.halt_exploration_prob}")
     if config.model_type == "trm" and config.augmentations_per_task < 1:
@@ -439,6 +446,8 @@ def ineffective_settings(config: RunConfig) -> list[str]:
             note(key, "dynamic_canvas=false")
     if not config.leave_one_out:
         note("context_includes_query_prob", "leave_one_out=false: no episode holds a demo out")
+    if not config.leave_one_out or config.context_includes_query_prob == 0:
+        note("context_includes_query_decay_steps", "no episode keeps its held-out demo in its context")
     if config.model_type != "trm":
         for key in ("puzzle_emb_lr", "puzzle_emb_weight_decay"):
             note(key, f"model_type={config.model_type} has no puzzle embedding")

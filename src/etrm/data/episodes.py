@@ -226,9 +226,11 @@ class TrainSampler:
     def __init__(self, tasks: Sequence[Task], *, canvas_side: int, max_demos: int, leave_one_out: bool,
                  seed: int, augment: bool = True, translate: bool = True,
                  enumerated: AugmentedTasks | None = None, rank: int = 0, world_size: int = 1,
-                 region_margin: int | None = None, context_includes_query_prob: float = 0.0):
+                 region_margin: int | None = None, context_includes_query_prob: float = 0.0,
+                 context_includes_query_decay_steps: int = 0):
         self.tasks = list(tasks)
         self.context_includes_query_prob = context_includes_query_prob
+        self.context_includes_query_decay_steps = context_includes_query_decay_steps
         self.episodes = training_episodes(self.tasks, leave_one_out)
         if len(self.episodes) == 0:
             raise ValueError("no training episodes: the training tasks have no test pair with a known output")
@@ -279,6 +281,12 @@ class TrainSampler:
             grouped += [blocks[i] for i in rng.permutation(len(blocks))]
         return np.concatenate(grouped)
 
+    def includes_query_prob(self, step: int) -> float:
+        """The probability at optimiser step `step` that a held-out demo stays in its context."""
+        if not self.context_includes_query_decay_steps:
+            return self.context_includes_query_prob
+        return self.context_includes_query_prob * max(0.0, 1.0 - step / self.context_includes_query_decay_steps)
+
     def batch(self, step: int, global_batch_size: int) -> Batch:
         """This rank's share of optimiser step `step`'s batch."""
         if global_batch_size % self.world_size:
@@ -287,11 +295,12 @@ class TrainSampler:
         positions = step * global_batch_size + self.rank * local + np.arange(local)
         epochs, slots = np.divmod(positions, self.num_episodes)
         chosen, augmentations, offsets, puzzle_ids, aug_ids, includes_query = [], [], [], [], [], []
+        includes_query_prob = self.includes_query_prob(step)
         for epoch, slot in zip(epochs.tolist(), slots.tolist(), strict=True):
             draws = self._epoch_draws(epoch, global_batch_size)
             episode = int(draws["order"][slot])
             chosen.append(episode)
-            includes_query.append(draws["includes_query"][episode] < self.context_includes_query_prob)
+            includes_query.append(draws["includes_query"][episode] < includes_query_prob)
             task_index = int(self.episodes[episode, 0])
             if self.enumerated is not None:
                 options = self.enumerated.lists[task_index]

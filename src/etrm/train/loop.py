@@ -84,7 +84,8 @@ class Trainer:
             leave_one_out=config.leave_one_out, seed=config.seed, augment=config.augment,
             translate=config.translate, enumerated=self.data.enumerated, rank=runtime.rank,
             world_size=runtime.world_size, region_margin=canvas_region_margin(config),
-            context_includes_query_prob=config.context_includes_query_prob)
+            context_includes_query_prob=config.context_includes_query_prob,
+            context_includes_query_decay_steps=config.context_includes_query_decay_steps)
 
         torch.manual_seed(config.seed)
         self.model = self.data.build_model().to(runtime.device)
