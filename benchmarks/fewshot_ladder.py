@@ -55,6 +55,10 @@ DESIGNS = {
     "slots": ["encoder.type=cell_slots"],
     "slots-withq": ["encoder.type=cell_slots", "context_includes_query_prob=0.5"],
 }
+# The design that reads the rule best (level 1, 30 minutes: docs/LOG.md), run on every level
+# once more under the targets' protocol as l{level}-{CHOSEN_DESIGN}-alone: `--threads 2` and
+# nothing else on the machine.
+CHOSEN_DESIGN = "cells-withq"
 # Periodic held-out evaluation for the curves (the final evaluation also scores the training tasks).
 CURVE = ["eval_every=50", "eval.periodic_splits=test"]
 # The study: one factor at a time from `base-etrm` (synth-cpu's training settings before the study,
@@ -107,21 +111,28 @@ RUNS: dict[str, tuple[int, list[str]]] = {
     **{f"fast-{method}": (STUDY_LEVEL, [*STUDY_BASE, *FAST, *overrides]) for method, overrides in BOUNDS.items()},
     **{preset: (CHOSEN_LEVEL, encoder_overrides(preset)) for preset in ENCODER_PRESETS},
     **{f"l{level}-{name}": (level, overrides) for level in LEVELS for name, overrides in DESIGNS.items()},
+    **{f"l{level}-{CHOSEN_DESIGN}-alone": (level, DESIGNS[CHOSEN_DESIGN]) for level in LEVELS},
     # The targets' budget: run with `--minutes 30`.
     **{f"l{level}-etrm-30min": (level, []) for level in LEVELS},
 }
 TARGETS = {1: 0.90, 3: 0.50}  # held-out pass@2 of ETRM after 30 minutes (level 3: synth-iid)
 GROUPS = {"bounds": [f"l{level}-{m}" for level in LEVELS for m in BOUNDS], "base": [f"base-{m}" for m in BOUNDS],
           "designs": [f"l{level}-{name}" for level in LEVELS for name in DESIGNS],
+          "chosen": [f"l{level}-{CHOSEN_DESIGN}-alone" for level in LEVELS],
           "fast": [f"fast-{m}" for m in BOUNDS],
           "study": [f"study-{n}" for n in STUDY], "study3": [f"study3-{n}" for n in STUDY3],
           "modes": [f"mode-{n}" for n in MODES],
           "encoders": list(ENCODER_PRESETS), "targets": [f"l{level}-etrm-30min" for level in TARGETS]}
 OTHER_SPLITS = ("params", "compose")  # level 3's other held-out splits (same training set)
+PROTOCOL = "protocol.json"  # a run's minutes, threads and how it shared the machine
 
 
-def train(name: str, minutes: float, threads: int) -> None:
+def train(name: str, minutes: float, threads: int, sharing: str) -> None:
     level, overrides = RUNS[name]
+    protocol = OUT / name / PROTOCOL
+    if not protocol.is_file():  # how the run was started: the designs table says it per row
+        protocol.parent.mkdir(parents=True, exist_ok=True)
+        protocol.write_text(json.dumps({"minutes": minutes, "threads": threads, "sharing": sharing}))
     train_run(OUT / name, [f"preset={LEVELS[level]}", *CURVE, *overrides], minutes, threads)
 
 
@@ -261,16 +272,21 @@ def designs_figure(names: list[str]) -> Path:
 def designs_report(minutes: float, threads: int, sharing: str) -> None:
     """The `fewshot_designs` section of BENCHMARKS.md: every design run that exists, its bounds
     beside it where they were run, and the representability results."""
-    names = [name for name in GROUPS["designs"] + GROUPS["bounds"] if (OUT / name / "summary.json").is_file()]
-    rows = ["| run | overrides | steps | s / step | train EM | held-out pass@2 | copy-input floor | "
-            "encoder grad share (last) | retrieval (last) | context influence (last) |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+    names = [name for name in GROUPS["designs"] + GROUPS["chosen"] + GROUPS["bounds"]
+             if (OUT / name / "summary.json").is_file()]
+    rows = ["| run | overrides | minutes, threads, sharing | steps | s / step | train EM | held-out pass@2 | "
+            "copy-input floor | encoder grad share (last) | retrieval (last) | context influence (last) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name in names:
         run, records = _load(name), _diagnostics(name)
+        protocol_path = OUT / name / PROTOCOL  # absent for runs started before it was written: the defaults
+        protocol = json.loads(protocol_path.read_text()) if protocol_path.is_file() else \
+            {"minutes": minutes, "threads": threads, "sharing": sharing}
         last = {kind: next((r for r in reversed(records) if r["kind"] == kind), {})
                 for kind in ("train", "diagnostics")}
         test = run["summary"]["test_eval"]
-        rows.append(f"| {name} | {' '.join(f'`{o}`' for o in RUNS[name][1])} | {run['summary']['steps']} | "
+        rows.append(f"| {name} | {' '.join(f'`{o}`' for o in RUNS[name][1])} | {protocol['minutes']:.0f}, "
+                    f"{protocol['threads']}, {protocol['sharing']} | {run['summary']['steps']} | "
                     f"{run['seconds_per_step']:.2f} | {_cell(run['summary']['train_eval']['exact_match'])} | "
                     f"{_cell(test['pass@2'])} | {_cell(test.get('copy_input_floor'))} | "
                     f"{last['train'].get('encoder_grad_share', float('nan')):.1e} | "
@@ -299,8 +315,8 @@ def designs_report(minutes: float, threads: int, sharing: str) -> None:
     figure_path = designs_figure(names)
     body = f"""## Few-shot designs: the demos as the context, front end, training signal (`fewshot_ladder.py designs`)
 
-Machine: {machine()}. Each run {minutes:.0f} minutes of training (`max_minutes`, the periodic
-held-out evaluations every 50 steps included), {threads} torch thread(s) per run; {sharing}.
+Machine: {machine()}. Each run's minutes of training (`max_minutes`, the periodic held-out
+evaluations every 50 steps included), torch threads and how it shared the machine are in its row.
 Held-out: the level's 100 `iid` tasks. The copy-input floor is what answering each test input
 with itself scores on the same tasks. Gradient share, retrieval and context influence are the
 last values logged (diagnostics every 250 steps on 16 training tasks x 4 augmentations).
@@ -375,7 +391,9 @@ def _run_row(label: str, run: dict | None, detail: str = "") -> str:
 
 
 STYLES = {"etrm": ("ETRM", "-", "tab:blue"), "oracle": ("oracle (upper bound)", "--", "tab:green"),
-          "none": ("no context (floor)", ":", "tab:red"), "etrm-30min": ("ETRM, 30 minutes", "-", "tab:purple")}
+          "none": ("no context (floor)", ":", "tab:red"), "etrm-30min": ("ETRM, 30 minutes", "-", "tab:purple"),
+          CHOSEN_DESIGN: ("demos as the context + signal", "-", "tab:orange"),
+          f"{CHOSEN_DESIGN}-alone": ("the same, 2 threads alone", "-", "tab:brown")}
 
 
 def _curve(axis, run: dict | None, style: str = "-", **plot_options) -> None:
@@ -559,7 +577,7 @@ def main() -> None:
         parser.error(f"unknown runs {unknown}; known: {', '.join(RUNS)} and the groups {', '.join(GROUPS)}")
     if args.stage == "train":
         for name in names:
-            train(name, args.minutes, args.threads)
+            train(name, args.minutes, args.threads, args.sharing)
     elif args.stage == "extra":
         for name in names:
             extra(name, args.probe_tasks, args.threads)

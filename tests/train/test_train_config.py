@@ -156,6 +156,23 @@ def test_their_safe_neighbours_load(overrides):
     load_config(["preset=cpu-demo", *overrides])
 
 
+@pytest.mark.parametrize(("overrides", "expected"), [
+    (["encoder.type=demo_cells", "max_demos=10", "canvas_side=6"], 360),  # a position per demo cell
+    (["encoder.type=demo_cells", "max_demos=10", "canvas_side=6", "model_type=trm", "augmentations_per_task=2"],
+     16),  # the rows of its puzzle embedding
+    (["encoder.type=standard"], 16),
+    (["encoder.type=demo_cells", "max_demos=4", "canvas_side=8", "model.context_len=256"], 256),  # given: kept
+])
+def test_a_null_context_length_is_the_context_sources_own(overrides, expected, tmp_path):
+    from etrm.core.config import config_from_yaml, to_yaml
+
+    config = load_config(["preset=cpu-demo", "model.context_len=null", *overrides])
+    assert config.model.context_len == expected
+    # A run saves the resolved length, and loading it keeps it.
+    (tmp_path / "config.yaml").write_text(to_yaml(config))
+    assert config_from_yaml(tmp_path / "config.yaml").model.context_len == expected
+
+
 def test_a_run_saved_with_the_removed_eval_checkpoint_key_still_loads(tmp_path):
     from etrm.core.config import config_from_yaml, to_yaml
 

@@ -37,7 +37,11 @@ class ModelConfig:
     num_layers: int = 2
     h_cycles: int = 3
     l_cycles: int = 4
-    context_len: int = 16
+    # Context positions before the canvas: TRM's puzzle-embedding rows, ETRM's context vectors
+    # (cell_slots: its slots). None: the context source's own length, resolved when a config is
+    # loaded: max_demos * canvas_side**2 for encoder.type=demo_cells (a position per demo cell),
+    # else DEFAULT_CONTEXT_LEN.
+    context_len: int | None = 16
     rope_theta: float = 10000.0
 
 
@@ -281,6 +285,16 @@ def _normalise_overrides(overrides: list[str]) -> tuple[str, list[str]]:
     return preset, rest
 
 
+DEFAULT_CONTEXT_LEN = ModelConfig.context_len
+
+
+def _resolve(config: RunConfig) -> None:
+    # `model.context_len: null` -> the context source's own length.
+    if config.model.context_len is None:
+        demo_cells = config.model_type == "etrm" and config.encoder.type == "demo_cells"
+        config.model.context_len = config.max_demos * config.canvas_side**2 if demo_cells else DEFAULT_CONTEXT_LEN
+
+
 def _validate(config: RunConfig) -> None:
     for key, allowed in _CHOICES.items():
         value = OmegaConf.select(OmegaConf.structured(config), key)
@@ -384,6 +398,7 @@ def load_config(overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     if OmegaConf.is_missing(composed, "run_name"):
         composed.run_name = preset
     config: RunConfig = OmegaConf.to_object(composed)
+    _resolve(config)
     _validate(config)
     return config
 
@@ -404,6 +419,7 @@ def config_from_yaml(path: str | Path, overrides: list[str] | tuple[str, ...] = 
     except OmegaConfBaseException as error:
         raise ConfigError(f"{path}: {str(error).strip().splitlines()[0]}") from None
     config: RunConfig = OmegaConf.to_object(merged)
+    _resolve(config)
     _validate(config)
     return config
 
