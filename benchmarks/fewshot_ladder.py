@@ -112,6 +112,9 @@ RUNS: dict[str, tuple[int, list[str]]] = {
     **{preset: (CHOSEN_LEVEL, encoder_overrides(preset)) for preset in ENCODER_PRESETS},
     **{f"l{level}-{name}": (level, overrides) for level in LEVELS for name, overrides in DESIGNS.items()},
     **{f"l{level}-{CHOSEN_DESIGN}-alone": (level, DESIGNS[CHOSEN_DESIGN]) for level in LEVELS},
+    # A design's run trained on past its 30 minutes (`train NAME-60min --minutes 60`: it starts
+    # from a copy of the 30-minute run's checkpoint and curves, so it costs only the extra time).
+    **{f"l{level}-{name}-60min": (level, overrides) for level in LEVELS for name, overrides in DESIGNS.items()},
     # The targets' budget: run with `--minutes 30`.
     **{f"l{level}-etrm-30min": (level, []) for level in LEVELS},
 }
@@ -127,8 +130,22 @@ OTHER_SPLITS = ("params", "compose")  # level 3's other held-out splits (same tr
 PROTOCOL = "protocol.json"  # a run's minutes, threads and how it shared the machine
 
 
+CONTINUED = "-60min"
+# What a continued run keeps of the run it continues: the checkpoint (step, weights, optimiser,
+# data position, the time trained) and what was logged, never its final evaluation.
+CONTINUED_FILES = ("checkpoint.pt", "config.yaml", "metrics.jsonl")
+
+
 def train(name: str, minutes: float, threads: int, sharing: str) -> None:
     level, overrides = RUNS[name]
+    if name.endswith(CONTINUED) and not (OUT / name).exists():
+        start = OUT / name.removesuffix(CONTINUED)
+        if not (start / "summary.json").is_file():
+            raise SystemExit(f"{name} continues {start.name}, which has not finished")
+        (OUT / name).mkdir(parents=True)
+        for file in CONTINUED_FILES:
+            if (start / file).is_file():
+                (OUT / name / file).write_bytes((start / file).read_bytes())
     protocol = OUT / name / PROTOCOL
     if not protocol.is_file():  # how the run was started: the designs table says it per row
         protocol.parent.mkdir(parents=True, exist_ok=True)
