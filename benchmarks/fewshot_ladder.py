@@ -39,7 +39,7 @@ LEVELS = {1: "synth-level1", 2: "synth-level2", 3: "synth-level3"}
 BOUNDS = {"etrm": [], "oracle": ["model_type=oracle"], "none": ["encoder.type=none"]}
 # The demos as the context (nothing compressed, the ladder's third bound): one fused (input,
 # output) token per demo cell, max_demos (4) x 64 cells of the 8x8 canvas as the decoder's context.
-CELLS = ["encoder.type=demo_cells", "model.context_len=256"]
+CELLS = ["encoder.type=demo_cells", "model.context_len=null"]
 # The designs measured for an encoder that reads the rule (run on each level as l{level}-NAME):
 # the bound itself, its rotary positions, the training signal, the compressed front-end options.
 DESIGNS = {
@@ -209,13 +209,17 @@ def represent(level: int, steps: int, threads: int, train_tasks: int) -> None:
 
 
 # The training steps whose cost the designs are compared on (level 1's preset, one process).
-COST_ARMS = {"TRM": ["model_type=trm"], "standard": [], "demo_cells aligned": DESIGNS["cells-aligned"],
-             "cell_slots": DESIGNS["slots"]}
+COST_ARMS = {"TRM": ["model_type=trm"], "standard": [], "demo_cells": CELLS, "cell_slots": DESIGNS["slots"]}
+COST_PRESETS = (LEVELS[1], "arc10-cpu")  # the ladder's canvas (8x8, 4 demos) and ARC's (10x10, 10 demos)
 
 
-def cost(steps: int, warmup: int, threads: int) -> None:
-    """Seconds per training step (`Trainer.train_step`, optimiser included) of COST_ARMS at level 1,
-    timed side by side in alternating rounds (`etrm.bench.alternating_rounds`) -> runs/ladder/cost.json."""
+def _cost_path(preset: str) -> Path:
+    return OUT / ("cost.json" if preset == LEVELS[1] else f"cost-{preset}.json")
+
+
+def cost(steps: int, warmup: int, threads: int, preset: str) -> None:
+    """Seconds per training step (`Trainer.train_step`, optimiser included) of COST_ARMS at `preset`,
+    timed side by side in alternating rounds (`etrm.bench.alternating_rounds`) -> runs/ladder/cost*.json."""
     import torch
 
     from etrm.bench import alternating_rounds
@@ -227,7 +231,8 @@ def cost(steps: int, warmup: int, threads: int) -> None:
     torch.set_num_threads(threads)
     trainers = {}
     for name, overrides in COST_ARMS.items():
-        config = load_config([f"preset={LEVELS[1]}", *overrides, "tracker=none", "progress=false",
+        extra = ["augmentations_per_task=8"] if name == "TRM" and preset == "arc10-cpu" else []  # its rows
+        config = load_config([f"preset={preset}", *overrides, *extra, "tracker=none", "progress=false",
                               f"run_dir={OUT / 'cost' / name.replace(' ', '-')}"])
         trainers[name] = (Trainer(config, Runtime(torch.device("cpu"))), config.global_batch_size)
 
@@ -241,10 +246,10 @@ def cost(steps: int, warmup: int, threads: int) -> None:
 
     measured = alternating_rounds({name: arm(name) for name in COST_ARMS}, rounds=steps, warmup=warmup)
     medians = measured.medians()
-    result = {"seconds_per_step": medians, "steps": steps, "warmup": warmup, "threads": threads,
+    result = {"preset": preset, "seconds_per_step": medians, "steps": steps, "warmup": warmup, "threads": threads,
               "vs_standard": {n: medians[n] / medians["standard"] for n in medians},
               "vs_trm": {n: medians[n] / medians["TRM"] for n in medians}, "machine": machine()}
-    (OUT / "cost.json").write_text(json.dumps(result, indent=1))
+    _cost_path(preset).write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))
 
 
@@ -256,33 +261,36 @@ def _diagnostics(name: str) -> list[dict]:
 
 def designs_figure(names: list[str]) -> Path:
     """Held-out pass@2, the encoder's gradient share, retrieval and context influence against
-    steps for the design runs -> docs/figures/fewshot_designs.png."""
+    steps for the design runs, a row per level, a colour per design -> docs/figures/fewshot_designs.png."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 4, figsize=(18, 3.6))
-    for index, name in enumerate(names):
-        records = _diagnostics(name)
-        if not records:
-            continue
-        for axis, kind, key in ((axes[0], "eval_test", "pass@2"), (axes[1], "train", "encoder_grad_share"),
-                                (axes[2], "diagnostics", "retrieval_accuracy"),
-                                (axes[3], "diagnostics", "context_influence")):
-            points = [(r["step"], r[key]) for r in records if r["kind"] == kind and r.get(key) is not None]
-            if points:
-                axis.plot(*zip(*points, strict=True), label=name, linewidth=1, color=f"C{index % 10}")
-    for axis, title in zip(axes, ("held-out pass@2", "encoder gradient share (log)", "task retrieval (probe set)",
-                                  "context influence (loss, swapped - own)"), strict=True):
-        axis.set_title(title, fontsize=9)
-        axis.set_xlabel("step")
-        axis.grid(alpha=0.3)
-    axes[1].set_yscale("log")
-    for axis in axes:
-        axis.legend(fontsize=5)
+    designs = sorted({name.split("-", 1)[1] for name in names})
+    fig, grid = plt.subplots(len(LEVELS), 4, figsize=(18, 3.4 * len(LEVELS)), squeeze=False)
+    for axes, level in zip(grid, LEVELS, strict=True):
+        for name in names:
+            records = _diagnostics(name) if name.startswith(f"l{level}-") else []
+            design = name.split("-", 1)[1]
+            for axis, kind, key in ((axes[0], "eval_test", "pass@2"), (axes[1], "train", "encoder_grad_share"),
+                                    (axes[2], "diagnostics", "retrieval_accuracy"),
+                                    (axes[3], "diagnostics", "context_influence")):
+                points = [(r["step"], r[key]) for r in records if r["kind"] == kind and r.get(key) is not None]
+                if points:
+                    axis.plot(*zip(*points, strict=True), label=design, linewidth=1,
+                              color=f"C{designs.index(design) % 10}")
+        for axis, title in zip(axes, ("held-out pass@2", "encoder gradient share (log)",
+                                      "task retrieval (probe set)", "context influence (loss, swapped - own)"),
+                               strict=True):
+            axis.set_title(f"level {level}: {title}", fontsize=9)
+            axis.set_xlabel("step")
+            axis.grid(alpha=0.3)
+            if axis.lines:
+                axis.legend(fontsize=5)
+        axes[1].set_yscale("log")
     path = FIGURE.with_name("fewshot_designs.png")
-    fig.savefig(path, dpi=90, bbox_inches="tight")
+    fig.savefig(path, dpi=80, bbox_inches="tight")
     return path
 
 
@@ -320,15 +328,16 @@ def designs_report(minutes: float, threads: int, sharing: str) -> None:
 
         represented.append(f"| {path.stem} | {scored(image)} | {_cell(image.get('tasks_all_right'))} | "
                            f"{scored(family)} | {scored(parameter)} | {result['steps']} | {result['seconds']:.0f} |")
-    costs = ["| training step (level 1 preset) | s / step (median) | vs standard | vs TRM |", "|---|---|---|---|"]
-    cost_path = OUT / "cost.json"
-    cost_result = json.loads(cost_path.read_text()) if cost_path.is_file() else None
-    for name, seconds in (cost_result or {}).get("seconds_per_step", {}).items():
-        costs.append(f"| {name} | {seconds:.3f} | {cost_result['vs_standard'][name]:.2f}x | "
-                     f"{cost_result['vs_trm'][name]:.2f}x |")
-    cost_note = ("" if cost_result is None else
-                 f"{cost_result['steps']} timed steps per arm after {cost_result['warmup']} warm-up steps, side by "
-                 f"side in one process in alternating rounds, {cost_result['threads']} thread(s)")
+    costs = ["| preset | training step | s / step (median) | vs standard | vs TRM | timed steps per arm (warm-up), "
+             "threads |", "|---|---|---|---|---|---|"]
+    for preset in COST_PRESETS:
+        path = _cost_path(preset)
+        result = json.loads(path.read_text()) if path.is_file() else {}
+        for name, seconds in result.get("seconds_per_step", {}).items():
+            costs.append(f"| `{preset}` | {name} | {seconds:.3f} | {result['vs_standard'][name]:.2f}x | "
+                         f"{result['vs_trm'][name]:.2f}x | {result['steps']} ({result['warmup']}), "
+                         f"{result['threads']} |")
+    cost_note = "each preset's arms side by side in one process, in alternating rounds"
     figure_path = designs_figure(names)
     body = f"""## Few-shot designs: the demos as the context, front end, training signal (`fewshot_ladder.py designs`)
 
@@ -585,8 +594,10 @@ def main() -> None:
     parser.add_argument("--probe-tasks", type=int, default=300)
     parser.add_argument("--sharing", default="two runs side by side on the two cores")
     parser.add_argument("--level", type=int, default=1, help="represent: the ladder level")
-    parser.add_argument("--steps", type=int, default=600, help="represent: training steps of each encoder")
+    parser.add_argument("--steps", type=int, default=600,
+                        help="represent: training steps of each encoder; cost: timed steps per arm")
     parser.add_argument("--train-tasks", type=int, default=2000, help="represent: training tasks used")
+    parser.add_argument("--cost-preset", choices=COST_PRESETS, default=LEVELS[1], help="cost: the preset timed")
     args = parser.parse_args()
     names = [n for name in args.names for n in GROUPS.get(name, [name])]
     unknown = [n for n in names if n not in RUNS]
@@ -601,7 +612,7 @@ def main() -> None:
     elif args.stage == "represent":
         represent(args.level, args.steps, args.threads, args.train_tasks)
     elif args.stage == "cost":
-        cost(args.steps, 5, args.threads)
+        cost(args.steps, 5, args.threads, args.cost_preset)
     elif args.stage == "designs":
         designs_report(args.minutes, args.threads, args.sharing)
     else:
