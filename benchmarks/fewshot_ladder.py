@@ -297,7 +297,8 @@ def designs_figure(names: list[str]) -> Path:
 def designs_report(minutes: float, threads: int, sharing: str) -> None:
     """The `fewshot_designs` section of BENCHMARKS.md: every design run that exists, its bounds
     beside it where they were run, and the representability results."""
-    names = [name for name in GROUPS["designs"] + GROUPS["chosen"] + GROUPS["bounds"]
+    continued = [f"{name}{CONTINUED}" for name in GROUPS["designs"]]
+    names = [name for name in GROUPS["designs"] + continued + GROUPS["chosen"] + GROUPS["bounds"]
              if (OUT / name / "summary.json").is_file()]
     rows = ["| run | overrides | minutes, threads, sharing | steps | s / step | train EM | held-out pass@2 | "
             "copy-input floor | encoder grad share (last) | retrieval (last) | context influence (last) |",
