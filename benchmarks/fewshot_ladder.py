@@ -289,6 +289,7 @@ def designs_figure(names: list[str]) -> Path:
             if axis.lines:
                 axis.legend(fontsize=5)
         axes[1].set_yscale("log")
+    fig.tight_layout()
     path = FIGURE.with_name("fewshot_designs.png")
     fig.savefig(path, dpi=80, bbox_inches="tight")
     return path
@@ -347,6 +348,8 @@ evaluations every 50 steps included), torch threads and how it shared the machin
 Held-out: the level's 100 `iid` tasks. The copy-input floor is what answering each test input
 with itself scores on the same tasks. Gradient share, retrieval and context influence are the
 last values logged (diagnostics every 250 steps on 16 training tasks x 4 augmentations).
+`model.context_len=null` resolves to 256 here (4 demos of 8x8 cells), the value the runs made
+before it existed named. `NAME-60min`: the 30-minute run continued from its checkpoint.
 
 {chr(10).join(rows)}
 
