@@ -59,6 +59,7 @@ DESIGNS = {
 # once more under the targets' protocol as l{level}-{CHOSEN_DESIGN}-alone: `--threads 2` and
 # nothing else on the machine.
 CHOSEN_DESIGN = "cells-withq"
+CONTINUED = "-60min"  # the suffix of a design's run continued past its 30 minutes
 # Periodic held-out evaluation for the curves (the final evaluation also scores the training tasks).
 CURVE = ["eval_every=50", "eval.periodic_splits=test"]
 # The study: one factor at a time from `base-etrm` (synth-cpu's training settings before the study,
@@ -114,7 +115,7 @@ RUNS: dict[str, tuple[int, list[str]]] = {
     **{f"l{level}-{CHOSEN_DESIGN}-alone": (level, DESIGNS[CHOSEN_DESIGN]) for level in LEVELS},
     # A design's run trained on past its 30 minutes (`train NAME-60min --minutes 60`: it starts
     # from a copy of the 30-minute run's checkpoint and curves, so it costs only the extra time).
-    **{f"l{level}-{name}-60min": (level, overrides) for level in LEVELS for name, overrides in DESIGNS.items()},
+    **{f"l{level}-{name}{CONTINUED}": (level, overrides) for level in LEVELS for name, overrides in DESIGNS.items()},
     # The targets' budget: run with `--minutes 30`.
     **{f"l{level}-etrm-30min": (level, []) for level in LEVELS},
 }
@@ -130,7 +131,6 @@ OTHER_SPLITS = ("params", "compose")  # level 3's other held-out splits (same tr
 PROTOCOL = "protocol.json"  # a run's minutes, threads and how it shared the machine
 
 
-CONTINUED = "-60min"
 # What a continued run keeps of the run it continues: the checkpoint (step, weights, optimiser,
 # data position, the time trained) and what was logged, never its final evaluation.
 CONTINUED_FILES = ("checkpoint.pt", "config.yaml", "metrics.jsonl")

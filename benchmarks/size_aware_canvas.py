@@ -342,16 +342,19 @@ def step_flops(config, carry) -> dict:
     """The carry's regions and the FLOPs of one training step over it (forward and backward):
     the decoder's as it runs (the region groups' squares), on one batch-wide square and on the
     fixed canvas, and the encoder's."""
-    from etrm.models.decoder import REGION_GROUPS, region_groups
-    from etrm.models.flops import decoder_batch_flops, decoder_step_flops, encoder_batch_flops, reads_demos
+    from etrm.models.flops import (
+        decoder_batch_flops,
+        decoder_step_flops,
+        encoder_batch_flops,
+        reads_demos,
+        region_group_squares,
+    )
 
     data, batch = carry.current_data, len(carry.steps)
     entry = {"ages": carry.steps.tolist(), "fixed_flops": decoder_step_flops(config, batch, train=True)}
     if "region_side" in data:
         sides = sorted(data["region_side"].tolist())
-        ends = region_groups(sides, REGION_GROUPS, config.model.context_len, config.model.hidden_size,
-                             config.model.expansion)
-        entry.update(sides=sides, squares=[sides[end - 1] for end in ends],
+        entry.update(sides=sides, squares=[side for _, side in region_group_squares(config, sides)],
                      decoder_flops=decoder_batch_flops(config, data, train=True),
                      one_square_flops=decoder_step_flops(config, batch, train=True, square=sides[-1]))
     if reads_demos(config):

@@ -45,30 +45,25 @@ def decoder_step_flops(config: RunConfig, batch_size: int, train: bool, square: 
     return batch_size * (forward + backward)
 
 
-def decoder_batch_flops(config: RunConfig, batch: dict[str, Any], train: bool) -> float:
-    """One ACT step of the decoder over `batch` (numpy or torch) as it runs: the whole canvas, or
-    with a size-aware canvas the squares of its region groups (`etrm.models.decoder.region_groups`:
-    each group's samples on the square of its largest region; one square with
-    `dynamic_canvas_keys=square`)."""
+def region_group_squares(config: RunConfig, region_sides: Any) -> list[tuple[int, int]]:
+    """How a size-aware batch with these region sides runs: (samples, square side) per group, as
+    `etrm.models.decoder.region_groups` splits it (one square with `dynamic_canvas_keys=square`)."""
     from etrm.models.decoder import REGION_GROUPS, region_groups
 
-    batch_size = len(batch["inputs"])
-    if "region_side" not in batch:
-        return decoder_step_flops(config, batch_size, train)
-    sides = sorted(int(side) for side in batch["region_side"])
+    sides = sorted(int(side) for side in region_sides)
     max_groups = REGION_GROUPS if config.dynamic_canvas_keys == "region" else 1
     model = config.model
-    total, start = 0.0, 0
-    for end in region_groups(sides, max_groups, model.context_len, model.hidden_size, model.expansion):
-        total += decoder_step_flops(config, end - start, train, square=sides[end - 1])
-        start = end
-    return total
+    ends = region_groups(sides, max_groups, model.context_len, model.hidden_size, model.expansion)
+    return [(end - start, sides[end - 1]) for start, end in zip([0, *ends[:-1]], ends, strict=True)]
 
 
-def batch_square(batch: dict[str, Any]) -> int | None:
-    """The side of the square a batch (numpy or torch) runs on with a size-aware canvas (its
-    largest `region_side`); None for the whole canvas."""
-    return int(batch["region_side"].max()) if "region_side" in batch else None
+def decoder_batch_flops(config: RunConfig, batch: dict[str, Any], train: bool) -> float:
+    """One ACT step of the decoder over `batch` (numpy or torch) as it runs: the whole canvas, or
+    with a size-aware canvas the squares of its region groups (`region_group_squares`)."""
+    if "region_side" not in batch:
+        return decoder_step_flops(config, len(batch["inputs"]), train)
+    return sum(decoder_step_flops(config, samples, train, square=side)
+               for samples, side in region_group_squares(config, batch["region_side"]))
 
 
 def kept_demo_tokens(demo_inputs: Any, demo_outputs: Any, demo_mask: Any) -> tuple[float, float]:
