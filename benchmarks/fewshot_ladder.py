@@ -46,6 +46,7 @@ DESIGNS = {
     "cells": CELLS,
     "cells-aligned": [*CELLS, "encoder.cell_positions=aligned"],
     "cells-withq": [*CELLS, "context_includes_query_prob=0.5"],
+    "cells-withq-place": [*CELLS, "context_includes_query_prob=0.5", "model.place_embedding=true"],
     "cells-aligned-withq-decay": [*CELLS, "encoder.cell_positions=aligned", "context_includes_query_prob=0.5",
                                   "context_includes_query_decay_steps=1500"],
     "cells-aligned-withq": [*CELLS, "encoder.cell_positions=aligned", "context_includes_query_prob=0.5"],

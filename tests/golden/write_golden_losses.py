@@ -91,6 +91,7 @@ SETTINGS: dict[str, object] = {
     "model.l_cycles": 2,
     "model.context_len": 16,
     "model.rope_theta": 10000.0,
+    "model.place_embedding": False,
     # the encoder (ETRM)
     "encoder.type": "standard",
     "encoder.num_layers": 1,

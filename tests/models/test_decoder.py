@@ -344,6 +344,23 @@ def test_region_groups_split_sorted_sides_where_it_saves_and_never_inside_a_side
     assert all(many[end - 1] != many[end] for end in ends[:-1])  # equal sides stay together
 
 
+def test_place_embedding_on_regions_computes_what_the_fixed_canvas_does():
+    # model.place_embedding (a cell's row and column as content): on a size-aware square each cell
+    # keeps its full-canvas place, so regions filling the canvas compute what the fixed canvas
+    # does; the embedding changes what is computed.
+    placed = _region_model(place_embedding=True)
+    batch = _region_batch([CANVAS] * 3, seed=4)
+    fixed, regions = _run_decoder(placed, batch, region=False), _run_decoder(placed, batch, region=True)
+    torch.testing.assert_close(regions[1], fixed[1], rtol=1e-5, atol=1e-5)
+    mixed = _region_batch([2, CANVAS, 3], seed=5)
+    alone = {key: value[:1] for key, value in mixed.items()}
+    torch.testing.assert_close(_run_decoder(placed, mixed, region=True)[1][:1],
+                               _run_decoder(placed, alone, region=True)[1], rtol=1e-5, atol=1e-5)
+    plain = _region_model()
+    plain.load_state_dict(placed.state_dict(), strict=False)
+    assert not torch.allclose(_run_decoder(plain, batch, region=False)[1], fixed[1], atol=1e-4)
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_groups_of_regions_compute_per_sample_what_one_square_does(seed, monkeypatch):
     # TRM's context (a learned vector block per puzzle): mixed sides in several groups, each on

@@ -16,10 +16,11 @@ from .test_encoders import CANVAS, SEQ_LEN, act_batch
 MAX_DEMOS = 3
 
 
-def cells_model(positions: str = "sequence", max_demos: int = MAX_DEMOS):
+def cells_model(positions: str = "sequence", max_demos: int = MAX_DEMOS, place_embedding: bool = False):
     config = load_config(["preset=overfit-cpu", f"canvas_side={CANVAS}", "model.hidden_size=32", "model.num_heads=2",
                           f"max_demos={max_demos}", f"model.context_len={max_demos * SEQ_LEN}", "halt_max_steps=2",
-                          "encoder.type=demo_cells", f"encoder.cell_positions={positions}"])
+                          "encoder.type=demo_cells", f"encoder.cell_positions={positions}",
+                          f"model.place_embedding={str(place_embedding).lower()}"])
     torch.manual_seed(0)
     return build_model(config).eval()
 
@@ -110,3 +111,46 @@ def test_every_parameter_gets_a_gradient_and_too_many_demos_are_refused():
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
     with pytest.raises(ValueError, match="do not fit"):
         model.context_source(act_batch([4, 1], seed=6))
+
+
+def _input_vectors(model, batch):
+    source = model.context_source
+    cells = torch.arange(SEQ_LEN)
+    return model.decoder.embed_input(batch["inputs"], source(batch), cells, source.layout(batch))
+
+
+def test_place_embedding_gives_a_demo_cell_the_place_of_the_query_cell_at_its_canvas_place():
+    # model.place_embedding: what the decoder's input holds beyond the tokens' own embeddings is a
+    # cell's place, the same vector for a demo cell and the query cell at one canvas place; a
+    # transposed place gets another. Off, nothing is added.
+    batch = act_batch([2, 1], seed=7)
+    with torch.no_grad():
+        placed, plain = cells_model(place_embedding=True), cells_model()
+        plain.load_state_dict(placed.state_dict(), strict=False)
+        extra = (_input_vectors(placed, batch) - _input_vectors(plain, batch))[0] / placed.decoder.embed_scale
+    context_len = MAX_DEMOS * SEQ_LEN
+    for demo in range(MAX_DEMOS):
+        for row, col in ((0, 1), (1, 0), (2, 5), (5, 2)):
+            cell = row * CANVAS + col
+            torch.testing.assert_close(extra[demo * SEQ_LEN + cell], extra[context_len + cell])
+            assert not torch.allclose(extra[context_len + cell], extra[context_len + col * CANVAS + row])
+    # a place is its row's vector plus its column's: cells of one row differ by their columns' difference
+    torch.testing.assert_close(extra[context_len + 1] - extra[context_len + 0],
+                               extra[context_len + 2 * CANVAS + 1] - extra[context_len + 2 * CANVAS])
+    assert not hasattr(plain.decoder, "embed_place")
+
+
+def test_place_embedding_gets_a_gradient_and_masked_cells_still_change_nothing():
+    model = cells_model(place_embedding=True).train()
+    batch = act_batch([3, 1, 2], seed=8)
+    carry, outputs = model(model.initial_carry(batch), batch)
+    act_loss(outputs, carry.current_data["labels"], carry.halted)[0].backward()
+    assert model.decoder.embed_place.weight.grad.abs().sum() > 0
+    model.eval()
+    layout = model.context_source.layout(batch)
+    with torch.no_grad():
+        context = model.context_source(batch)
+        noisy = torch.where(~layout.key_mask[..., None], torch.randn_like(context), context)
+        for got, want in zip(one_step(model, batch, noisy, layout), one_step(model, batch, context, layout),
+                             strict=True):
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)

@@ -43,6 +43,10 @@ class ModelConfig:
     # else DEFAULT_CONTEXT_LEN.
     context_len: int | None = 16
     rope_theta: float = 10000.0
+    # Not the reference: a learned row and column embedding added to every canvas cell's input (a
+    # cell's place as content, beside its rotary angle), and to every context position that says
+    # where it lies on the canvas (encoder.type=demo_cells: each demo cell, the same table).
+    place_embedding: bool = False
 
 
 @dataclass

@@ -28,7 +28,7 @@ from etrm.data.encoding import IGNORE_LABEL
 from etrm.data.episodes import AugmentedTasks, encode_episodes
 from etrm.data.tasks import Task
 from etrm.data.tensors import to_torch
-from etrm.models.decoder import ACTModel, ContextLayout, ContextSource
+from etrm.models.decoder import ACTModel, ContextSource
 from etrm.models.losses import stablemax_cross_entropy
 
 
@@ -99,8 +99,8 @@ def context_influence(model: ACTModel, tasks: Sequence[Task], canvas_side: int, 
     model.eval()
     with torch.no_grad():
         context, layout = source(batch), source.layout(batch)
-        swapped_layout = None if layout is None else ContextLayout(
-            None if layout.key_mask is None else layout.key_mask.roll(1, 0), layout.positions)
+        swapped_layout = None if layout is None else layout._replace(
+            key_mask=None if layout.key_mask is None else layout.key_mask.roll(1, 0))
         losses = {}
         for name, ctx, lay in (("own", context, layout), ("swapped", context.roll(1, 0), swapped_layout)):
             outputs = model.decode(batch["inputs"], ctx, model.config.halt_max_steps,

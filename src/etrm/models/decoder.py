@@ -146,6 +146,7 @@ class ContextLayout(NamedTuple):
 
     key_mask: Tensor | None = None  # (B, context_len) True for context positions that may be attended to
     positions: Tensor | None = None  # (context_len,) the rotary position of each context position
+    places: Tensor | None = None  # (context_len,) the canvas cell each context position lies on (model.place_embedding)
 
 
 class ContextSource(nn.Module):
@@ -184,6 +185,9 @@ class RecursiveDecoder(nn.Module):
         hidden = config.hidden_size
         self.embed_scale = math.sqrt(hidden)
         self.embed_tokens = TokenEmbedding(config.vocab_size, hidden, init_std=1.0 / self.embed_scale)
+        self.canvas_side = math.isqrt(config.seq_len)
+        if config.place_embedding:  # rows 0..side-1, then columns
+            self.embed_place = TokenEmbedding(2 * self.canvas_side, hidden, init_std=1.0 / self.embed_scale)
         self.rotary = RotaryEmbedding(
             hidden // config.num_heads, config.context_len + config.seq_len, config.rope_theta
         )
@@ -198,10 +202,23 @@ class RecursiveDecoder(nn.Module):
         self.register_buffer("H_init", trunc_normal_init_(torch.empty(hidden), std=1.0))
         self.register_buffer("L_init", trunc_normal_init_(torch.empty(hidden), std=1.0))
 
-    def embed_input(self, tokens: Tensor, context: Tensor) -> Tensor:
-        """sqrt(hidden) * concat(context (B, C, hidden), embed(tokens (B, S))) -> (B, C + S, hidden)."""
+    def embed_input(self, tokens: Tensor, context: Tensor, cells: Tensor, layout: ContextLayout | None = None
+                    ) -> Tensor:
+        """sqrt(hidden) * concat(context (B, C, hidden), embed(tokens (B, S))) -> (B, C + S, hidden);
+        `tokens` are the canvas `cells` (S,). With `model.place_embedding`, each cell's place
+        embedding is added, and the context's where its layout gives places."""
         embedded = self.embed_tokens(tokens)
-        return self.embed_scale * torch.cat((context.to(embedded.dtype), embedded), dim=1)
+        context = context.to(embedded.dtype)
+        if self.config.place_embedding:
+            embedded = embedded + self.place(cells).to(embedded.dtype)
+            if layout is not None and layout.places is not None:
+                context = context + self.place(layout.places).to(embedded.dtype)
+        return self.embed_scale * torch.cat((context, embedded), dim=1)
+
+    def place(self, cells: Tensor) -> Tensor:
+        """The place embedding (..., hidden) of canvas cells (...): its row's plus its column's."""
+        side = self.canvas_side
+        return self.embed_place(cells // side) + self.embed_place(side + cells % side)
 
     def net(self, h: Tensor, injection: Tensor, cos_sin: CosSin, key_mask: Tensor | None = None) -> Tensor:
         """The one network f(h, injection) = layers(h + injection), shared by both latents."""
@@ -221,8 +238,8 @@ class RecursiveDecoder(nn.Module):
         """
         if region_side is not None:
             return self._forward_on_regions(latents, tokens, context, region_side, layout)
-        x = self.embed_input(tokens, context)
         cells = torch.arange(self.config.seq_len, device=tokens.device)
+        x = self.embed_input(tokens, context, cells, layout)
         cos_sin, key_mask = self._context_attention(layout, cells, None)
         z_H, z_L, logits, q = self.recursion(latents.z_H, latents.z_L, x, cos_sin, key_mask)
         return Latents(z_H.detach(), z_L.detach()), logits, q[..., 0], q[..., 1]
@@ -313,7 +330,7 @@ class RecursiveDecoder(nn.Module):
         inside = ((ticks[:, None] < region_side[:, None, None]) & (ticks[None, :] < region_side[:, None, None]))
         inside = inside.reshape(len(region_side), -1)
         cos_sin, key_mask = self._context_attention(layout, cells, inside if self.config.region_keys_only else None)
-        x = self.embed_input(tokens[:, cells], context)
+        x = self.embed_input(tokens[:, cells], context, cells, layout)
         if rows is None:
             z_H, z_L = latents.z_H[:, positions], latents.z_L[:, positions]
         else:

@@ -69,7 +69,6 @@ class DemoCellsEncoder(DemoEncoder):
     def layout(self, demo_inputs: Tensor, demo_outputs: Tensor, demo_mask: Tensor) -> ContextLayout:
         self._check_demo_count(demo_mask)
         key_mask = self._pad(self._real_cells(demo_inputs, demo_outputs, demo_mask).flatten(1, 2))
-        if not self.aligned:
-            return ContextLayout(key_mask=key_mask)
         cells = torch.arange(self.context_len, device=demo_mask.device) % self.seq_len
-        return ContextLayout(key_mask=key_mask, positions=self.context_len + cells)
+        return ContextLayout(key_mask=key_mask, positions=self.context_len + cells if self.aligned else None,
+                             places=cells)
