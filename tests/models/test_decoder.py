@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from etrm.models import ACTModel, DecoderConfig, PuzzleEmbedding, RecursiveDecoder
-from etrm.models.decoder import REGION_GROUPS, merge_new_samples
+from etrm.models.decoder import REGION_GROUPS, Latents, merge_new_samples
 
 TINY = dict(hidden_size=32, num_heads=2, expansion=2.0, num_layers=2, h_cycles=2, l_cycles=2,
             seq_len=9, context_len=2, vocab_size=12, halt_max_steps=3)
@@ -409,3 +409,98 @@ def test_square_keys_run_one_square_whatever_the_sides(monkeypatch):
     squares = _count_squares(model, monkeypatch)
     _run_decoder(model, _region_batch(MIXED, seed=14), region=True)
     assert squares == [CANVAS, CANVAS]
+
+
+# ------------------------------------------- a context with a key mask: only its keys run
+def _keyed_layout(batch_size: int, context_len: int, seed: int):
+    from etrm.models.decoder import ContextLayout
+
+    generator = torch.Generator().manual_seed(seed)
+    key_mask = torch.rand(batch_size, context_len, generator=generator) > 0.5
+    key_mask[0, 0] = False  # position 0 (where halting reads) need not be a key
+    key_mask[1] = False
+    key_mask[1, 3] = True  # a sample of one key
+    positions = torch.randperm(context_len, generator=generator) * 2  # any rotary angles
+    places = torch.randint(0, CANVAS * CANVAS, (context_len,), generator=generator)
+    return ContextLayout(key_mask=key_mask, positions=positions, places=places)
+
+
+def _every_position_step(decoder: RecursiveDecoder, latents, tokens, context, layout):
+    # The step with every context position run and the non-keys masked, written out from the
+    # decoder's public parts: what running only the keys must reproduce.
+    cells = torch.arange(decoder.config.seq_len)
+    x = decoder.embed_input(tokens, context, cells, layout.places[None].expand(len(tokens), -1))
+    cos_sin = decoder.rotary.at(torch.cat((layout.positions, decoder.config.context_len + cells)))
+    key_mask = torch.cat((layout.key_mask, torch.ones(len(tokens), len(cells), dtype=torch.bool)), dim=1)
+    z_H, z_L, logits, q = decoder.recursion(latents.z_H, latents.z_L, x, cos_sin, key_mask)
+    return Latents(z_H, z_L), logits, q[..., 0]
+
+
+@pytest.mark.parametrize("place_embedding", [False, True])
+def test_only_the_context_keys_run_and_compute_what_every_position_does(place_embedding, monkeypatch):
+    # With a key mask (the demos as the context) each sample's keys are packed to the front and
+    # the step runs the batch's most keys: a non-key is read by nothing, so logits, halting and
+    # the latents of every key and of the canvas are those of the step over every position.
+    context_len = 8
+    model = tiny_model(4, seq_len=CANVAS * CANVAS, context_len=context_len, place_embedding=place_embedding).double()
+    with torch.no_grad():
+        model.decoder.q_head.weight.normal_()  # zero at init: halting would read nothing
+    batch = _region_batch([CANVAS] * 4, seed=6)
+    layout = _keyed_layout(4, context_len, seed=7)
+    context = torch.randn(4, context_len, TINY["hidden_size"], dtype=torch.float64)
+    widths = []
+    original = RecursiveDecoder.recursion
+
+    def recorded(self, z_H, *args, **kwargs):
+        widths.append(z_H.shape[1])
+        return original(self, z_H, *args, **kwargs)
+
+    decoder = model.decoder
+    fresh = decoder.reset_latents(decoder.initial_latents(4), torch.ones(4, dtype=torch.bool))
+    keyed, every = fresh, fresh
+    for _ in range(2):
+        with monkeypatch.context() as patch:
+            patch.setattr(RecursiveDecoder, "recursion", recorded)
+            keyed, logits, q_halt, _ = decoder(keyed, batch["inputs"], context, None, layout)
+        every, expected_logits, expected_halt = _every_position_step(decoder, every, batch["inputs"], context, layout)
+        close = dict(rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(logits, expected_logits, **close)
+        torch.testing.assert_close(q_halt, expected_halt, **close)
+        for row in range(4):
+            runs = layout.key_mask[row].clone()
+            runs[0] = True
+            read = torch.cat((runs.nonzero()[:, 0], context_len + torch.arange(CANVAS * CANVAS)))
+            for got, want in zip(keyed, every, strict=True):
+                torch.testing.assert_close(got[row, read], want[row, read], **close)
+    most_keys = int(layout.key_mask.clone().index_fill_(1, torch.tensor([0]), True).sum(1).max())
+    assert widths == [most_keys + CANVAS * CANVAS] * 2 and most_keys < context_len
+
+
+def test_the_context_s_cost_follows_the_keys_on_regions(monkeypatch):
+    # Size-aware canvas and a keyed context: each region group runs its own samples' most keys,
+    # and computes per sample what one square does.
+    context_len = 8
+    model = tiny_model(5, seq_len=CANVAS * CANVAS, context_len=context_len)
+    with torch.no_grad():
+        model.decoder.q_head.weight.normal_()
+    batch = _region_batch(MIXED, seed=8)
+    layout = _keyed_layout(len(MIXED), context_len, seed=9)
+    squares = _count_squares(model, monkeypatch)
+    grouped, one_square = _grouped_and_one_square(model, batch, layout=layout)
+    assert len(set(squares)) > 2
+    _assert_same_per_sample_keyed(grouped, one_square, MIXED, layout.key_mask)
+
+
+def _assert_same_per_sample_keyed(grouped, one_square, sides, key_mask) -> None:
+    close = dict(rtol=1e-10, atol=1e-10)
+    for got, want in zip(grouped[1:4], one_square[1:4], strict=True):
+        torch.testing.assert_close(got, want, **close)
+    for row, side in enumerate(sides):
+        runs = key_mask[row].clone()
+        runs[0] = True
+        context_len = key_mask.shape[1]
+        read = runs.nonzero()[:, 0].tolist() + [context_len + r * CANVAS + c for r in range(side) for c in range(side)]
+        for got, want in zip(grouped[0], one_square[0], strict=True):
+            torch.testing.assert_close(got[row, read], want[row, read], **close)
+    for name, grad in grouped[4].items():
+        torch.testing.assert_close(grad, one_square[4][name], **close, msg=name)

@@ -116,7 +116,7 @@ def test_every_parameter_gets_a_gradient_and_too_many_demos_are_refused():
 def _input_vectors(model, batch):
     source = model.context_source
     cells = torch.arange(SEQ_LEN)
-    return model.decoder.embed_input(batch["inputs"], source(batch), cells, source.layout(batch))
+    return model.decoder.embed_input(batch["inputs"], source(batch), cells, source.layout(batch).places)
 
 
 def test_place_embedding_gives_a_demo_cell_the_place_of_the_query_cell_at_its_canvas_place():

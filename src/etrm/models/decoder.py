@@ -14,6 +14,11 @@ Design choices:
   recomputed from the current batch at every step, so the context source is trained on every
   sample at every step.
 - Logits come from z_H without the context positions; halting logits from z_H at position 0.
+- A context with a key mask (`ContextLayout`, the demos as the context): a step runs only the
+  context positions that are keys, each sample's packed to the front with their own rotary
+  angles (and position 0, where halting reads), as many as the batch's most keys; a non-key is
+  read by nothing, so the results are those of the step over every position, and the
+  context's cost follows the demos' cells, not `context_len`.
 - Size-aware canvas (a batch with `region_side`, `etrm.data.canvas`): the step runs on the
   context positions and the top-left square that holds every sample's region, each cell with its
   full-canvas rotary angle, keys outside a sample's own region masked; the latents keep their
@@ -202,17 +207,17 @@ class RecursiveDecoder(nn.Module):
         self.register_buffer("H_init", trunc_normal_init_(torch.empty(hidden), std=1.0))
         self.register_buffer("L_init", trunc_normal_init_(torch.empty(hidden), std=1.0))
 
-    def embed_input(self, tokens: Tensor, context: Tensor, cells: Tensor, layout: ContextLayout | None = None
+    def embed_input(self, tokens: Tensor, context: Tensor, cells: Tensor, context_places: Tensor | None = None
                     ) -> Tensor:
         """sqrt(hidden) * concat(context (B, C, hidden), embed(tokens (B, S))) -> (B, C + S, hidden);
         `tokens` are the canvas `cells` (S,). With `model.place_embedding`, each cell's place
-        embedding is added, and the context's where its layout gives places."""
+        embedding is added, and each context position's where `context_places` (B, C) gives it."""
         embedded = self.embed_tokens(tokens)
         context = context.to(embedded.dtype)
         if self.config.place_embedding:
             embedded = embedded + self.place(cells).to(embedded.dtype)
-            if layout is not None and layout.places is not None:
-                context = context + self.place(layout.places).to(embedded.dtype)
+            if context_places is not None:
+                context = context + self.place(context_places).to(embedded.dtype)
         return self.embed_scale * torch.cat((context, embedded), dim=1)
 
     def place(self, cells: Tensor) -> Tensor:
@@ -239,37 +244,22 @@ class RecursiveDecoder(nn.Module):
         if region_side is not None:
             return self._forward_on_regions(latents, tokens, context, region_side, layout)
         cells = torch.arange(self.config.seq_len, device=tokens.device)
-        x = self.embed_input(tokens, context, cells, layout)
-        cos_sin, key_mask = self._context_attention(layout, cells, None)
-        z_H, z_L, logits, q = self.recursion(latents.z_H, latents.z_L, x, cos_sin, key_mask)
-        return Latents(z_H.detach(), z_L.detach()), logits, q[..., 0], q[..., 1]
-
-    def _context_attention(self, layout: ContextLayout | None, cells: Tensor, cell_keys: Tensor | None
-                           ) -> tuple[CosSin, Tensor | None]:
-        # The rotary tables and key mask (None: every position a key) of the context followed by
-        # the canvas `cells` run; `cell_keys` (B, cells) masks cells.
-        context_positions = None if layout is None else layout.positions
-        context_keys = None if layout is None else layout.key_mask
-        if context_positions is None and len(cells) == self.config.seq_len:  # every position, in order
+        if layout is not None and layout.key_mask is not None:  # only the context's keys run
+            return self._forward_on_cells(latents, tokens, context, layout, cells, None)
+        x = self.embed_input(tokens, context, cells, None if layout is None else layout.places)
+        positions = None if layout is None else layout.positions
+        if positions is None:
             cos_sin = self.rotary(self.config.context_len + self.config.seq_len)
         else:
-            if context_positions is None:
-                context_positions = torch.arange(self.config.context_len, device=cells.device)
-            cos_sin = self.rotary.at(torch.cat((context_positions, self.config.context_len + cells)))
-        if context_keys is None and cell_keys is None:
-            return cos_sin, None
-        batch_size = (context_keys if context_keys is not None else cell_keys).shape[0]
-        if context_keys is None:
-            context_keys = torch.ones(batch_size, self.config.context_len, dtype=torch.bool, device=cells.device)
-        if cell_keys is None:
-            cell_keys = torch.ones(batch_size, len(cells), dtype=torch.bool, device=cells.device)
-        return cos_sin, torch.cat((context_keys, cell_keys), dim=1)
+            cos_sin = self.rotary.at(torch.cat((positions, self.config.context_len + cells)))
+        z_H, z_L, logits, q = self.recursion(latents.z_H, latents.z_L, x, cos_sin)
+        return Latents(z_H.detach(), z_L.detach()), logits, q[..., 0], q[..., 1]
 
-    def recursion(self, z_H: Tensor, z_L: Tensor, x: Tensor, cos_sin: CosSin,
-                  key_mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def recursion(self, z_H: Tensor, z_L: Tensor, x: Tensor, cos_sin: CosSin, key_mask: Tensor | None = None,
+                  num_cells: int | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """TRM's recursion for one ACT step: h_cycles cycles of (l_cycles updates of z_L, one of
-        z_H), the last alone with gradients. Returns (z_H, z_L, logits, q (B, 2))."""
-
+        z_H), the last alone with gradients. Returns (z_H, z_L, logits of the last `num_cells`
+        positions (default: the canvas), q (B, 2))."""
         def cycle(z_H: Tensor, z_L: Tensor) -> tuple[Tensor, Tensor]:
             for _ in range(self.config.l_cycles):
                 z_L = self.net(z_L, z_H + x, cos_sin, key_mask)
@@ -279,7 +269,8 @@ class RecursiveDecoder(nn.Module):
             for _ in range(self.config.h_cycles - 1):
                 z_H, z_L = cycle(z_H, z_L)
         z_H, z_L = cycle(z_H, z_L)  # the only cycle with gradients
-        return z_H, z_L, self.lm_head(z_H)[:, self.config.context_len :], self.q_head(z_H[:, 0]).float()
+        num_cells = self.config.seq_len if num_cells is None else num_cells
+        return z_H, z_L, self.lm_head(z_H[:, -num_cells:]), self.q_head(z_H[:, 0]).float()
 
     def _forward_on_regions(self, latents: Latents, tokens: Tensor, context: Tensor, region_side: Tensor,
                             layout: ContextLayout | None) -> tuple[Latents, Tensor, Tensor, Tensor]:
@@ -319,33 +310,74 @@ class RecursiveDecoder(nn.Module):
                            layout: ContextLayout | None, side: int, rows: Tensor | None = None,
                            into: Latents | None = None) -> tuple[Latents, Tensor, Tensor, Tensor]:
         # One step of the samples `rows` of `latents` (all of them when None) on the top-left
-        # square of `side`; `tokens`, `context`, `region_side` and `layout` are theirs. The new
-        # latents are written into `into` in place (the caller's copies) when given, else into
-        # copies of `latents`.
+        # square of `side`, the keys beyond each sample's region masked where region_keys_only.
         canvas = math.isqrt(self.config.seq_len)
         ticks = torch.arange(side, device=tokens.device)
         cells = (ticks[:, None] * canvas + ticks[None, :]).reshape(-1)
-        positions = torch.cat((torch.arange(self.config.context_len, device=tokens.device),
-                               self.config.context_len + cells))
         inside = ((ticks[:, None] < region_side[:, None, None]) & (ticks[None, :] < region_side[:, None, None]))
         inside = inside.reshape(len(region_side), -1)
-        cos_sin, key_mask = self._context_attention(layout, cells, inside if self.config.region_keys_only else None)
-        x = self.embed_input(tokens[:, cells], context, cells, layout)
-        if rows is None:
-            z_H, z_L = latents.z_H[:, positions], latents.z_L[:, positions]
+        return self._forward_on_cells(latents, tokens, context, layout, cells, inside, rows, into)
+
+    def _forward_on_cells(self, latents: Latents, tokens: Tensor, context: Tensor, layout: ContextLayout | None,
+                          cells: Tensor, inside: Tensor | None, rows: Tensor | None = None,
+                          into: Latents | None = None) -> tuple[Latents, Tensor, Tensor, Tensor]:
+        # One step of the samples `rows` of `latents` (all of them when None) on the canvas
+        # `cells` (S',) and the context positions that run (`_context_run`); `tokens`, `context`,
+        # `layout` and `inside` (B, S': a cell within the sample's region, None: all) are theirs.
+        # Logits come back on the full canvas, zero outside `inside`; the new latents are written
+        # into `into` in place (the caller's copies) when given, else into copies of `latents`.
+        batch = len(tokens)
+        context_index, context_keys, context_positions = self._context_run(layout, batch, tokens.device)
+        canvas_positions = self.config.context_len + cells
+        cell_keys = inside if self.config.region_keys_only else None
+        if context_index is None:  # every context position runs, each at its own place
+            positions = torch.cat((torch.arange(self.config.context_len, device=tokens.device), canvas_positions))
+            places = None if layout is None else layout.places
         else:
-            z_H, z_L = (z[rows[:, None], positions[None, :]] for z in latents)
-        z_H, z_L, cropped, q = self.recursion(z_H, z_L, x, cos_sin, key_mask)
-        logits = cropped.new_zeros(len(region_side), self.config.seq_len, cropped.shape[-1])
-        logits = logits.index_copy(1, cells, cropped.masked_fill(~inside[..., None], 0.0))
-        if into is None:
-            new_latents = Latents(latents.z_H.index_copy(1, positions, z_H.detach().to(latents.z_H.dtype)),
-                                  latents.z_L.index_copy(1, positions, z_L.detach().to(latents.z_L.dtype)))
-        else:
-            for target, value in zip(into, (z_H, z_L), strict=True):
-                target.index_put_((rows[:, None], positions[None, :]), value.detach().to(target.dtype))
-            new_latents = into
-        return new_latents, logits, q[..., 0], q[..., 1]
+            context = context.gather(1, context_index[..., None].expand(-1, -1, context.shape[-1]))
+            positions = torch.cat((context_index, canvas_positions.expand(batch, -1)), dim=1)
+            places = None if layout is None or layout.places is None else layout.places[context_index]
+        cos_sin = self.rotary.at(torch.cat((context_positions, canvas_positions.expand(*context_positions.shape[:-1],
+                                                                                        -1)), dim=-1))
+        key_mask = None
+        if context_keys is not None or cell_keys is not None:
+            if context_keys is None:
+                context_keys = torch.ones(batch, self.config.context_len, dtype=torch.bool, device=tokens.device)
+            if cell_keys is None:
+                cell_keys = torch.ones(batch, len(cells), dtype=torch.bool, device=tokens.device)
+            key_mask = torch.cat((context_keys, cell_keys), dim=1)
+        x = self.embed_input(tokens[:, cells], context, cells, places)
+        rows = torch.arange(batch, device=tokens.device) if rows is None else rows
+        index = (rows[:, None], positions if positions.ndim == 2 else positions[None, :])
+        z_H, z_L, cropped, q = self.recursion(latents.z_H[index], latents.z_L[index], x, cos_sin, key_mask,
+                                                len(cells))
+        if inside is not None:
+            cropped = cropped.masked_fill(~inside[..., None], 0.0)
+        logits = cropped if len(cells) == self.config.seq_len else (
+            cropped.new_zeros(batch, self.config.seq_len, cropped.shape[-1]).index_copy(1, cells, cropped))
+        into = Latents(latents.z_H.clone(), latents.z_L.clone()) if into is None else into
+        for target, value in zip(into, (z_H, z_L), strict=True):
+            target.index_put_(index, value.detach().to(target.dtype))
+        return into, logits, q[..., 0], q[..., 1]
+
+    def _context_run(self, layout: ContextLayout | None, batch: int, device: torch.device
+                     ) -> tuple[Tensor | None, Tensor | None, Tensor]:
+        # Which context positions a step runs: with a key mask, each sample's keys packed to the
+        # front in order, then as many positions as the batch's most keys (position 0, where
+        # halting reads, always runs first): a position that is no key is read by nothing, so
+        # leaving it out changes nothing, and the context's cost follows the demos' cells.
+        # Returns (index (B, n) of the positions run, or None for all; their key mask (B, n) or
+        # None; their rotary positions (B, n) or (context_len,)).
+        positions = None if layout is None else layout.positions
+        if positions is None:
+            positions = torch.arange(self.config.context_len, device=device)
+        if layout is None or layout.key_mask is None:
+            return None, None, positions
+        runs = layout.key_mask.clone()
+        runs[:, 0] = True
+        count = int(runs.sum(1).max())  # one host sync per step: the context's length sets the shapes
+        index = torch.sort((~runs).to(torch.uint8), dim=1, stable=True).indices[:, :count]
+        return index, layout.key_mask.gather(1, index), positions[index]
 
     def initial_latents(self, batch_size: int, device: torch.device | None = None) -> Latents:
         """Zero latents; every slot of a fresh carry is halted, so they are reset before use."""

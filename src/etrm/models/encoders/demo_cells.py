@@ -10,7 +10,9 @@ of the query cell at the same canvas place, so a demo cell and the query cell it
 share a code).
 
 What this decoder does when nothing is compressed: the third bound of the ladder, beside the
-oracle (the rule given) and the floor (`none`). Its cost grows with the demos' cells.
+oracle (the rule given) and the floor (`none`). Its cost grows with the demos' cells: the
+decoder runs only the context's keys (the real cells, packed), so a batch of small demos costs
+less than `context_len` positions.
 """
 
 from __future__ import annotations
