@@ -303,8 +303,8 @@ def designs_report(minutes: float, threads: int, sharing: str) -> None:
     names = [name for name in GROUPS["designs"] + continued + GROUPS["chosen"] + GROUPS["bounds"]
              if (OUT / name / "summary.json").is_file()]
     rows = ["| run | overrides | minutes, threads, sharing | steps | s / step | train EM | held-out pass@2 | "
-            "copy-input floor | encoder grad share (last) | retrieval (last) | context influence (last) |",
-            "|---|---|---|---|---|---|---|---|---|---|---|"]
+            "per family (pass@2 summed / tasks) | copy-input floor | encoder grad share (last) | retrieval (last) | "
+            "context influence (last) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name in names:
         run, records = _load(name), _diagnostics(name)
         protocol_path = OUT / name / PROTOCOL  # absent for runs started before it was written: the defaults
@@ -316,7 +316,7 @@ def designs_report(minutes: float, threads: int, sharing: str) -> None:
         rows.append(f"| {name} | {' '.join(f'`{o}`' for o in RUNS[name][1])} | {protocol['minutes']:.0f}, "
                     f"{protocol['threads']}, {protocol['sharing']} | {run['summary']['steps']} | "
                     f"{run['seconds_per_step']:.2f} | {_cell(run['summary']['train_eval']['exact_match'])} | "
-                    f"{_cell(test['pass@2'])} | {_cell(test.get('copy_input_floor'))} | "
+                    f"{_cell(test['pass@2'])} | {_families(name)} | {_cell(test.get('copy_input_floor'))} | "
                     f"{last['train'].get('encoder_grad_share', float('nan')):.1e} | "
                     f"{_cell(last['diagnostics'].get('retrieval_accuracy'))} | "
                     f"{last['diagnostics'].get('context_influence', float('nan')):.3f} |")
@@ -368,6 +368,27 @@ Cost of a training step ({cost_note}):
 """
     write_section("fewshot_designs", body)
     print(body)
+
+
+def _families(name: str) -> str:
+    """A run's held-out pass@2 per rule family (`etrm.analysis.report.pass_at_2_by_family`);
+    a level with more than four families (level 3) as single rules against compositions."""
+    from etrm.analysis.report import pass_at_2_by_family
+    from etrm.core.config import config_from_yaml
+    from etrm.data.sources import load_tasks
+
+    evaluation = OUT / name / "eval.json"
+    if not evaluation.is_file():
+        return "-"
+    tasks = load_tasks(config_from_yaml(OUT / name / "config.yaml").test_sources)
+    families = pass_at_2_by_family(json.loads(evaluation.read_text())["per_task"], tasks)
+    if len(families) > 4:
+        grouped: dict[str, tuple[float, int]] = {}
+        for family, (solved, count) in families.items():
+            kind = "compositions" if "+" in family else "single rules"
+            grouped[kind] = (grouped.get(kind, (0.0, 0))[0] + solved, grouped.get(kind, (0.0, 0))[1] + count)
+        families = grouped
+    return ", ".join(f"{family} {solved:g}/{count}" for family, (solved, count) in families.items())
 
 
 # ------------------------------------------------------------------------------ the report

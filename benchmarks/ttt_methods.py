@@ -4,7 +4,8 @@ Models (normal `etrm train` runs into runs/ttt/NAME; `train NAME ...`):
 - `synth-etrm`, `synth-trm`: `preset=synth-level3` (synth-cpu's data), 30 minutes each;
   `--synth-etrm DIR` / `--synth-trm DIR` take finished runs instead (the ladder's 30-minute runs).
 - `arc-etrm`, `arc-trm`: `preset=arc10-cpu` (ARC-AGI-1 training + ConceptARC fitting 10x10, the
-  first 30 fitting ARC-AGI-1 training tasks kept apart as validation tasks), 60 minutes each.
+  first 30 fitting ARC-AGI-1 training tasks kept apart as validation tasks), 60 minutes each;
+  `arc-etrm-cells`: the same with the demos as the context (not one of the table's methods).
 
 Methods (`METHODS`): a model and its test-time settings. Each method's test-time work per task
 (adaptation and prediction, `test_time_seconds_per_task` of eval.json) is held to a budget in
@@ -44,7 +45,11 @@ LADDER_CURVE = ["eval_every=50", "eval.periodic_splits=test"]
 TRAINING = {"synth-etrm": ("synth-level3", [], 30.0),
             "synth-trm": ("synth-level3", ["model_type=trm", "augmentations_per_task=1", *LADDER_CURVE], 30.0),
             "arc-etrm": ("arc10-cpu", [], 60.0),
-            "arc-trm": ("arc10-cpu", ["model_type=trm", "augmentations_per_task=8"], 60.0)}
+            "arc-trm": ("arc10-cpu", ["model_type=trm", "augmentations_per_task=8"], 60.0),
+            # the demos as the context with the signal and the place embedding (fewshot_ladder's
+            # cells-withq-place), evaluated by hand (docs/results.md): not a method of the table
+            "arc-etrm-cells": ("arc10-cpu", ["encoder.type=demo_cells", "model.context_len=null",
+                                             "context_includes_query_prob=0.5", "model.place_embedding=true"], 60.0)}
 # method -> (model kind, test-time settings); the plain methods have no budget.
 METHODS = {
     "ETRM": ("etrm", None),

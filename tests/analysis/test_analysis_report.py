@@ -100,3 +100,24 @@ def test_report_renders_in_a_browser(finished):
         page.click("#show-all")
         assert page.locator(".card:visible").count() == evaluated["num_tasks"]
         browser.close()
+
+
+def test_pass_at_2_by_family_sums_each_family_s_tasks():
+    import numpy as np
+
+    from etrm.analysis.report import pass_at_2_by_family
+    from etrm.core.errors import EtrmError
+    from etrm.data.tasks import Task
+
+    grid = np.zeros((2, 2), dtype=np.int64)
+
+    def task(task_id, rule):
+        return Task(task_id, [(grid, grid)], [(grid, grid)], rule=rule)
+
+    tasks = [task("a", (("translate", (0, 1)),)), task("b", (("translate", (1, 0)),)),
+             task("c", (("dihedral", 3),)), task("d", (("dihedral", 1), ("translate", (1, 1))))]
+    per_task = {"a": {"pass@2": 1.0}, "b": {"pass@2": 0.5}, "c": {"pass@2": 0.0}, "d": {"pass@2": 1.0}}
+    assert pass_at_2_by_family(per_task, tasks) == {"dihedral": (0.0, 1), "dihedral+translate": (1.0, 1),
+                                                    "translate": (1.5, 2)}
+    with pytest.raises(EtrmError, match="task e: no generating rule"):
+        pass_at_2_by_family({**per_task, "e": {"pass@2": 1.0}}, tasks)

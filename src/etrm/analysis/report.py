@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -14,6 +15,7 @@ import numpy as np
 
 from etrm.analysis.drawing import ARC_PALETTE
 from etrm.core.errors import EtrmError
+from etrm.data.tasks import Task
 
 COMPARE_COLUMNS = (
     ("run", lambda s: s["run_name"]), ("model", lambda s: s["model_type"]), ("encoder", lambda s: s["encoder"] or "-"),
@@ -63,6 +65,24 @@ def encoder_efficiency(etrm: float, oracle: float, none: float, min_gap: float =
     if gap < min_gap - 1e-9:  # scores are task fractions: exactly 10 points must not fall short by rounding
         return Efficiency(None, f"oracle - none = {100 * gap:.1f} points (< {100 * min_gap:g})")
     return Efficiency((etrm - none) / gap)
+
+
+def pass_at_2_by_family(per_task: dict[str, dict[str, Any]], tasks: Sequence[Task]) -> dict[str, tuple[float, int]]:
+    """Held-out pass@2 summed per rule family -> {family: (pass@2 summed over its tasks, tasks)},
+    from an evaluation's `per_task` (eval.json) and the tasks' generating rules (synthetic
+    tasks): a composition is its families joined by "+" in order. A task the evaluation did not
+    score, or one without a rule (ARC), is an error: the counts must cover what was scored."""
+    rules = {task.id: task.rule for task in tasks}
+    totals: dict[str, tuple[float, int]] = {}
+    for task_id, scores in per_task.items():
+        rule = rules.get(task_id)
+        if rule is None:
+            raise EtrmError(f"task {task_id}: no generating rule among the {len(rules)} tasks given "
+                            "(per-family scores need the evaluated synthetic tasks)")
+        family = "+".join(atom[0] for atom in rule)
+        solved, count = totals.get(family, (0.0, 0))
+        totals[family] = (solved + float(scores["pass@2"]), count + 1)
+    return dict(sorted(totals.items()))
 
 
 def compare(run_dirs: list[str | Path], out: str | Path | None = None,
