@@ -47,6 +47,8 @@ DESIGNS = {
     "cells-aligned": [*CELLS, "encoder.cell_positions=aligned"],
     "cells-withq": [*CELLS, "context_includes_query_prob=0.5"],
     "cells-withq-place": [*CELLS, "context_includes_query_prob=0.5", "model.place_embedding=true"],
+    "cells-withq-place-edges": [*CELLS, "context_includes_query_prob=0.5", "model.place_embedding=true",
+                                "model.place_grid_edges=true"],
     "cells-aligned-withq-decay": [*CELLS, "encoder.cell_positions=aligned", "context_includes_query_prob=0.5",
                                   "context_includes_query_decay_steps=1500"],
     "cells-aligned-withq": [*CELLS, "encoder.cell_positions=aligned", "context_includes_query_prob=0.5"],

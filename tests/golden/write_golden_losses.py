@@ -92,6 +92,7 @@ SETTINGS: dict[str, object] = {
     "model.context_len": 16,
     "model.rope_theta": 10000.0,
     "model.place_embedding": False,
+    "model.place_grid_edges": False,
     # the encoder (ETRM)
     "encoder.type": "standard",
     "encoder.num_layers": 1,

@@ -344,11 +344,13 @@ def test_region_groups_split_sorted_sides_where_it_saves_and_never_inside_a_side
     assert all(many[end - 1] != many[end] for end in ends[:-1])  # equal sides stay together
 
 
-def test_place_embedding_on_regions_computes_what_the_fixed_canvas_does():
-    # model.place_embedding (a cell's row and column as content): on a size-aware square each cell
-    # keeps its full-canvas place, so regions filling the canvas compute what the fixed canvas
+@pytest.mark.parametrize("edges", [False, True])
+def test_place_embedding_on_regions_computes_what_the_fixed_canvas_does(edges):
+    # model.place_embedding (a cell's row and column as content, with place_grid_edges its
+    # distances to its grid's far edges too): on a size-aware square each cell keeps its
+    # full-canvas place and its grid, so regions filling the canvas compute what the fixed canvas
     # does; the embedding changes what is computed.
-    placed = _region_model(place_embedding=True)
+    placed = _region_model(place_embedding=True, place_grid_edges=edges)
     batch = _region_batch([CANVAS] * 3, seed=4)
     fixed, regions = _run_decoder(placed, batch, region=False), _run_decoder(placed, batch, region=True)
     torch.testing.assert_close(regions[1], fixed[1], rtol=1e-5, atol=1e-5)
@@ -422,27 +424,30 @@ def _keyed_layout(batch_size: int, context_len: int, seed: int):
     key_mask[1, 3] = True  # a sample of one key
     positions = torch.randperm(context_len, generator=generator) * 2  # any rotary angles
     places = torch.randint(0, CANVAS * CANVAS, (context_len,), generator=generator)
-    return ContextLayout(key_mask=key_mask, positions=positions, places=places)
+    edges = torch.randint(0, CANVAS + 1, (batch_size, context_len, 2), generator=generator)
+    return ContextLayout(key_mask=key_mask, positions=positions, places=places, edges=edges)
 
 
 def _every_position_step(decoder: RecursiveDecoder, latents, tokens, context, layout):
     # The step with every context position run and the non-keys masked, written out from the
     # decoder's public parts: what running only the keys must reproduce.
     cells = torch.arange(decoder.config.seq_len)
-    x = decoder.embed_input(tokens, context, cells, layout.places[None].expand(len(tokens), -1))
+    x = decoder.embed_input(tokens, context, cells, layout)
     cos_sin = decoder.rotary.at(torch.cat((layout.positions, decoder.config.context_len + cells)))
     key_mask = torch.cat((layout.key_mask, torch.ones(len(tokens), len(cells), dtype=torch.bool)), dim=1)
     z_H, z_L, logits, q = decoder.recursion(latents.z_H, latents.z_L, x, cos_sin, key_mask)
     return Latents(z_H, z_L), logits, q[..., 0]
 
 
-@pytest.mark.parametrize("place_embedding", [False, True])
-def test_only_the_context_keys_run_and_compute_what_every_position_does(place_embedding, monkeypatch):
+@pytest.mark.parametrize("place_embedding, place_grid_edges", [(False, False), (True, False), (True, True)])
+def test_only_the_context_keys_run_and_compute_what_every_position_does(place_embedding, place_grid_edges,
+                                                                       monkeypatch):
     # With a key mask (the demos as the context) each sample's keys are packed to the front and
     # the step runs the batch's most keys: a non-key is read by nothing, so logits, halting and
     # the latents of every key and of the canvas are those of the step over every position.
     context_len = 8
-    model = tiny_model(4, seq_len=CANVAS * CANVAS, context_len=context_len, place_embedding=place_embedding).double()
+    model = tiny_model(4, seq_len=CANVAS * CANVAS, context_len=context_len, place_embedding=place_embedding,
+                       place_grid_edges=place_grid_edges).double()
     with torch.no_grad():
         model.decoder.q_head.weight.normal_()  # zero at init: halting would read nothing
     batch = _region_batch([CANVAS] * 4, seed=6)
@@ -504,3 +509,21 @@ def _assert_same_per_sample_keyed(grouped, one_square, sides, key_mask) -> None:
             torch.testing.assert_close(got[row, read], want[row, read], **close)
     for name, grad in grouped[4].items():
         torch.testing.assert_close(grad, one_square[4][name], **close, msg=name)
+
+
+def test_grid_edges_count_to_the_grid_s_last_row_and_column():
+    from etrm.data.encoding import encode_grid
+    from etrm.models.decoder import grid_edges
+
+    side = 5
+    grid = torch.tensor([[1, 2, 3], [4, 5, 6]]).numpy()
+    edges = grid_edges(torch.from_numpy(encode_grid(grid, side)).long(), side).view(side, side, 2)
+    assert edges[0, 0].tolist() == [1, 2] and edges[1, 2].tolist() == [0, 0] and edges[0, 1].tolist() == [1, 1]
+    assert edges[2, 0].tolist() == [side, side] and edges[0, 3].tolist() == [side, side]  # EOS border, PAD: outside
+    # a cell's columns to the last column are the column of its mirror image: a flip is a match of contents
+    for row in range(2):
+        for col in range(3):
+            assert int(edges[row, col, 1]) == 3 - 1 - col
+    shifted = grid_edges(torch.from_numpy(encode_grid(grid, side, row=1, col=1)).long(), side).view(side, side, 2)
+    assert shifted[1, 1].tolist() == [1, 2] and shifted[0, 0].tolist() == [side, side]
+    assert grid_edges(torch.zeros(2, side * side, dtype=torch.long), side).eq(side).all()

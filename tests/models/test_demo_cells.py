@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from etrm.core.config import load_config
+from etrm.core.errors import ConfigError
 from etrm.data.encoding import PAD
 from etrm.models import act_loss
 from etrm.models.build import build_model
@@ -16,11 +17,13 @@ from .test_encoders import CANVAS, SEQ_LEN, act_batch
 MAX_DEMOS = 3
 
 
-def cells_model(positions: str = "sequence", max_demos: int = MAX_DEMOS, place_embedding: bool = False):
+def cells_model(positions: str = "sequence", max_demos: int = MAX_DEMOS, place_embedding: bool = False,
+                place_grid_edges: bool = False):
     config = load_config(["preset=overfit-cpu", f"canvas_side={CANVAS}", "model.hidden_size=32", "model.num_heads=2",
                           f"max_demos={max_demos}", f"model.context_len={max_demos * SEQ_LEN}", "halt_max_steps=2",
                           "encoder.type=demo_cells", f"encoder.cell_positions={positions}",
-                          f"model.place_embedding={str(place_embedding).lower()}"])
+                          f"model.place_embedding={str(place_embedding).lower()}",
+                          f"model.place_grid_edges={str(place_grid_edges).lower()}"])
     torch.manual_seed(0)
     return build_model(config).eval()
 
@@ -116,7 +119,7 @@ def test_every_parameter_gets_a_gradient_and_too_many_demos_are_refused():
 def _input_vectors(model, batch):
     source = model.context_source
     cells = torch.arange(SEQ_LEN)
-    return model.decoder.embed_input(batch["inputs"], source(batch), cells, source.layout(batch).places)
+    return model.decoder.embed_input(batch["inputs"], source(batch), cells, source.layout(batch))
 
 
 def test_place_embedding_gives_a_demo_cell_the_place_of_the_query_cell_at_its_canvas_place():
@@ -154,3 +157,21 @@ def test_place_embedding_gets_a_gradient_and_masked_cells_still_change_nothing()
         for got, want in zip(one_step(model, batch, noisy, layout), one_step(model, batch, context, layout),
                              strict=True):
             torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_grid_edges_give_a_demo_cell_its_demo_input_s_edges_and_a_query_cell_its_own():
+    from etrm.models.decoder import grid_edges
+
+    batch = act_batch([2, 1], seed=9)
+    with torch.no_grad():
+        edged, placed = cells_model(place_embedding=True, place_grid_edges=True), cells_model(place_embedding=True)
+        placed.load_state_dict(edged.state_dict(), strict=False)
+        extra = (_input_vectors(edged, batch) - _input_vectors(placed, batch)) / edged.decoder.embed_scale
+        decoder = edged.decoder
+        query_edges = grid_edges(batch["inputs"], CANVAS)
+        torch.testing.assert_close(extra[:, MAX_DEMOS * SEQ_LEN:], decoder.grid_edges_embedding(query_edges))
+        demo_edges = grid_edges(batch["demo_inputs"][0, 1], CANVAS)
+        torch.testing.assert_close(extra[0, SEQ_LEN:2 * SEQ_LEN], decoder.grid_edges_embedding(demo_edges))
+    assert demo_edges.lt(CANVAS).any() and demo_edges.eq(CANVAS).any()
+    with pytest.raises(ConfigError, match="place_grid_edges"):
+        cells_model(place_grid_edges=True)

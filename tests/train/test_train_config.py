@@ -105,7 +105,7 @@ def test_every_model_key_reaches_the_decoder():
     # Bug 7: config keys the model did not know were silently dropped.
     changed = {"hidden_size": 48, "num_heads": 3, "expansion": 3.0, "num_layers": 3, "h_cycles": 5,
                "l_cycles": 7, "context_len": 5, "rope_theta": 500.0,
-               "place_embedding": True}
+               "place_embedding": True, "place_grid_edges": True}
     assert set(changed) == {f.name for f in dataclasses.fields(ModelConfig)}
     config = load_config(["canvas_side=7", "halt_max_steps=9", "halt_exploration_prob=0.3",
                           *[f"model.{k}={v}" for k, v in changed.items()]])

@@ -47,6 +47,10 @@ class ModelConfig:
     # cell's place as content, beside its rotary angle), and to every context position that says
     # where it lies on the canvas (encoder.type=demo_cells: each demo cell, the same table).
     place_embedding: bool = False
+    # Not the reference: with the place embedding, also each cell's distance to its grid's last
+    # row and last column (the input grid's: the query's, each demo's), so a flip or a rotation,
+    # which takes a place from one edge to the other, is a match of contents.
+    place_grid_edges: bool = False
 
 
 @dataclass
@@ -314,6 +318,8 @@ def _validate(config: RunConfig) -> None:
                           f"{config.context_includes_query_decay_steps}")
     if not 0.0 <= config.halt_exploration_prob <= 1.0:
         raise ConfigError(f"halt_exploration_prob must be in [0, 1], got {config.halt_exploration_prob}")
+    if config.model.place_grid_edges and not config.model.place_embedding:
+        raise ConfigError("model.place_grid_edges=true adds to the place embedding: set model.place_embedding=true")
     if config.model_type == "trm" and config.augmentations_per_task < 1:
         raise ConfigError("model_type=trm needs augmentations_per_task >= 1 (one embedding row each)")
     if config.model_type == "oracle" and (config.augment or config.eval.num_augmentations > 1):

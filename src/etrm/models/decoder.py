@@ -47,7 +47,7 @@ import torch
 from torch import Tensor, nn
 
 from etrm.core.config import ModelConfig, RunConfig
-from etrm.data.encoding import VOCAB_SIZE
+from etrm.data.encoding import COLOUR_OFFSET, VOCAB_SIZE
 from etrm.models.layers import (
     RMS_NORM_EPS,
     CosSin,
@@ -130,6 +130,26 @@ class DecoderConfig(ModelConfig):
     region_groups: int = REGION_GROUPS  # size-aware canvas, region keys: at most this many squares per step
 
 
+def grid_edges(tokens: Tensor, side: int) -> Tensor:
+    """(..., side * side) canvas tokens -> (..., side * side, 2) long: for each cell, the rows from
+    it to its grid's last row and the columns from it to its grid's last column (the grid: the
+    rectangle of colour cells), `side` for a cell outside that rectangle (and for every cell of a
+    canvas without colours)."""
+    colour = (tokens >= COLOUR_OFFSET).unflatten(-1, (side, side))
+    ticks = torch.arange(side, device=tokens.device)
+
+    def distances(present: Tensor) -> Tensor:  # (..., side) -> (..., side): to the last present tick
+        last = torch.where(present, ticks, -1).amax(-1, keepdim=True)
+        first = torch.where(present, ticks, side).amin(-1, keepdim=True)
+        return torch.where((ticks >= first) & (ticks <= last), last - ticks, side)
+
+    rows, cols = distances(colour.any(-1)), distances(colour.any(-2))
+    rows, cols = torch.broadcast_tensors(rows[..., :, None], cols[..., None, :])
+    inside = (rows < side) & (cols < side)
+    edges = torch.stack((torch.where(inside, rows, side), torch.where(inside, cols, side)), dim=-1)
+    return edges.flatten(-3, -2)
+
+
 class Latents(NamedTuple):
     """The recursion state, each (B, context_len + seq_len, hidden)."""
 
@@ -152,6 +172,7 @@ class ContextLayout(NamedTuple):
     key_mask: Tensor | None = None  # (B, context_len) True for context positions that may be attended to
     positions: Tensor | None = None  # (context_len,) the rotary position of each context position
     places: Tensor | None = None  # (context_len,) the canvas cell each context position lies on (model.place_embedding)
+    edges: Tensor | None = None  # (B, context_len, 2) each position's `grid_edges` (model.place_grid_edges)
 
 
 class ContextSource(nn.Module):
@@ -193,6 +214,8 @@ class RecursiveDecoder(nn.Module):
         self.canvas_side = math.isqrt(config.seq_len)
         if config.place_embedding:  # rows 0..side-1, then columns
             self.embed_place = TokenEmbedding(2 * self.canvas_side, hidden, init_std=1.0 / self.embed_scale)
+        if config.place_grid_edges:  # rows to the grid's last row 0..side (side: outside), then columns
+            self.embed_edges = TokenEmbedding(2 * (self.canvas_side + 1), hidden, init_std=1.0 / self.embed_scale)
         self.rotary = RotaryEmbedding(
             hidden // config.num_heads, config.context_len + config.seq_len, config.rope_theta
         )
@@ -207,18 +230,34 @@ class RecursiveDecoder(nn.Module):
         self.register_buffer("H_init", trunc_normal_init_(torch.empty(hidden), std=1.0))
         self.register_buffer("L_init", trunc_normal_init_(torch.empty(hidden), std=1.0))
 
-    def embed_input(self, tokens: Tensor, context: Tensor, cells: Tensor, context_places: Tensor | None = None
-                    ) -> Tensor:
-        """sqrt(hidden) * concat(context (B, C, hidden), embed(tokens (B, S))) -> (B, C + S, hidden);
-        `tokens` are the canvas `cells` (S,). With `model.place_embedding`, each cell's place
-        embedding is added, and each context position's where `context_places` (B, C) gives it."""
-        embedded = self.embed_tokens(tokens)
+    def embed_input(self, tokens: Tensor, context: Tensor, cells: Tensor, layout: ContextLayout | None = None,
+                    context_index: Tensor | None = None) -> Tensor:
+        """sqrt(hidden) * concat(context (B, C, hidden), embed(tokens[:, cells])) -> (B, C + S', hidden)
+        for the canvas `tokens` (B, S) and the `cells` (S',) run. With `model.place_embedding`,
+        each cell's place embedding is added, and each context position's where the `layout`
+        gives it (`context_index` (B, C): which of the layout's positions the context holds, as
+        `_context_run` packs them; None: all, in order); with `model.place_grid_edges`, the
+        embedding of the distances to its grid's far edges too."""
+        embedded = self.embed_tokens(tokens[:, cells])
         context = context.to(embedded.dtype)
         if self.config.place_embedding:
             embedded = embedded + self.place(cells).to(embedded.dtype)
-            if context_places is not None:
-                context = context + self.place(context_places).to(embedded.dtype)
+            places = None if layout is None else layout.places
+            if places is not None:
+                context = context + self.place(places if context_index is None else places[context_index]).to(
+                    embedded.dtype)
+        if self.config.place_grid_edges:
+            embedded = embedded + self.grid_edges_embedding(grid_edges(tokens, self.canvas_side)[:, cells])
+            edges = None if layout is None else layout.edges
+            if edges is not None:
+                if context_index is not None:
+                    edges = edges.gather(1, context_index[..., None].expand(-1, -1, 2))
+                context = context + self.grid_edges_embedding(edges).to(embedded.dtype)
         return self.embed_scale * torch.cat((context, embedded), dim=1)
+
+    def grid_edges_embedding(self, edges: Tensor) -> Tensor:
+        """The embedding (..., hidden) of `grid_edges` (..., 2): its rows' plus its columns'."""
+        return self.embed_edges(edges[..., 0]) + self.embed_edges(self.canvas_side + 1 + edges[..., 1])
 
     def place(self, cells: Tensor) -> Tensor:
         """The place embedding (..., hidden) of canvas cells (...): its row's plus its column's."""
@@ -246,7 +285,7 @@ class RecursiveDecoder(nn.Module):
         cells = torch.arange(self.config.seq_len, device=tokens.device)
         if layout is not None and layout.key_mask is not None:  # only the context's keys run
             return self._forward_on_cells(latents, tokens, context, layout, cells, None)
-        x = self.embed_input(tokens, context, cells, None if layout is None else layout.places)
+        x = self.embed_input(tokens, context, cells, layout)
         positions = None if layout is None else layout.positions
         if positions is None:
             cos_sin = self.rotary(self.config.context_len + self.config.seq_len)
@@ -332,11 +371,9 @@ class RecursiveDecoder(nn.Module):
         cell_keys = inside if self.config.region_keys_only else None
         if context_index is None:  # every context position runs, each at its own place
             positions = torch.cat((torch.arange(self.config.context_len, device=tokens.device), canvas_positions))
-            places = None if layout is None else layout.places
         else:
             context = context.gather(1, context_index[..., None].expand(-1, -1, context.shape[-1]))
             positions = torch.cat((context_index, canvas_positions.expand(batch, -1)), dim=1)
-            places = None if layout is None or layout.places is None else layout.places[context_index]
         cos_sin = self.rotary.at(torch.cat((context_positions, canvas_positions.expand(*context_positions.shape[:-1],
                                                                                         -1)), dim=-1))
         key_mask = None
@@ -346,7 +383,7 @@ class RecursiveDecoder(nn.Module):
             if cell_keys is None:
                 cell_keys = torch.ones(batch, len(cells), dtype=torch.bool, device=tokens.device)
             key_mask = torch.cat((context_keys, cell_keys), dim=1)
-        x = self.embed_input(tokens[:, cells], context, cells, places)
+        x = self.embed_input(tokens, context, cells, layout, context_index)
         rows = torch.arange(batch, device=tokens.device) if rows is None else rows
         index = (rows[:, None], positions if positions.ndim == 2 else positions[None, :])
         z_H, z_L, cropped, q = self.recursion(latents.z_H[index], latents.z_L[index], x, cos_sin, key_mask,

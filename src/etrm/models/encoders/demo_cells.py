@@ -4,10 +4,11 @@ Each demo cell is one token, the sum of an embedding of its input token and one 
 token at the same canvas place, so the raw token already says "c became d" before anything has
 been learnt. All demos' cells, demo after demo, are the decoder's context (`model.context_len` =
 `max_demos * canvas_side**2`); cells that are PAD in both grids and padded demos are masked as
-keys, so they change nothing. `encoder.cell_positions` sets a cell's rotary position in the
-decoder: `sequence` (context position i, the decoder's usual prefix) or `aligned` (the position
-of the query cell at the same canvas place, so a demo cell and the query cell it lines up with
-share a code).
+keys, so they change nothing; the layout also says where each cell lies on the canvas and in
+its demo's input grid (`model.place_embedding`, `model.place_grid_edges`).
+`encoder.cell_positions` sets a cell's rotary position in the decoder: `sequence` (context
+position i, the decoder's usual prefix) or `aligned` (the position of the query cell at the same
+canvas place, so a demo cell and the query cell it lines up with share a code).
 
 What this decoder does when nothing is compressed: the third bound of the ladder, beside the
 oracle (the rule given) and the floor (`none`). Its cost grows with the demos' cells: the
@@ -25,7 +26,7 @@ from torch import Tensor
 from etrm.core.config import EncoderConfig
 from etrm.core.errors import ConfigError
 from etrm.data.encoding import PAD
-from etrm.models.decoder import ContextLayout, ContextOutput
+from etrm.models.decoder import ContextLayout, ContextOutput, grid_edges
 from etrm.models.encoders.common import DemoEncoder, register_encoder
 from etrm.models.layers import TokenEmbedding
 
@@ -72,5 +73,6 @@ class DemoCellsEncoder(DemoEncoder):
         self._check_demo_count(demo_mask)
         key_mask = self._pad(self._real_cells(demo_inputs, demo_outputs, demo_mask).flatten(1, 2))
         cells = torch.arange(self.context_len, device=demo_mask.device) % self.seq_len
+        edges = self._pad(grid_edges(demo_inputs, math.isqrt(self.seq_len)).flatten(1, 2))
         return ContextLayout(key_mask=key_mask, positions=self.context_len + cells if self.aligned else None,
-                             places=cells)
+                             places=cells, edges=edges)
