@@ -481,11 +481,13 @@ def test_only_the_context_keys_run_and_compute_what_every_position_does(place_em
     assert widths == [most_keys + CANVAS * CANVAS] * 2 and most_keys < context_len
 
 
-def test_the_context_s_cost_follows_the_keys_on_regions(monkeypatch):
-    # Size-aware canvas and a keyed context: each region group runs its own samples' most keys,
-    # and computes per sample what one square does.
+@pytest.mark.parametrize("place_grid_edges", [False, True])
+def test_the_context_s_cost_follows_the_keys_on_regions(place_grid_edges, monkeypatch):
+    # Size-aware canvas and a keyed context: each region group runs its own samples' most keys
+    # (and their own per-sample layout fields), and computes per sample what one square does.
     context_len = 8
-    model = tiny_model(5, seq_len=CANVAS * CANVAS, context_len=context_len)
+    model = tiny_model(5, seq_len=CANVAS * CANVAS, context_len=context_len, place_embedding=place_grid_edges,
+                       place_grid_edges=place_grid_edges)
     with torch.no_grad():
         model.decoder.q_head.weight.normal_()
     batch = _region_batch(MIXED, seed=8)

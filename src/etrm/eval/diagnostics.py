@@ -99,8 +99,7 @@ def context_influence(model: ACTModel, tasks: Sequence[Task], canvas_side: int, 
     model.eval()
     with torch.no_grad():
         context, layout = source(batch), source.layout(batch)
-        swapped_layout = None if layout is None else layout._replace(
-            key_mask=None if layout.key_mask is None else layout.key_mask.roll(1, 0))
+        swapped_layout = None if layout is None else layout.rows(torch.arange(len(tasks), device=device).roll(1))
         losses = {}
         for name, ctx, lay in (("own", context, layout), ("swapped", context.roll(1, 0), swapped_layout)):
             outputs = model.decode(batch["inputs"], ctx, model.config.halt_max_steps,

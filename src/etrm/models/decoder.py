@@ -174,6 +174,11 @@ class ContextLayout(NamedTuple):
     places: Tensor | None = None  # (context_len,) the canvas cell each context position lies on (model.place_embedding)
     edges: Tensor | None = None  # (B, context_len, 2) each position's `grid_edges` (model.place_grid_edges)
 
+    def rows(self, index: Tensor) -> ContextLayout:
+        """The layout of the samples `index` (B',) of its batch: the per-sample fields indexed."""
+        return self._replace(key_mask=None if self.key_mask is None else self.key_mask[index],
+                             edges=None if self.edges is None else self.edges[index])
+
 
 class ContextSource(nn.Module):
     """The one part in which TRM and ETRM differ: where the decoder's context comes from.
@@ -283,15 +288,11 @@ class RecursiveDecoder(nn.Module):
         if region_side is not None:
             return self._forward_on_regions(latents, tokens, context, region_side, layout)
         cells = torch.arange(self.config.seq_len, device=tokens.device)
-        if layout is not None and layout.key_mask is not None:  # only the context's keys run
+        if layout is not None:  # its positions, places, and only its keys run
             return self._forward_on_cells(latents, tokens, context, layout, cells, None)
-        x = self.embed_input(tokens, context, cells, layout)
-        positions = None if layout is None else layout.positions
-        if positions is None:
-            cos_sin = self.rotary(self.config.context_len + self.config.seq_len)
-        else:
-            cos_sin = self.rotary.at(torch.cat((positions, self.config.context_len + cells)))
-        z_H, z_L, logits, q = self.recursion(latents.z_H, latents.z_L, x, cos_sin)
+        x = self.embed_input(tokens, context, cells)
+        z_H, z_L, logits, q = self.recursion(latents.z_H, latents.z_L, x,
+                                             self.rotary(self.config.context_len + self.config.seq_len))
         return Latents(z_H.detach(), z_L.detach()), logits, q[..., 0], q[..., 1]
 
     def recursion(self, z_H: Tensor, z_L: Tensor, x: Tensor, cos_sin: CosSin, key_mask: Tensor | None = None,
@@ -331,8 +332,7 @@ class RecursiveDecoder(nn.Module):
         start = 0
         for end in ends:
             rows = permutation[start:end]
-            group_layout = None if layout is None else layout._replace(
-                key_mask=None if layout.key_mask is None else layout.key_mask[rows])
+            group_layout = None if layout is None else layout.rows(rows)
             group = self._forward_on_square(latents, tokens[rows], context[rows], region_side[rows], group_layout,
                                             sorted_sides[end - 1], rows=rows, into=Latents(z_H, z_L))
             _, group_logits, group_halt, group_continue = group
