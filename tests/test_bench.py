@@ -85,16 +85,37 @@ def test_analytic_step_flops_match_the_flop_counter_on_real_training_steps(model
     assert not (tmp_path / "run").exists()  # construction and train_step write nothing
 
 
-def test_evaluation_flops_of_a_task_match_the_flop_counter(tiny, tmp_path):
+@pytest.mark.parametrize("canvas", ["dynamic_canvas=false", "dynamic_canvas=true"])
+def test_demos_as_the_context_training_step_counts_the_cells_the_decoder_runs(canvas, tiny, tmp_path):
+    # One sample a step: the decoder runs its demos' cells (and position 0) beside the canvas, as
+    # decoder_batch_flops counts them, far fewer than model.context_len.
+    from etrm.models.flops import demo_cells_keys
+
+    config = load_config(tiny(tmp_path / "run", "encoder.type=demo_cells", "model.context_len=null",
+                              "global_batch_size=1", "model.hidden_size=64", "model.num_heads=4", canvas,
+                              "dynamic_canvas_margin=0"))
+    trainer = Trainer(config, Runtime(torch.device("cpu")))
+    counted, _ = counted_flops(trainer.train_step, to_torch(trainer.sampler.batch(0, 1)))
+    data = trainer.state.carry.current_data
+    decoder, _ = _expected(config, trainer)
+    keys = demo_cells_keys(data["demo_inputs"], data["demo_outputs"], data["demo_mask"])
+    assert 0 < keys[0] < config.model.context_len / 2
+    assert abs(counted - decoder) <= TOLERANCE * counted
+
+
+@pytest.mark.parametrize("context", [["encoder.type=standard"], ["encoder.type=demo_cells", "model.context_len=null"]])
+def test_evaluation_flops_of_a_task_match_the_flop_counter(context, tiny, tmp_path):
     # One test input of a task whose demos are all 3x3 -> 3x3 (equal kept tokens: the pair
     # transformer's length groups pad nothing), run as evaluation runs it: the encoder once, then
-    # halt_max_steps decoder steps without gradients.
+    # halt_max_steps decoder steps without gradients. The demos as the context: the decoder
+    # runs the demos' cells beside the canvas, not model.context_len positions.
     from etrm.data import load_tasks
     from etrm.data.episodes import AugmentedTasks, EvalEnumeration
     from etrm.models.build import build_model
-    from etrm.models.flops import task_test_time_flops
+    from etrm.models.flops import demo_cells_keys, task_test_time_flops
 
-    config = load_config(tiny(tmp_path / "run", "model.hidden_size=64", "model.num_heads=4", "encoder.num_layers=2"))
+    config = load_config(tiny(tmp_path / "run", "model.hidden_size=64", "model.num_heads=4", "encoder.num_layers=2",
+                              *context))
     task = next(t for t in load_tasks("arc1:training") if t.id == "0d3d703e")
     assert {(i.shape, o.shape) for i, o in task.demos} == {((3, 3), (3, 3))} and len(task.tests) == 1
     batch = to_torch(next(EvalEnumeration(AugmentedTasks([task], 1, 0), canvas_side=config.canvas_side,
@@ -106,8 +127,14 @@ def test_evaluation_flops_of_a_task_match_the_flop_counter(tiny, tmp_path):
     expected = task_test_time_flops(config, task, predictions=1, steps_run=config.halt_max_steps)
     print(f"evaluation of one sample: counted {counted:.6g}, analytic {expected:.6g}")
     assert abs(counted - expected) <= TOLERANCE * counted
-    exact = config.halt_max_steps * decoder_step_flops(config, 1, train=False) + encoder_batch_flops(
-        config, batch["demo_inputs"], batch["demo_outputs"], batch["demo_mask"], train=False, padded=True)
+    demos = (batch["demo_inputs"], batch["demo_outputs"], batch["demo_mask"])
+    if config.encoder.type == "demo_cells":
+        keys = float(demo_cells_keys(*demos)[0])
+        assert keys < config.model.context_len / 2  # 3x3 demos: a few of the context's positions run
+        exact = config.halt_max_steps * decoder_step_flops(config, 1, train=False, context=keys)
+    else:
+        exact = config.halt_max_steps * decoder_step_flops(config, 1, train=False) + encoder_batch_flops(
+            config, *demos, train=False, padded=True)
     assert abs(counted - exact) <= TOLERANCE * counted
 
 

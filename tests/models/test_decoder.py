@@ -291,7 +291,7 @@ def _grouped_and_one_square(model: ACTModel, batch: dict[str, torch.Tensor], ste
         latents = model.decoder.reset_latents(model.decoder.initial_latents(size), torch.ones(size, dtype=torch.bool))
         for _ in range(steps):
             latents, logits, q_halt, q_continue = model.decoder(latents, batch["inputs"], context,
-                                                                batch["region_side"], layout)
+                                                                batch.get("region_side"), layout)
         weights = torch.Generator().manual_seed(0)
         ((logits * torch.randn(logits.shape, generator=weights)).sum()
          + (q_halt * torch.randn(q_halt.shape, generator=weights)).sum()).backward()
@@ -331,7 +331,10 @@ def _assert_same_per_sample(grouped, one_square, sides: list[int]) -> None:
 
 
 def test_region_groups_split_sorted_sides_where_it_saves_and_never_inside_a_side():
-    from etrm.models.decoder import region_groups
+    from etrm.models.decoder import length_groups
+
+    def region_groups(sides: list[int], max_groups: int, context_len: int, **sizes) -> list[int]:
+        return length_groups([context_len + side * side for side in sides], max_groups, **sizes)
 
     sizes = dict(context_len=16, hidden_size=512, expansion=4.0)
     assert region_groups([5, 5, 5], 4, **sizes) == [3]  # one side: one square
@@ -447,7 +450,7 @@ def test_only_the_context_keys_run_and_compute_what_every_position_does(place_em
     # the latents of every key and of the canvas are those of the step over every position.
     context_len = 8
     model = tiny_model(4, seq_len=CANVAS * CANVAS, context_len=context_len, place_embedding=place_embedding,
-                       place_grid_edges=place_grid_edges).double()
+                       place_grid_edges=place_grid_edges, region_groups=1).double()
     with torch.no_grad():
         model.decoder.q_head.weight.normal_()  # zero at init: halting would read nothing
     batch = _region_batch([CANVAS] * 4, seed=6)
@@ -496,6 +499,32 @@ def test_the_context_s_cost_follows_the_keys_on_regions(place_grid_edges, monkey
     grouped, one_square = _grouped_and_one_square(model, batch, layout=layout)
     assert len(set(squares)) > 2
     _assert_same_per_sample_keyed(grouped, one_square, MIXED, layout.key_mask)
+
+
+def test_a_keyed_context_on_the_fixed_canvas_runs_in_groups_of_similar_length(monkeypatch):
+    # The demos as the context on the fixed canvas: samples of few and of many keys run in
+    # groups, each at its own most keys, and compute per sample what the batch as one group does.
+    context_len = 16
+    model = tiny_model(6, seq_len=CANVAS * CANVAS, context_len=context_len)
+    with torch.no_grad():
+        model.decoder.q_head.weight.normal_()
+    sides = [CANVAS] * 8
+    batch = {key: value for key, value in _region_batch(sides, seed=10).items() if key != "region_side"}
+    layout = _keyed_layout(len(sides), context_len, seed=11)
+    key_mask = layout.key_mask & (torch.arange(context_len)[None, :] < 2 * torch.arange(1, 9)[:, None])
+    layout = layout._replace(key_mask=key_mask)  # row i: keys among its first 2 (i + 1) positions
+    widths = []
+    original = RecursiveDecoder.recursion
+
+    def recorded(self, z_H, *args, **kwargs):
+        widths.append(z_H.shape[1])
+        return original(self, z_H, *args, **kwargs)
+
+    monkeypatch.setattr(RecursiveDecoder, "recursion", recorded)
+    grouped, one_group = _grouped_and_one_square(model, batch, layout=layout)
+    most = int(key_mask.clone().index_fill_(1, torch.tensor([0]), True).sum(1).max()) + CANVAS * CANVAS
+    assert widths[-1] == most and min(widths) < most  # the grouped steps ran shorter groups
+    _assert_same_per_sample_keyed(grouped, one_group, sides, key_mask)
 
 
 def _assert_same_per_sample_keyed(grouped, one_square, sides, key_mask) -> None:

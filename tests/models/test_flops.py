@@ -73,19 +73,44 @@ def test_task_test_time_flops_counted_by_hand():
     # 2 x (131072 + 256 x 2 - 4 x 64^2) + 2 x 4 x 64^2 + 2 x 2 x 64 x 64 = 279,552. Total 5,879,040.
     encoder = 5_879_040
     # Decoder step on 2 + 36 tokens: (131072 + 256 x 38) x 38 per call, 2 calls (H1 x (L1 + 1)), and
-    # the answer head 2 x 38 x 64 x 12: 10,700,800 + 58,368.
-    step = 10_759_168
+    # the answer head on the 36 canvas cells, 2 x 36 x 64 x 12: 10,700,800 + 55,296.
+    step = 10_756_096
     task = _hand_task()
-    assert task_test_time_flops(config, task, predictions=3, steps_run=2) == 3 * (2 * step + encoder) == 82_192_128
+    assert task_test_time_flops(config, task, predictions=3, steps_run=2) == 3 * (2 * step + encoder) == 82_173_696
     assert task_test_time_flops(config, task, 3, 2, encoder_every_step=True) == 3 * 2 * (step + encoder)
     assert task_test_time_flops(config, task, 3, 1.5) == 3 * (1.5 * step + encoder)  # mean steps run (early stop)
     for no_encoder in ("model_type=trm", "encoder.type=none"):
         assert task_test_time_flops(load_config([*HAND_SIZED, no_encoder]), task, 3, 2) == 3 * 2 * step
     # Test-time training adapts on every demo (3, not the context's 2) at their mean kept tokens, 47 / 3.
     ttt = TTTConfig(steps=2, params="decoder")
-    assert task_test_time_flops(config, task, 3, 2, ttt=TTTConfig(steps=0)) == 82_192_128
-    assert task_test_time_flops(config, task, 3, 2, ttt=ttt) - 82_192_128 == \
+    assert task_test_time_flops(config, task, 3, 2, ttt=TTTConfig(steps=0)) == 82_173_696
+    assert task_test_time_flops(config, task, 3, 2, ttt=ttt) - 82_173_696 == \
         pytest.approx(ttt_flops_per_task(config, 3, 47 / 3, ttt))
+
+
+def test_demos_as_the_context_count_their_cells_not_the_context_length():
+    # encoder.type=demo_cells runs no encoder layer; the decoder runs the context demos' cells
+    # (input or output not PAD) beside the 36 canvas cells. Demo 1: 2x2 -> 2x2, 8 positions each,
+    # the same ones; demo 2: 3x1 -> 6x2, the input's 7 within the output's 18: 8 + 18 = 26 (the
+    # context length is max_demos x 36 = 72). A step on 26 + 36 = 62 tokens: (131072 + 256 x 62)
+    # x 62 per call, 2 calls, and the answer head 2 x 36 x 64 x 12: 18,276,352.
+    from etrm.models.flops import demo_cells_context
+
+    config = load_config([*HAND_SIZED, "encoder.type=demo_cells", "model.context_len=null"])
+    task = _hand_task()
+    assert config.model.context_len == 72
+    assert demo_cells_context(task.demos[:2], 6) == 26
+    assert demo_cells_context(task.demos[2:], 6) == 3
+    step = 18_276_352
+    assert decoder_step_flops(config, 1, train=False, context=26) == step
+    assert task_test_time_flops(config, task, predictions=3, steps_run=2) == 3 * 2 * step
+    # TTT's episodes: one demo left out of 3, so 2 demos of (8 + 18 + 3) / 3 cells as the context.
+    ttt = TTTConfig(steps=1, params="decoder")
+    context = 2 * 29 / 3
+    forward = decoder_step_flops(config, 1, train=False, context=context)
+    backward = decoder_step_flops(config, 1, train=True, context=context) - forward
+    adaptation = task_test_time_flops(config, task, 3, 2, ttt=ttt) - 3 * 2 * step
+    assert adaptation == pytest.approx(3 * (ttt.objective_act_steps(config.halt_max_steps) * forward + backward))
 
 
 def test_ttt_flops_encoder_and_backward_per_episode():

@@ -16,13 +16,13 @@ CANVAS = 6  # the tiny runs' canvas
 @pytest.mark.parametrize("model", [["model_type=etrm"], ["model_type=trm", "augmentations_per_task=2"]])
 def test_training_and_evaluation_run_on_the_regions(model, tiny_config, tmp_path, monkeypatch):
     squares = []
-    original = RecursiveDecoder._forward_on_regions
+    original = RecursiveDecoder._forward_in_groups
 
     def recorded(self, latents, tokens, context, region_side, layout):
         squares.append(int(region_side.max()))
         return original(self, latents, tokens, context, region_side, layout)
 
-    monkeypatch.setattr(RecursiveDecoder, "_forward_on_regions", recorded)
+    monkeypatch.setattr(RecursiveDecoder, "_forward_in_groups", recorded)
     summary = train(tiny_config(tmp_path, *model, "dynamic_canvas=true", "dynamic_canvas_margin=0"))
     assert squares and min(squares) < CANVAS  # some batches ran on less than the canvas
     assert summary["steps"] == 6
@@ -33,7 +33,7 @@ def test_the_fixed_canvas_is_the_default(tiny_config, tmp_path, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a fixed-canvas run cropped a batch")
 
-    monkeypatch.setattr(RecursiveDecoder, "_forward_on_regions", refuse)
+    monkeypatch.setattr(RecursiveDecoder, "_forward_on_square", refuse)
     assert train(tiny_config(tmp_path, "max_steps=2"))["steps"] == 2
 
 

@@ -18,15 +18,17 @@ Design choices:
   context positions that are keys, each sample's packed to the front with their own rotary
   angles (and position 0, where halting reads), as many as the batch's most keys; a non-key is
   read by nothing, so the results are those of the step over every position, and the
-  context's cost follows the demos' cells, not `context_len`.
+  context's cost follows the demos' cells, not `context_len`. The samples run in up to
+  `REGION_GROUPS` groups of similar length (keys and canvas cells), each at its own most keys,
+  so one sample of many demos does not set the whole batch's width.
 - Size-aware canvas (a batch with `region_side`, `etrm.data.canvas`): the step runs on the
   context positions and the top-left square that holds every sample's region, each cell with its
   full-canvas rotary angle, keys outside a sample's own region masked; the latents keep their
   full-canvas layout (the rest of it untouched), and the logits come back on the full canvas,
   zero outside each sample's region (so argmax reads PAD there). With those masked keys a
   sample's results do not depend on the square, so the batch's samples run in up to
-  `REGION_GROUPS` groups of similar region, each on its own square (`region_groups` picks them:
-  contiguous in region order, the split that minimises the estimated cost), their results put
+  `REGION_GROUPS` groups of similar region, each on its own square (`length_groups` picks them:
+  contiguous in length order, the split that minimises the estimated cost), their results put
   back in the batch's order: exact, and what keeps the speed-up when the persistent carry mixes
   samples of many sizes (the square of the whole carry is its largest region). With the square's
   PAD cells as keys (`region_keys_only=False`) a batch runs on one square.
@@ -59,47 +61,55 @@ from etrm.models.layers import (
     trunc_normal_init_,
 )
 
-# Size-aware canvas: a batch's samples run in at most this many groups of similar region, each on
-# its own square (exact with the region keys: `RecursiveDecoder._forward_on_regions`).
+# Size-aware canvas or a keyed context: a batch's samples run in at most this many groups of
+# similar length, each on its own square and context width (exact: `RecursiveDecoder._forward_in_groups`).
 REGION_GROUPS = 4
 # A further group must save at least this share of the batch's cost on its one square (it costs
 # a pass over the layers of its own: kernel launches, smaller matmuls).
 REGION_GROUP_MIN_SAVING = 0.01
 
 
-def region_groups(sides: Sequence[int], max_groups: int, context_len: int, hidden_size: int,
-                  expansion: float) -> list[int]:
-    """How a batch whose sorted region sides are `sides` splits into at most `max_groups` groups,
-    each run on the square of its largest side: the end index (into `sides`) of each group.
+def sample_groups(sides: Sequence[int], contexts: Sequence[int], max_groups: int, hidden_size: int,
+                  expansion: float) -> list[list[int]]:
+    """How a batch runs in groups: the indices of each group's samples, given each sample's
+    square side and context positions run; its length is their sum (`length_groups`)."""
+    lengths = [context + side * side for context, side in zip(contexts, sides, strict=True)]
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    ends = length_groups([lengths[i] for i in order], max_groups, hidden_size, expansion)
+    return [order[start:end] for start, end in zip([0, *ends[:-1]], ends, strict=True)]
 
-    Groups are contiguous in sorted order (optimal for a cost that grows with the square) and
-    never split equal sides; the split minimises the estimated step cost, a sample on a square of
-    side s costing P (linear + 4 P hidden) with P = context_len + s^2 positions (the block's
-    matmuls per token and its attention), and a further group must save
-    `REGION_GROUP_MIN_SAVING` of the cost on one square. Pure Python on the host (`sides` has
-    at most one distinct value per canvas side, so the search is small whatever the batch).
+
+def length_groups(lengths: Sequence[int], max_groups: int, hidden_size: int, expansion: float) -> list[int]:
+    """How a batch whose sorted sequence lengths (the positions a sample runs: its context and its
+    square's cells) are `lengths` splits into at most `max_groups` groups, each run at its
+    longest: the end index (into `lengths`) of each group.
+
+    Groups are contiguous in sorted order (optimal for a cost that grows with the length) and
+    never split equal lengths; the split minimises the estimated step cost, a sample run at P
+    positions costing P (linear + 4 P hidden) (the block's matmuls per token and its attention),
+    and a further group must save `REGION_GROUP_MIN_SAVING` of the cost at one length. Pure
+    Python on the host (the search is over the distinct lengths: at most a batch's samples).
     """
-    if len(sides) == 0:
+    if len(lengths) == 0:
         return []
     inner = round_up_to_multiple(round(expansion * hidden_size * 2 / 3), 256)
     linear = 2 * (4 * hidden_size * hidden_size + 3 * hidden_size * inner)
 
-    def cost(side: int) -> float:
-        positions = context_len + side * side
+    def cost(positions: int) -> float:
         return positions * (linear + 4 * positions * hidden_size)
 
-    values, ends = [], []  # the distinct sides, and where each one's run ends in `sides`
-    for index, side in enumerate(sides):
-        if values and side == values[-1]:
+    values, ends = [], []  # the distinct lengths, and where each one's run ends in `lengths`
+    for index, length in enumerate(lengths):
+        if values and length == values[-1]:
             ends[-1] = index + 1
         else:
-            values.append(side)
+            values.append(length)
             ends.append(index + 1)
-    whole = len(sides) * cost(values[-1])
+    whole = len(lengths) * cost(values[-1])
     penalty = REGION_GROUP_MIN_SAVING * whole
     # best[j]: (cost, group ends) of the first j distinct values' samples in the groups so far.
     best: list[tuple[float, list[int]]] = [(0.0, [])] + [(math.inf, [])] * len(values)
-    answer = (whole, [len(sides)])
+    answer = (whole, [len(lengths)])
     for groups in range(1, min(max_groups, len(values)) + 1):
         new: list[tuple[float, list[int]]] = [(math.inf, [])] * (len(values) + 1)
         for j in range(groups, len(values) + 1):
@@ -127,7 +137,7 @@ class DecoderConfig(ModelConfig):
     halt_max_steps: int = RunConfig.halt_max_steps
     halt_exploration_prob: float = RunConfig.halt_exploration_prob
     region_keys_only: bool = True  # size-aware canvas: mask the keys beyond a sample's region
-    region_groups: int = REGION_GROUPS  # size-aware canvas, region keys: at most this many squares per step
+    region_groups: int = REGION_GROUPS  # at most this many groups per step (size-aware canvas, keyed context)
 
 
 def grid_edges(tokens: Tensor, side: int) -> Tensor:
@@ -285,11 +295,9 @@ class RecursiveDecoder(nn.Module):
 
         Returns (detached new latents, logits (B, S, vocab), q_halt (B,), q_continue (B,)).
         """
-        if region_side is not None:
-            return self._forward_on_regions(latents, tokens, context, region_side, layout)
+        if region_side is not None or layout is not None:  # a square per group, only the context's keys
+            return self._forward_in_groups(latents, tokens, context, region_side, layout)
         cells = torch.arange(self.config.seq_len, device=tokens.device)
-        if layout is not None:  # its positions, places, and only its keys run
-            return self._forward_on_cells(latents, tokens, context, layout, cells, None)
         x = self.embed_input(tokens, context, cells)
         z_H, z_L, logits, q = self.recursion(latents.z_H, latents.z_L, x,
                                              self.rotary(self.config.context_len + self.config.seq_len))
@@ -312,38 +320,56 @@ class RecursiveDecoder(nn.Module):
         num_cells = self.config.seq_len if num_cells is None else num_cells
         return z_H, z_L, self.lm_head(z_H[:, -num_cells:]), self.q_head(z_H[:, 0]).float()
 
-    def _forward_on_regions(self, latents: Latents, tokens: Tensor, context: Tensor, region_side: Tensor,
-                            layout: ContextLayout | None) -> tuple[Latents, Tensor, Tensor, Tensor]:
-        if not self.config.region_keys_only or self.config.region_groups <= 1:
-            side = int(region_side.max())  # one host sync per step: the square's size sets the shapes
-            return self._forward_on_square(latents, tokens, context, region_side, layout, side)
-        sides = region_side.tolist()  # one host sync per step: the groups' squares set the shapes
-        order = sorted(range(len(sides)), key=sides.__getitem__)
-        sorted_sides = [sides[i] for i in order]
-        ends = region_groups(sorted_sides, self.config.region_groups, self.config.context_len,
-                             self.config.hidden_size, self.config.expansion)
-        if len(ends) == 1:
-            return self._forward_on_square(latents, tokens, context, region_side, layout, sorted_sides[-1])
-        # Each group on its own square; its results written back into the batch's rows (the keys
-        # beyond a sample's region are masked, so its square does not change what it computes).
-        permutation = torch.tensor(order, device=tokens.device)
+    def _forward_in_groups(self, latents: Latents, tokens: Tensor, context: Tensor, region_side: Tensor | None,
+                           layout: ContextLayout | None) -> tuple[Latents, Tensor, Tensor, Tensor]:
+        # The samples in up to `region_groups` groups of similar length (the context positions
+        # that run and the square's cells: `length_groups`), each group on the square of its
+        # largest region (the whole canvas without `region_side`) and its own context width,
+        # results put back in the batch's order. Exact where every sample's padding is masked:
+        # the keys beyond its region (region_keys_only) and the context positions that are no
+        # key; else the batch runs as one group.
+        canvas = math.isqrt(self.config.seq_len)
+        keyed = layout is not None and layout.key_mask is not None
+        regions_masked = region_side is None or self.config.region_keys_only
+        if self.config.region_groups <= 1 or not regions_masked or (region_side is None and not keyed):
+            return self._forward_on_group(latents, tokens, context, region_side, layout)
+        # One host sync per step: the groups set the shapes.
+        sides = [canvas] * len(tokens) if region_side is None else region_side.tolist()
+        keys = layout.key_mask.clone() if keyed else None
+        if keys is not None:
+            keys[:, 0] = True  # position 0 always runs (`_context_run`)
+        run = keys.sum(1).tolist() if keys is not None else [self.config.context_len] * len(tokens)
+        groups = sample_groups(sides, run, self.config.region_groups, self.config.hidden_size, self.config.expansion)
+        if len(groups) == 1:
+            return self._forward_on_group(latents, tokens, context, region_side, layout, max(sides))
         z_H, z_L = latents.z_H.clone(), latents.z_L.clone()
         logits = q = None
-        start = 0
-        for end in ends:
-            rows = permutation[start:end]
+        for members in groups:
+            rows = torch.tensor(members, device=tokens.device)
             group_layout = None if layout is None else layout.rows(rows)
-            group = self._forward_on_square(latents, tokens[rows], context[rows], region_side[rows], group_layout,
-                                            sorted_sides[end - 1], rows=rows, into=Latents(z_H, z_L))
+            group = self._forward_on_group(latents, tokens[rows], context[rows],
+                                           None if region_side is None else region_side[rows], group_layout,
+                                           max(sides[i] for i in members), rows=rows, into=Latents(z_H, z_L))
             _, group_logits, group_halt, group_continue = group
             group_q = torch.stack((group_halt, group_continue), dim=-1)
             if logits is None:
-                logits = group_logits.new_zeros(len(sides), *group_logits.shape[1:])
-                q = group_q.new_zeros(len(sides), 2)
+                logits = group_logits.new_zeros(len(tokens), *group_logits.shape[1:])
+                q = group_q.new_zeros(len(tokens), 2)
             logits = logits.index_put((rows,), group_logits)
             q = q.index_put((rows,), group_q)
-            start = end
         return Latents(z_H, z_L), logits, q[..., 0], q[..., 1]
+
+    def _forward_on_group(self, latents: Latents, tokens: Tensor, context: Tensor, region_side: Tensor | None,
+                          layout: ContextLayout | None, side: int | None = None, rows: Tensor | None = None,
+                          into: Latents | None = None) -> tuple[Latents, Tensor, Tensor, Tensor]:
+        # One step of the samples `rows` (all when None): on the whole canvas without a
+        # `region_side`, else on the top-left square of `side` (default: the largest region).
+        if region_side is None:
+            cells = torch.arange(self.config.seq_len, device=tokens.device)
+            return self._forward_on_cells(latents, tokens, context, layout, cells, None, rows, into)
+        if side is None:
+            side = int(region_side.max())  # one host sync per step: the square's size sets the shapes
+        return self._forward_on_square(latents, tokens, context, region_side, layout, side, rows, into)
 
     def _forward_on_square(self, latents: Latents, tokens: Tensor, context: Tensor, region_side: Tensor,
                            layout: ContextLayout | None, side: int, rows: Tensor | None = None,

@@ -1,9 +1,10 @@
 """Model FLOPs counted analytically from the configuration (multiply-adds x 2).
 
 Counted: every matrix multiply of the transformer blocks (qkv, output projection, SwiGLU),
-attention (QK^T and AV), the decoder's answer head and the standard encoder's aggregation (its
+attention (QK^T and AV), the decoder's answer head (on the canvas cells) and the standard encoder's aggregation (its
 learned queries' cross-attention over the demo vectors, their MLP, the projection to the
-decoder's width), over every position the modules run on: the decoder's whole canvas, and
+decoder's width), over every position the modules run on: the decoder's whole canvas and its
+context (with the demos as the context, their cells: `demo_cells_keys`), and
 the encoder's demos cropped to their real cells and padded, within each of the pair
 transformer's length groups, to the group's longest demo. Not counted: norms, RoPE, softmax,
 embeddings, pooling and the halting head (elementwise work or a few outputs, small beside the
@@ -22,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from etrm.core.config import RunConfig, TTTConfig
-from etrm.data.encoding import PAD, encode_grid
+from etrm.data.encoding import PAD, VOCAB_SIZE, encode_grid
 from etrm.data.tasks import Task
 from etrm.models.layers import round_up_to_multiple
 
@@ -34,36 +35,84 @@ def block_flops_per_token(hidden: int, expansion: float, attended: float) -> flo
     return 2 * matmuls + 4 * attended * hidden
 
 
-def decoder_step_flops(config: RunConfig, batch_size: int, train: bool, square: int | None = None) -> float:
+def decoder_step_flops(config: RunConfig, batch_size: int, train: bool, square: int | None = None,
+                       context: float | None = None) -> float:
     """One ACT step of the decoder for a batch (forward, plus the backward that runs in training),
-    on the whole canvas or, with a size-aware canvas, on the `square` x `square` cells it ran on."""
+    on the whole canvas or, with a size-aware canvas, on the `square` x `square` cells it ran on,
+    beside `context` context positions per sample (default `model.context_len`; the demos as the
+    context run only their cells: `demo_cells_context`)."""
     model = config.model
-    tokens = model.context_len + (square or config.canvas_side) ** 2
+    cells = (square or config.canvas_side) ** 2
+    tokens = (model.context_len if context is None else context) + cells
     per_call = model.num_layers * block_flops_per_token(model.hidden_size, model.expansion, tokens) * tokens
-    forward = model.h_cycles * (model.l_cycles + 1) * per_call + 2 * tokens * model.hidden_size * 12
-    backward = 2 * ((model.l_cycles + 1) * per_call + 2 * tokens * model.hidden_size * 12) if train else 0
+    head = 2 * cells * model.hidden_size * VOCAB_SIZE  # the answer head reads the canvas cells alone
+    forward = model.h_cycles * (model.l_cycles + 1) * per_call + head
+    backward = 2 * ((model.l_cycles + 1) * per_call + head) if train else 0
     return batch_size * (forward + backward)
 
 
 def region_group_squares(config: RunConfig, region_sides: Any) -> list[tuple[int, int]]:
     """How a size-aware batch with these region sides runs: (samples, square side) per group, as
-    `etrm.models.decoder.region_groups` splits it (one square with `dynamic_canvas_keys=square`)."""
-    from etrm.models.decoder import REGION_GROUPS, region_groups
+    `etrm.models.decoder.sample_groups` splits it (one square with `dynamic_canvas_keys=square`)."""
+    sides = [int(side) for side in region_sides]
+    return [(len(members), max(sides[i] for i in members)) for members in _groups(config, sides)]
 
-    sides = sorted(int(side) for side in region_sides)
+
+def _groups(config: RunConfig, sides: list[int], contexts: list[int] | None = None) -> list[list[int]]:
+    # The decoder's groups of a batch (`etrm.models.decoder.sample_groups`) at these region sides
+    # and context positions run (default model.context_len).
+    from etrm.models.decoder import REGION_GROUPS, sample_groups
+
     max_groups = REGION_GROUPS if config.dynamic_canvas_keys == "region" else 1
     model = config.model
-    ends = region_groups(sides, max_groups, model.context_len, model.hidden_size, model.expansion)
-    return [(end - start, sides[end - 1]) for start, end in zip([0, *ends[:-1]], ends, strict=True)]
+    contexts = [model.context_len] * len(sides) if contexts is None else contexts
+    return sample_groups(sides, contexts, max_groups, model.hidden_size, model.expansion)
 
 
 def decoder_batch_flops(config: RunConfig, batch: dict[str, Any], train: bool) -> float:
     """One ACT step of the decoder over `batch` (numpy or torch) as it runs: the whole canvas, or
-    with a size-aware canvas the squares of its region groups (`region_group_squares`)."""
+    with a size-aware canvas the squares of its region groups (`region_group_squares`); with the
+    demos as the context, each sample beside its own demos' cells (`demo_cells_keys`: model
+    FLOPs, not the padding to the batch's most keys)."""
+    if not uses_demo_cells(config):
+        if "region_side" not in batch:
+            return decoder_step_flops(config, len(batch["inputs"]), train)
+        return sum(decoder_step_flops(config, samples, train, square=side)
+                   for samples, side in region_group_squares(config, batch["region_side"]))
+    keys = demo_cells_keys(batch["demo_inputs"], batch["demo_outputs"], batch["demo_mask"])
     if "region_side" not in batch:
-        return decoder_step_flops(config, len(batch["inputs"]), train)
-    return sum(decoder_step_flops(config, samples, train, square=side)
-               for samples, side in region_group_squares(config, batch["region_side"]))
+        return sum(decoder_step_flops(config, 1, train, context=float(k)) for k in keys)
+    sides = [int(side) for side in _to_numpy(batch["region_side"])]
+    total = 0.0
+    for members in _groups(config, sides, [int(k) for k in keys]):  # each sample on its group's square
+        square = max(sides[i] for i in members)
+        total += sum(decoder_step_flops(config, 1, train, square=square, context=float(keys[i])) for i in members)
+    return total
+
+
+def uses_demo_cells(config: RunConfig) -> bool:
+    """Whether the decoder's context is the demos' cells (`encoder.type=demo_cells`)."""
+    return config.model_type == "etrm" and config.encoder.type == "demo_cells"
+
+
+def demo_cells_keys(demo_inputs: Any, demo_outputs: Any, demo_mask: Any) -> np.ndarray:
+    """(B,) the context positions the decoder runs for each sample of a batch (numpy or torch;
+    demos (B, D, L)) with `encoder.type=demo_cells`: its real demos' cells where the input or
+    the output is not PAD (its keys), and position 0 where that is none (halting reads it)."""
+    demo_inputs, demo_outputs, demo_mask = (_to_numpy(a) for a in (demo_inputs, demo_outputs, demo_mask))
+    keys = ((demo_inputs != PAD) | (demo_outputs != PAD)) & demo_mask.astype(bool)[..., None]
+    keys = keys.reshape(len(keys), -1)
+    return keys.sum(1) + ~keys[:, 0]
+
+
+def demo_cells_context(demos: list[tuple[np.ndarray, np.ndarray]], canvas_side: int) -> float:
+    """The context positions a decoder step runs for `demos` as the context, at the canvas's
+    corner as evaluation encodes them (`demo_cells_keys`)."""
+    if not demos:
+        return 1.0  # position 0 alone
+    inputs = np.stack([encode_grid(grid_in, canvas_side) for grid_in, _ in demos])[None]
+    outputs = np.stack([encode_grid(grid_out, canvas_side) for _, grid_out in demos])[None]
+    return float(demo_cells_keys(inputs, outputs, np.ones((1, len(demos)), dtype=bool))[0])
 
 
 def kept_demo_tokens(demo_inputs: Any, demo_outputs: Any, demo_mask: Any) -> tuple[float, float]:
@@ -162,23 +211,27 @@ def task_test_time_flops(config: RunConfig, task: Task, predictions: float, step
     if reads_demos(config):
         encoder = _pair_transformer_flops(config.encoder, context, padded=False)
         encoder += _aggregation_flops(config, 1, len(context))
-    step_forward = decoder_step_flops(config, 1, train=False)
+    decoder_context = demo_cells_context(task.demos[:config.max_demos], side) if uses_demo_cells(config) else None
+    step_forward = decoder_step_flops(config, 1, train=False, context=decoder_context)
     per_prediction = steps_run * step_forward + encoder * (steps_run if encoder_every_step else 1)
     adaptation = 0.0
     if ttt is not None and demos:
-        adaptation = ttt_flops_per_task(config, len(demos), sum(demos) / len(demos), ttt)
+        cells_per_demo = None
+        if uses_demo_cells(config):
+            cells_per_demo = sum(demo_cells_context([demo], side) for demo in task.demos) / len(task.demos)
+        adaptation = ttt_flops_per_task(config, len(demos), sum(demos) / len(demos), ttt, cells_per_demo)
     return predictions * per_prediction + adaptation
 
 
 def reads_demos(config: RunConfig) -> bool:
     """Whether `config`'s context source runs encoder layers over the demos (counted FLOPs)."""
     # The zero context costs nothing; the demos as the context are embeddings (not counted), their
-    # cost is the decoder's longer sequence (model.context_len in `decoder_step_flops`).
+    # cost is the decoder's longer sequence (`demo_cells_context` in `decoder_step_flops`).
     return config.model_type == "etrm" and config.encoder.type not in ("none", "demo_cells")
 
 
 def ttt_flops_per_task(config: RunConfig, num_demos: float, cells_per_demo: float,
-                       ttt: TTTConfig | None = None) -> float:
+                       ttt: TTTConfig | None = None, demo_cells_per_demo: float | None = None) -> float:
     """Test-time training's adaptation of one task (`ttt`, default `config.ttt`), before its predictions.
 
     Each of `ttt.steps` steps runs one episode per demo: the encoder over the episode's
@@ -186,15 +239,18 @@ def ttt_flops_per_task(config: RunConfig, num_demos: float, cells_per_demo: floa
     decoder steps forward, and the backward of the last one: twice its forward where weights
     adapt (`decoder`, `all`: weight and input gradients), once where only the context or LoRA
     adapters do (input gradients; the adapters' own rank-r products are not counted). With `all`
-    the encoder backpropagates too.
+    the encoder backpropagates too. With the demos as the context, `demo_cells_per_demo` (mean
+    `demo_cells_context` of one demo) sets the decoder's context positions (default
+    `model.context_len`).
     """
     ttt = config.ttt if ttt is None else ttt
     if ttt.steps == 0:
         return 0.0
     context_demos = min(config.max_demos, max(1, round(num_demos) - (ttt.objective == "leave_one_out")))
     encoder = encoder_flops(config, context_demos, cells_per_demo, train=False) if reads_demos(config) else 0
-    step_forward = decoder_step_flops(config, 1, train=False)
-    last_step = decoder_step_flops(config, 1, train=True) - step_forward  # 2 x its graph's forward
+    context = None if demo_cells_per_demo is None else context_demos * demo_cells_per_demo
+    step_forward = decoder_step_flops(config, 1, train=False, context=context)
+    last_step = decoder_step_flops(config, 1, train=True, context=context) - step_forward  # 2 x its graph's forward
     weights_adapt = ttt.params in ("decoder", "all")
     backward = last_step if weights_adapt else last_step / 2
     encoder_backward = 2 * encoder if ttt.params == "all" else 0
