@@ -23,6 +23,7 @@ the oracle beats the no-context floor by at least 10 points (`etrm.analysis.repo
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -30,7 +31,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import machine, train_run, write_section  # noqa: E402
+from report import machine, section_text, train_run, write_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "runs" / "ladder"
@@ -49,6 +50,10 @@ DESIGNS = {
     "cells-withq-place": [*CELLS, "context_includes_query_prob=0.5", "model.place_embedding=true"],
     "cells-withq-place-edges": [*CELLS, "context_includes_query_prob=0.5", "model.place_embedding=true",
                                 "model.place_grid_edges=true"],
+    # The same at twice the decoder's width: whether level 2's families compete for a decoder
+    # too small to hold every family's reading at once (with the place, permutations came last).
+    "cells-withq-place-edges-h128": [*CELLS, "context_includes_query_prob=0.5", "model.place_embedding=true",
+                                     "model.place_grid_edges=true", "model.hidden_size=128"],
     "cells-aligned-withq-decay": [*CELLS, "encoder.cell_positions=aligned", "context_includes_query_prob=0.5",
                                   "context_includes_query_decay_steps=1500"],
     "cells-aligned-withq": [*CELLS, "encoder.cell_positions=aligned", "context_includes_query_prob=0.5"],
@@ -57,10 +62,13 @@ DESIGNS = {
     "aligned": ["encoder.pair_positions=aligned"],
     "slots": ["encoder.type=cell_slots"],
     "slots-withq": ["encoder.type=cell_slots", "context_includes_query_prob=0.5"],
+    # The oracle with the place embeddings: whether this decoder applies a rule it is told (the
+    # dihedral family: a cell's source is a computed place) with the designs' input features.
+    "oracle-place-edges": ["model_type=oracle", "model.place_embedding=true", "model.place_grid_edges=true"],
 }
 # The design that reads the rule best (level 1, 30 minutes: docs/LOG.md), run on every level
 # once more under the targets' protocol as l{level}-{CHOSEN_DESIGN}-alone: `--threads 2` and
-# nothing else on the machine.
+# nothing else on the machine (any design can be run so as l{level}-NAME-alone).
 CHOSEN_DESIGN = "cells-withq"
 CONTINUED = "-60min"  # the suffix of a design's run continued past its 30 minutes
 # Periodic held-out evaluation for the curves (the final evaluation also scores the training tasks).
@@ -115,7 +123,7 @@ RUNS: dict[str, tuple[int, list[str]]] = {
     **{f"fast-{method}": (STUDY_LEVEL, [*STUDY_BASE, *FAST, *overrides]) for method, overrides in BOUNDS.items()},
     **{preset: (CHOSEN_LEVEL, encoder_overrides(preset)) for preset in ENCODER_PRESETS},
     **{f"l{level}-{name}": (level, overrides) for level in LEVELS for name, overrides in DESIGNS.items()},
-    **{f"l{level}-{CHOSEN_DESIGN}-alone": (level, DESIGNS[CHOSEN_DESIGN]) for level in LEVELS},
+    **{f"l{level}-{name}-alone": (level, overrides) for level in LEVELS for name, overrides in DESIGNS.items()},
     # A design's run trained on past its 30 minutes (`train NAME-60min --minutes 60`: it starts
     # from a copy of the 30-minute run's checkpoint and curves, so it costs only the extra time).
     **{f"l{level}-{name}{CONTINUED}": (level, overrides) for level in LEVELS for name, overrides in DESIGNS.items()},
@@ -125,7 +133,7 @@ RUNS: dict[str, tuple[int, list[str]]] = {
 TARGETS = {1: 0.90, 3: 0.50}  # held-out pass@2 of ETRM after 30 minutes (level 3: synth-iid)
 GROUPS = {"bounds": [f"l{level}-{m}" for level in LEVELS for m in BOUNDS], "base": [f"base-{m}" for m in BOUNDS],
           "designs": [f"l{level}-{name}" for level in LEVELS for name in DESIGNS],
-          "chosen": [f"l{level}-{CHOSEN_DESIGN}-alone" for level in LEVELS],
+          "chosen": [f"l{level}-{name}-alone" for level in LEVELS for name in DESIGNS],
           "fast": [f"fast-{m}" for m in BOUNDS],
           "study": [f"study-{n}" for n in STUDY], "study3": [f"study3-{n}" for n in STUDY3],
           "modes": [f"mode-{n}" for n in MODES],
@@ -212,17 +220,21 @@ def represent(level: int, steps: int, threads: int, train_tasks: int) -> None:
 
 
 # The training steps whose cost the designs are compared on (level 1's preset, one process).
-COST_ARMS = {"TRM": ["model_type=trm"], "standard": [], "demo_cells": CELLS, "cell_slots": DESIGNS["slots"]}
+COST_ARMS = {"TRM": ["model_type=trm"], "standard": [], "demo_cells": CELLS, "cell_slots": DESIGNS["slots"],
+             "demo_cells, one group": CELLS}
+# Arms whose decoder runs each batch as one group (what the demos as the context cost before the
+# decoder grouped its samples by length: the grouping's saving, side by side).
+ONE_GROUP_ARMS = ("demo_cells, one group",)
 COST_PRESETS = (LEVELS[1], "arc10-cpu")  # the ladder's canvas (8x8, 4 demos) and ARC's (10x10, 10 demos)
 
 
 def _cost_path(preset: str) -> Path:
-    return OUT / ("cost.json" if preset == LEVELS[1] else f"cost-{preset}.json")
+    return KEPT / f"cost-{preset}.json"
 
 
 def cost(steps: int, warmup: int, threads: int, preset: str) -> None:
     """Seconds per training step (`Trainer.train_step`, optimiser included) of COST_ARMS at `preset`,
-    timed side by side in alternating rounds (`etrm.bench.alternating_rounds`) -> runs/ladder/cost*.json."""
+    timed side by side in alternating rounds (`etrm.bench.alternating_rounds`) -> KEPT/cost-PRESET.json."""
     import torch
 
     from etrm.bench import alternating_rounds
@@ -236,8 +248,11 @@ def cost(steps: int, warmup: int, threads: int, preset: str) -> None:
     for name, overrides in COST_ARMS.items():
         extra = ["augmentations_per_task=8"] if name == "TRM" and preset == "arc10-cpu" else []  # its rows
         config = load_config([f"preset={preset}", *overrides, *extra, "tracker=none", "progress=false",
-                              f"run_dir={OUT / 'cost' / name.replace(' ', '-')}"])
-        trainers[name] = (Trainer(config, Runtime(torch.device("cpu"))), config.global_batch_size)
+                              f"run_dir={OUT / 'cost' / name.replace(' ', '-').replace(',', '')}"])
+        trainer = Trainer(config, Runtime(torch.device("cpu")))
+        if name in ONE_GROUP_ARMS:
+            trainer.model.decoder.config.region_groups = 1
+        trainers[name] = (trainer, config.global_batch_size)
 
     def arm(name: str):
         trainer, batch_size = trainers[name]
@@ -252,14 +267,49 @@ def cost(steps: int, warmup: int, threads: int, preset: str) -> None:
     result = {"preset": preset, "seconds_per_step": medians, "steps": steps, "warmup": warmup, "threads": threads,
               "vs_standard": {n: medians[n] / medians["standard"] for n in medians},
               "vs_trm": {n: medians[n] / medians["TRM"] for n in medians}, "machine": machine()}
+    _cost_path(preset).parent.mkdir(parents=True, exist_ok=True)
     _cost_path(preset).write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))
 
 
+# What the reports read of a finished run, kept in the repository (benchmarks/results/ladder/NAME.json)
+# so a section or figure can be redrawn after the run's outputs are gone: the summary's scores,
+# how it was run, its per-family score, the other splits and probe, and these logged fields.
+KEPT = ROOT / "benchmarks" / "results" / "ladder"
+# The designs figure as it stood before results were kept (its runs' logs are gone).
+EARLIER_FIGURE = "fewshot_designs_2026-12-07.png"
+KEPT_FIELDS = {"eval_test": ("wall_time", "pass@2"), "train": ("seconds_per_step", "encoder_grad_share"),
+               "diagnostics": ("retrieval_accuracy", "context_influence")}
+
+
+@functools.cache
+def _kept(name: str) -> dict | None:
+    """A finished run as the reports read it: refreshed from runs/ladder/NAME (and written to
+    KEPT) while that holds a finished run, else as KEPT holds it; None for a run never kept."""
+    run_dir, path = OUT / name, KEPT / f"{name}.json"
+    if not (run_dir / "summary.json").is_file():
+        return json.loads(path.read_text()) if path.is_file() else None
+    summary = json.loads((run_dir / "summary.json").read_text())
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    protocol, extra = run_dir / PROTOCOL, run_dir / "extra.json"
+    kept = {
+        "summary": {"steps": summary["steps"], "train_eval": {"exact_match": summary["train_eval"]["exact_match"]},
+                    "test_eval": {key: summary["test_eval"].get(key)
+                                  for key in ("pass@2", "token_accuracy", "copy_input_floor")}},
+        "protocol": json.loads(protocol.read_text()) if protocol.is_file() else None,
+        "families": _families(name),
+        "extra": json.loads(extra.read_text()) if extra.is_file() else {},
+        "records": [{"kind": r["kind"], "step": r["step"],
+                     **{key: r[key] for key in KEPT_FIELDS[r["kind"]] if key in r}}
+                    for r in records if r["kind"] in KEPT_FIELDS],
+    }
+    KEPT.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(kept, default=str) + "\n")
+    return kept
+
+
 def _diagnostics(name: str) -> list[dict]:
-    path = OUT / name / "metrics.jsonl"
-    records = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
-    return records
+    return (_kept(name) or {}).get("records", [])
 
 
 def designs_figure(names: list[str]) -> Path:
@@ -302,29 +352,35 @@ def designs_report(minutes: float, threads: int, sharing: str) -> None:
     """The `fewshot_designs` section of BENCHMARKS.md: every design run that exists, its bounds
     beside it where they were run, and the representability results."""
     continued = [f"{name}{CONTINUED}" for name in GROUPS["designs"]]
-    names = [name for name in GROUPS["designs"] + continued + GROUPS["chosen"] + GROUPS["bounds"]
-             if (OUT / name / "summary.json").is_file()]
+    candidates = GROUPS["designs"] + continued + GROUPS["chosen"] + GROUPS["bounds"]
+    names = [name for name in candidates if _kept(name) is not None]
     rows = ["| run | overrides | minutes, threads, sharing | steps | s / step | train EM | held-out pass@2 | "
             "per family (pass@2 summed / tasks) | copy-input floor | encoder grad share (last) | retrieval (last) | "
             "context influence (last) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for name in names:
+    # Runs measured before their results were kept: their rows as they stand.
+    earlier = {row.split("|")[1].strip(): row for row in _rows_kept(rows[0], set(names))}
+    for name in candidates:
+        if name not in names:
+            rows.extend([earlier.pop(name)] if name in earlier else [])
+            continue
         run, records = _load(name), _diagnostics(name)
-        protocol_path = OUT / name / PROTOCOL  # absent for runs started before it was written: the defaults
-        protocol = json.loads(protocol_path.read_text()) if protocol_path.is_file() else \
-            {"minutes": minutes, "threads": threads, "sharing": sharing}
+        # Absent for runs started before it was written: the defaults.
+        protocol = _kept(name)["protocol"] or {"minutes": minutes, "threads": threads, "sharing": sharing}
         last = {kind: next((r for r in reversed(records) if r["kind"] == kind), {})
                 for kind in ("train", "diagnostics")}
         test = run["summary"]["test_eval"]
         rows.append(f"| {name} | {' '.join(f'`{o}`' for o in RUNS[name][1])} | {protocol['minutes']:.0f}, "
                     f"{protocol['threads']}, {protocol['sharing']} | {run['summary']['steps']} | "
                     f"{run['seconds_per_step']:.2f} | {_cell(run['summary']['train_eval']['exact_match'])} | "
-                    f"{_cell(test['pass@2'])} | {_families(name)} | {_cell(test.get('copy_input_floor'))} | "
+                    f"{_cell(test['pass@2'])} | {_kept(name)['families']} | {_cell(test.get('copy_input_floor'))} | "
                     f"{last['train'].get('encoder_grad_share', float('nan')):.1e} | "
                     f"{_cell(last['diagnostics'].get('retrieval_accuracy'))} | "
                     f"{last['diagnostics'].get('context_influence', float('nan')):.3f} |")
     represented = ["| level, design | colour image: accuracy (chance) | all shown colours right | family | "
                    "first parameter: accuracy (chance) | steps | seconds |", "|---|---|---|---|---|---|---|"]
-    for path in sorted(REPRESENT.glob("*.json")) if REPRESENT.is_dir() else []:
+    represent_files = sorted(REPRESENT.glob("*.json")) if REPRESENT.is_dir() else []
+    represented += _rows_kept(represented[0], {path.stem for path in represent_files})
+    for path in represent_files:
         result = json.loads(path.read_text())
         image, family, parameter = result["colour_image"], result["family"], result["parameter"]
 
@@ -335,6 +391,7 @@ def designs_report(minutes: float, threads: int, sharing: str) -> None:
                            f"{scored(family)} | {scored(parameter)} | {result['steps']} | {result['seconds']:.0f} |")
     costs = ["| preset | training step | s / step (median) | vs standard | vs TRM | timed steps per arm (warm-up), "
              "threads |", "|---|---|---|---|---|---|"]
+    costs += _rows_kept(costs[0], {f"`{preset}`" for preset in COST_PRESETS if _cost_path(preset).is_file()})
     for preset in COST_PRESETS:
         path = _cost_path(preset)
         result = json.loads(path.read_text()) if path.is_file() else {}
@@ -344,6 +401,9 @@ def designs_report(minutes: float, threads: int, sharing: str) -> None:
                          f"{result['threads']} |")
     cost_note = "each preset's arms side by side in one process, in alternating rounds"
     figure_path = designs_figure(names)
+    undrawn = len(rows) - 2 - len(names)
+    figure_note = (f"Not drawn: {undrawn} runs measured before their results were kept (their curves "
+                   f"are in [the earlier figure](docs/figures/{EARLIER_FIGURE}))." if undrawn else "")
     body = f"""## Few-shot designs: the demos as the context, front end, training signal (`fewshot_ladder.py designs`)
 
 Machine: {machine()}. Each run's minutes of training (`max_minutes`, the periodic held-out
@@ -367,9 +427,25 @@ Cost of a training step ({cost_note}):
 {chr(10).join(costs)}
 
 ![design curves](docs/figures/{figure_path.name})
+{figure_note}
 """
     write_section("fewshot_designs", body)
     print(body)
+
+
+def _rows_kept(header: str, measured: set[str]) -> list[str]:
+    """The rows of the section's table under `header` whose first cell is not in `measured`
+    (what was measured before its results were kept, as it stands)."""
+    lines = section_text("fewshot_designs").splitlines()
+    if header not in lines:
+        return []
+    rows = []
+    for line in lines[lines.index(header) + 2:]:
+        if not line.startswith("| "):
+            break
+        if line.split("|")[1].strip() not in measured:
+            rows.append(line)
+    return rows
 
 
 def _families(name: str) -> str:
@@ -395,17 +471,14 @@ def _families(name: str) -> str:
 
 # ------------------------------------------------------------------------------ the report
 def _load(name: str) -> dict | None:
-    run_dir = OUT / name
-    if not (run_dir / "summary.json").is_file():
+    kept = _kept(name)
+    if kept is None:
         return None
-    summary = json.loads((run_dir / "summary.json").read_text())
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    records = kept["records"]
     curve = [(r["wall_time"] / 60, r["pass@2"]) for r in records if r["kind"] == "eval_test"]
-    train_records = [r for r in records if r["kind"] == "train"]
-    extra_path = run_dir / "extra.json"
-    return {"summary": summary, "curve": curve, "extra": json.loads(extra_path.read_text()) if extra_path.is_file()
-            else {}, "seconds_per_step": statistics.median(r["seconds_per_step"] for r in train_records)
-            if train_records else None}
+    seconds = [r["seconds_per_step"] for r in records if r["kind"] == "train" and "seconds_per_step" in r]
+    return {"summary": kept["summary"], "curve": curve, "extra": kept["extra"],
+            "seconds_per_step": statistics.median(seconds) if seconds else None}
 
 
 def _encoder_parameters(name: str) -> int:

@@ -503,7 +503,7 @@ ACT step of every slot per timed step. Halting: a seeded draw of {results['halt_
 and step stands in for a trained head's q_halt > 0 (a fresh head never halts before step 16,
 which would keep every slot of the carry in step), seeded alike in both arms; slots' mean age
 over the timed steps {statistics.fmean(ages):.1f} steps. Size-aware: each step's samples in up to
-{results['region_groups']} region groups, each on its own square (`RecursiveDecoder._forward_on_regions`);
+{results['region_groups']} region groups, each on its own square (`RecursiveDecoder._forward_in_groups`);
 the carry's mean region side over the timed steps {statistics.fmean(sides):.1f}. Warm-up, alike in
 both arms: the carry's bookkeeping run {results['carry_steps']} steps without the model (the
 halting draws never read it, so the slots' samples and ages are those real steps would leave: the
