@@ -54,6 +54,10 @@ DESIGNS = {
     # too small to hold every family's reading at once (with the place, permutations came last).
     "cells-withq-place-edges-h128": [*CELLS, "context_includes_query_prob=0.5", "model.place_embedding=true",
                                      "model.place_grid_edges=true", "model.hidden_size=128"],
+    # The signal faded out by step 1,500: whether the context's copy of the query's own pair (a
+    # shortcut the place makes a match of contents) keeps the permutations from being read.
+    "cells-withq-place-edges-decay": [*CELLS, "context_includes_query_prob=0.5", "model.place_embedding=true",
+                                      "model.place_grid_edges=true", "context_includes_query_decay_steps=1500"],
     "cells-aligned-withq-decay": [*CELLS, "encoder.cell_positions=aligned", "context_includes_query_prob=0.5",
                                   "context_includes_query_decay_steps=1500"],
     "cells-aligned-withq": [*CELLS, "encoder.cell_positions=aligned", "context_includes_query_prob=0.5"],
