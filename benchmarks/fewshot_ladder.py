@@ -13,7 +13,14 @@ cores (`--threads` torch threads each; how they shared it is stated in the secti
   the rule probe (`etrm.analysis.probe`) on `--probe-tasks` validation-seed tasks -> RUN/extra.json.
 - `report`: the `fewshot_ladder` section of BENCHMARKS.md (bounds and encoder efficiency per
   level, the other splits, the rule probe, the study, the training modes) and
-  `docs/figures/fewshot_ladder.png` (held-out pass@2 against CPU minutes, bounds dashed).
+  `docs/figures/fewshot_ladder.png` (held-out pass@2 against CPU minutes, bounds dashed). Its
+  runs were measured before results were kept (below): regenerate it only after re-running them.
+- `designs`: the `fewshot_designs` section (every design run, the representability diagnostic,
+  the cost of a step) and `docs/figures/fewshot_designs.png`; a run measured before its results
+  were kept keeps its row as it stands.
+
+What the reports read of each finished run is kept in `benchmarks/results/ladder/NAME.json`
+(committed), so a report can be redrawn after the run's outputs are gone.
 
 Encoder efficiency = (ETRM - none) / (oracle - none), same split and budget, reported only where
 the oracle beats the no-context floor by at least 10 points (`etrm.analysis.report.encoder_efficiency`;
