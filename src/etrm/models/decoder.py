@@ -184,6 +184,13 @@ class ContextLayout(NamedTuple):
     places: Tensor | None = None  # (context_len,) the canvas cell each context position lies on (model.place_embedding)
     edges: Tensor | None = None  # (B, context_len, 2) each position's `grid_edges` (model.place_grid_edges)
 
+    def runs(self) -> Tensor:
+        """(B, context_len) the context positions a step runs: the keys, and position 0 (where
+        halting reads) always; requires a key mask."""
+        runs = self.key_mask.clone()
+        runs[:, 0] = True
+        return runs
+
     def rows(self, index: Tensor) -> ContextLayout:
         """The layout of the samples `index` (B',) of its batch: the per-sample fields indexed."""
         return self._replace(key_mask=None if self.key_mask is None else self.key_mask[index],
@@ -335,10 +342,7 @@ class RecursiveDecoder(nn.Module):
             return self._forward_on_group(latents, tokens, context, region_side, layout)
         # One host sync per step: the groups set the shapes.
         sides = [canvas] * len(tokens) if region_side is None else region_side.tolist()
-        keys = layout.key_mask.clone() if keyed else None
-        if keys is not None:
-            keys[:, 0] = True  # position 0 always runs (`_context_run`)
-        run = keys.sum(1).tolist() if keys is not None else [self.config.context_len] * len(tokens)
+        run = layout.runs().sum(1).tolist() if keyed else [self.config.context_len] * len(tokens)
         groups = sample_groups(sides, run, self.config.region_groups, self.config.hidden_size, self.config.expansion)
         if len(groups) == 1:
             return self._forward_on_group(latents, tokens, context, region_side, layout, max(sides))
@@ -436,8 +440,7 @@ class RecursiveDecoder(nn.Module):
             positions = torch.arange(self.config.context_len, device=device)
         if layout is None or layout.key_mask is None:
             return None, None, positions
-        runs = layout.key_mask.clone()
-        runs[:, 0] = True
+        runs = layout.runs()
         count = int(runs.sum(1).max())  # one host sync per step: the context's length sets the shapes
         index = torch.sort((~runs).to(torch.uint8), dim=1, stable=True).indices[:, :count]
         return index, layout.key_mask.gather(1, index), positions[index]

@@ -71,23 +71,21 @@ def _groups(config: RunConfig, sides: list[int], contexts: list[int] | None = No
 
 def decoder_batch_flops(config: RunConfig, batch: dict[str, Any], train: bool) -> float:
     """One ACT step of the decoder over `batch` (numpy or torch) as it runs: the whole canvas, or
-    with a size-aware canvas the squares of its region groups (`region_group_squares`); with the
-    demos as the context, each sample beside its own demos' cells (`demo_cells_keys`: model
-    FLOPs, not the padding to the batch's most keys)."""
-    if not uses_demo_cells(config):
-        if "region_side" not in batch:
-            return decoder_step_flops(config, len(batch["inputs"]), train)
-        return sum(decoder_step_flops(config, samples, train, square=side)
-                   for samples, side in region_group_squares(config, batch["region_side"]))
-    keys = demo_cells_keys(batch["demo_inputs"], batch["demo_outputs"], batch["demo_mask"])
+    with a size-aware canvas each sample on its group's square (`etrm.models.decoder.sample_groups`);
+    with the demos as the context, each sample beside its own demos' cells (`demo_cells_keys`:
+    model FLOPs, not the padding to its group's most keys)."""
+    size = len(batch["inputs"])
+    if uses_demo_cells(config):
+        contexts = [int(k) for k in demo_cells_keys(batch["demo_inputs"], batch["demo_outputs"], batch["demo_mask"])]
+    else:
+        contexts = [config.model.context_len] * size
     if "region_side" not in batch:
-        return sum(decoder_step_flops(config, 1, train, context=float(k)) for k in keys)
-    sides = [int(side) for side in _to_numpy(batch["region_side"])]
-    total = 0.0
-    for members in _groups(config, sides, [int(k) for k in keys]):  # each sample on its group's square
-        square = max(sides[i] for i in members)
-        total += sum(decoder_step_flops(config, 1, train, square=square, context=float(keys[i])) for i in members)
-    return total
+        groups = [(range(size), None)]
+    else:
+        sides = [int(side) for side in _to_numpy(batch["region_side"])]
+        groups = [(members, max(sides[i] for i in members)) for members in _groups(config, sides, contexts)]
+    return sum(decoder_step_flops(config, 1, train, square=square, context=contexts[i])
+               for members, square in groups for i in members)
 
 
 def uses_demo_cells(config: RunConfig) -> bool:
