@@ -82,6 +82,7 @@ SETTINGS: dict[str, object] = {
     "freeze_decoder_steps": 0,
     "pretrained_h_cycles": None,
     "pretrained_l_cycles": None,
+    "init_weights_from": "",
     # the decoder
     "model.hidden_size": 32,
     "model.num_heads": 2,

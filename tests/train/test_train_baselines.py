@@ -114,3 +114,42 @@ def test_frozen_decoder_stays_unchanged_while_the_encoder_learns(finished_run, t
         assert decoder_same == (trainer.state.step <= 2), trainer.state.step
         assert any(not torch.equal(encoder_now[k], encoder_before[k]) for k in encoder_now), trainer.state.step
         encoder_before = encoder_now
+
+
+def test_init_weights_from_starts_a_new_run_from_every_weight_of_a_finished_one(finished_run, tiny_config, tmp_path):
+    state = read_checkpoint(finished_run / "checkpoint.pt")
+    source = {**state["model"], **state["ema"]}  # the weights the finished run evaluates with
+    fresh = Trainer(tiny_config(tmp_path / "fresh", "seed=1"), CPU)
+    loaded = Trainer(tiny_config(tmp_path / "loaded", "seed=1", f"init_weights_from={finished_run}"), CPU)
+    weights = loaded.model.state_dict()
+    assert weights.keys() == source.keys()
+    assert any(name.startswith("context_source.encoder") and not torch.equal(fresh.model.state_dict()[name], value)
+               for name, value in source.items())  # the encoder too, not only the decoder
+    for name, value in source.items():
+        assert torch.equal(weights[name], value), name
+    for name, value in loaded.ema.state_dict().items():  # the new run's evaluation weights start there too
+        assert torch.equal(value, source[name]), name
+    # A new run, not a resumed one: step 0 and an optimiser with no moments yet.
+    assert loaded.state.step == 0 and all(not optimizer.state for optimizer in loaded.optimizers)
+
+
+@pytest.mark.parametrize(("override", "named"), [
+    ("model.hidden_size=48", "model.hidden_size=32"),
+    ("model.l_cycles=3", "model.l_cycles=2"),  # the same shapes, another computation
+    ("encoder.num_layers=2", "encoder.num_layers=1"),
+    ("dynamic_canvas=true", "fixed canvas"),
+])
+def test_init_weights_from_a_run_of_another_model_is_refused(finished_run, tiny_config, tmp_path, override, named):
+    config = tiny_config(tmp_path / "run", override, f"init_weights_from={finished_run}")
+    with pytest.raises(ConfigError) as caught:
+        train(config)
+    message = str(caught.value)
+    assert named in message and "init_weights_from" in message and len(message.splitlines()) == 1
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_init_weights_from_nothing_or_with_a_pretrained_decoder_is_refused(finished_run, tiny_config, tmp_path):
+    with pytest.raises(ConfigError, match="not a finished run"):
+        Trainer(tiny_config(tmp_path / "run", f"init_weights_from={tmp_path / 'missing'}"), CPU)
+    with pytest.raises(ConfigError, match="both set"):
+        tiny_config(tmp_path / "run", f"init_weights_from={finished_run}", f"load_pretrained_decoder={finished_run}")

@@ -230,6 +230,9 @@ class RunConfig:
     # config (a bare official TRM .pt), and they must equal model.h_cycles / model.l_cycles.
     pretrained_h_cycles: int | None = None
     pretrained_l_cycles: int | None = None
+    # Every weight (encoder and decoder) from one of our runs before the first step: a
+    # curriculum's next stage. A new run: step 0, a fresh optimiser and data stream.
+    init_weights_from: str = ""
 
     # cadence
     log_every: int = 10
@@ -352,6 +355,9 @@ def _validate(config: RunConfig) -> None:
         raise ConfigError("dynamic_canvas=true with load_pretrained_decoder: the size-aware canvas masks the PAD keys "
                           "a decoder trained on the full canvas attends to; train it from scratch or drop "
                           "dynamic_canvas")
+    if config.init_weights_from and config.load_pretrained_decoder:
+        raise ConfigError("init_weights_from and load_pretrained_decoder both set: the first loads the decoder "
+                          "too; set one")
     if config.grad_clip_norm <= 0:  # clip_grad_norm_ would scale every gradient to zero
         raise ConfigError(f"grad_clip_norm must be above 0 (a large value clips nothing), got {config.grad_clip_norm}")
     front_end_changed = config.encoder.pair_tokens != "separate" or config.encoder.pair_positions != "sequence"

@@ -102,3 +102,42 @@ def load_pretrained_decoder(model: ACTModel, path: str | Path, config: RunConfig
         raise ConfigError(f"{file}: decoder weights do not match (missing {missing[:3]}, unexpected {unexpected[:3]})")
     with torch.no_grad():
         model.decoder.H_init.copy_(weights["H_init"])
+
+
+def load_run_weights(model: ACTModel, path: str | Path, config: RunConfig) -> None:
+    """Start `model` from every weight of one of our runs (a run directory, or its checkpoint with
+    `config.yaml` beside it): the weights that run evaluates with (its EMA where it kept one).
+
+    A curriculum's next stage (level 1, then level 2 from its weights) or a fine-tune on other
+    tasks; unlike `resume=true` it starts a new run (step 0, a fresh optimiser and data stream).
+    The run must have built the same model (`model_type`, every `model.*` and `encoder.*`
+    setting), since weights of the same shapes computed another way (cycle counts, rope_theta)
+    would load silently, and a run trained on the fixed canvas cannot start a size-aware one.
+    """
+    from etrm.core.checkpoint import CHECKPOINT_NAME, read_checkpoint
+    from etrm.core.config import config_from_yaml
+
+    path = Path(path)
+    file = path / CHECKPOINT_NAME if path.is_dir() else path
+    saved_config = file.parent / "config.yaml"
+    if not (file.is_file() and saved_config.is_file()):
+        raise ConfigError(f"init_weights_from={path}: not a finished run of ours (needs {file.resolve()} and "
+                          f"{saved_config.resolve()})")
+    source = config_from_yaml(saved_config)
+    settings = {"model_type": (source.model_type, config.model_type),
+                **{f"model.{k}": (v, getattr(config.model, k)) for k, v in dataclasses.asdict(source.model).items()},
+                **{f"encoder.{k}": (v, getattr(config.encoder, k))
+                   for k, v in dataclasses.asdict(source.encoder).items()}}
+    for key, (theirs, ours) in settings.items():
+        if theirs != ours:
+            raise ConfigError(f"init_weights_from={path}: that run has {key}={theirs}, this one {ours}; "
+                              "its weights would compute another model")
+    if config.dynamic_canvas and not source.dynamic_canvas:
+        raise ConfigError(f"init_weights_from={path}: that run trained on the fixed canvas (its attention saw the "
+                          "PAD keys that dynamic_canvas=true masks); train this one with dynamic_canvas=false")
+    state = read_checkpoint(file)
+    try:
+        load_evaluation_weights(model, state)
+    except RuntimeError as error:  # names or shapes differ: e.g. a puzzle table or oracle of other tasks
+        raise ConfigError(f"init_weights_from={path}: weights do not fit this model "
+                          f"({str(error).splitlines()[1].strip()})") from None

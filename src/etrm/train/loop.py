@@ -55,7 +55,7 @@ from etrm.data.episodes import TrainSampler
 from etrm.data.tensors import to_torch
 from etrm.eval.diagnostics import collapse_metrics, context_influence, probe_contexts, retrieval_at_chance
 from etrm.eval.evaluate import evaluate
-from etrm.models.build import compile_model, load_pretrained_decoder
+from etrm.models.build import compile_model, load_pretrained_decoder, load_run_weights
 from etrm.models.decoder import ACTModel
 from etrm.models.encoders import rename_legacy_keys
 from etrm.models.losses import act_loss
@@ -92,6 +92,8 @@ class Trainer:
         _check_train_mode(self.model, config)
         if config.load_pretrained_decoder:
             load_pretrained_decoder(self.model, config.load_pretrained_decoder, config)
+        if config.init_weights_from:
+            load_run_weights(self.model, config.init_weights_from, config)
         distributed.broadcast_parameters(self.model, runtime)
         if config.compile and config.train_mode == "persistent":
             compile_model(self.model)
