@@ -65,6 +65,14 @@ DESIGNS = {
     # shortcut the place makes a match of contents) keeps the permutations from being read.
     "cells-withq-place-edges-decay": [*CELLS, "context_includes_query_prob=0.5", "model.place_embedding=true",
                                       "model.place_grid_edges=true", "context_includes_query_decay_steps=1500"],
+    # A curriculum: level 2 started from the place design's level-1 run (its colour reading learnt
+    # with the place features present): whether a learnt colour reading survives the translations.
+    "cells-withq-place-after-l1": [*CELLS, "context_includes_query_prob=0.5", "model.place_embedding=true",
+                                   "init_weights_from=runs/ladder/l1-cells-withq-place-alone"],
+    # The place features left out of half the training samples (both readings must be learnt: a
+    # colour lookup is all that solves a permutation there): whether the permutations come back.
+    "cells-withq-place-edges-drop": [*CELLS, "context_includes_query_prob=0.5", "model.place_embedding=true",
+                                     "model.place_grid_edges=true", "encoder.place_drop_prob=0.5"],
     "cells-aligned-withq-decay": [*CELLS, "encoder.cell_positions=aligned", "context_includes_query_prob=0.5",
                                   "context_includes_query_decay_steps=1500"],
     "cells-aligned-withq": [*CELLS, "encoder.cell_positions=aligned", "context_includes_query_prob=0.5"],

@@ -109,6 +109,7 @@ SETTINGS: dict[str, object] = {
     "encoder.pair_tokens": "separate",
     "encoder.pair_positions": "sequence",
     "encoder.cell_positions": "sequence",
+    "encoder.place_drop_prob": 0.0,
 }
 
 # Schema keys the training steps never read: the run's name and place, the outer loop (Trainer.run:

@@ -18,12 +18,13 @@ MAX_DEMOS = 3
 
 
 def cells_model(positions: str = "sequence", max_demos: int = MAX_DEMOS, place_embedding: bool = False,
-                place_grid_edges: bool = False):
+                place_grid_edges: bool = False, place_drop_prob: float = 0.0):
     config = load_config(["preset=overfit-cpu", f"canvas_side={CANVAS}", "model.hidden_size=32", "model.num_heads=2",
                           f"max_demos={max_demos}", f"model.context_len={max_demos * SEQ_LEN}", "halt_max_steps=2",
                           "encoder.type=demo_cells", f"encoder.cell_positions={positions}",
                           f"model.place_embedding={str(place_embedding).lower()}",
-                          f"model.place_grid_edges={str(place_grid_edges).lower()}"])
+                          f"model.place_grid_edges={str(place_grid_edges).lower()}",
+                          f"encoder.place_drop_prob={place_drop_prob}"])
     torch.manual_seed(0)
     return build_model(config).eval()
 
@@ -175,3 +176,48 @@ def test_grid_edges_give_a_demo_cell_its_demo_input_s_edges_and_a_query_cell_its
     assert demo_edges.lt(CANVAS).any() and demo_edges.eq(CANVAS).any()
     with pytest.raises(ConfigError, match="place_grid_edges"):
         cells_model(place_grid_edges=True)
+
+
+def test_a_dropped_sample_gets_none_of_the_place_features_and_only_in_training():
+    # encoder.place_drop_prob: a training sample drawn `unplaced` gets neither the place nor the
+    # far edges, on its demo cells and its query cells alike; the rest get both; evaluation
+    # never drops.
+    batch = act_batch([2, 1, 3, 2], seed=10)
+    with torch.no_grad():
+        dropping = cells_model(place_embedding=True, place_grid_edges=True, place_drop_prob=0.5)
+        plain = cells_model()
+        plain.load_state_dict(dropping.state_dict(), strict=False)
+        assert dropping.context_source.layout(batch).unplaced is None
+        placed_input, plain_input = _input_vectors(dropping, batch), _input_vectors(plain, batch)
+        dropping.train()
+        torch.manual_seed(1)
+        layout = dropping.context_source.layout(batch)
+        unplaced = layout.unplaced
+        assert unplaced.any() and not unplaced.all()
+        got = dropping.decoder.embed_input(batch["inputs"], dropping.context_source(batch), torch.arange(SEQ_LEN),
+                                           layout)
+    torch.testing.assert_close(got[unplaced], plain_input[unplaced])
+    torch.testing.assert_close(got[~unplaced], placed_input[~unplaced])
+    assert not torch.allclose(plain_input, placed_input)
+    for prob, expected in ((1.0, True), (0.0, None)):
+        model = cells_model(place_embedding=True, place_drop_prob=prob).train()
+        drawn = model.context_source.layout(batch).unplaced
+        assert drawn is expected if expected is None else bool(drawn.all())
+    with pytest.raises(ConfigError, match="place_drop_prob"):
+        cells_model(place_embedding=True, place_drop_prob=1.5)
+
+
+def test_an_unplaced_sample_runs_as_without_the_place_features_in_its_length_group():
+    # The flag follows each sample into the group it runs in (the batch's demos differ in length).
+    batch = act_batch([2, 1, 3], seed=11)
+    unplaced = torch.tensor([True, False, True])
+    with torch.no_grad():
+        model = cells_model(place_embedding=True, place_grid_edges=True)
+        plain = cells_model()
+        plain.load_state_dict(model.state_dict(), strict=False)
+        got = one_step(model, batch, layout=model.context_source.layout(batch)._replace(unplaced=unplaced))
+        without, placed = one_step(plain, batch), one_step(model, batch)
+    for mixed, plain_out, placed_out in zip(got, without, placed, strict=True):
+        torch.testing.assert_close(mixed[unplaced], plain_out[unplaced], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(mixed[~unplaced], placed_out[~unplaced], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(without[0][1], placed[0][1], atol=1e-4)

@@ -78,6 +78,11 @@ class EncoderConfig:
     # demo_cells: the rotary position of a demo cell in the decoder. sequence: context position i
     # takes angle i (demo after demo); aligned: the angle of the query cell at the same canvas place.
     cell_positions: str = "sequence"
+    # demo_cells: the share of training samples (drawn per sample and ACT step) whose place features
+    # (model.place_embedding, model.place_grid_edges) are left out, the demo cells' and the query
+    # cells' alike, so a reading that needs no place (a colour lookup) must solve them; evaluation
+    # always has them.
+    place_drop_prob: float = 0.0
 
 
 @dataclass
@@ -321,6 +326,8 @@ def _validate(config: RunConfig) -> None:
                           f"{config.context_includes_query_decay_steps}")
     if not 0.0 <= config.halt_exploration_prob <= 1.0:
         raise ConfigError(f"halt_exploration_prob must be in [0, 1], got {config.halt_exploration_prob}")
+    if not 0 <= config.encoder.place_drop_prob <= 1:
+        raise ConfigError(f"encoder.place_drop_prob must be in [0, 1], got {config.encoder.place_drop_prob}")
     if config.model.place_grid_edges and not config.model.place_embedding:
         raise ConfigError("model.place_grid_edges=true adds to the place embedding: set model.place_embedding=true")
     if config.model_type == "trm" and config.augmentations_per_task < 1:
@@ -450,6 +457,7 @@ _ENCODER_KNOB_USERS = {
     "h_cycles": ("recurrent",),
     "l_cycles": ("recurrent",),
     "cell_positions": ("demo_cells",),
+    "place_drop_prob": ("demo_cells",),
 }
 
 
@@ -471,6 +479,8 @@ def ineffective_settings(config: RunConfig) -> list[str]:
     if not config.load_pretrained_decoder:
         for key in ("pretrained_h_cycles", "pretrained_l_cycles"):
             note(key, "no load_pretrained_decoder")
+    if not config.model.place_embedding:
+        note("encoder.place_drop_prob", "model.place_embedding=false: no place features to leave out")
     if config.lr_schedule != "cosine":
         note("lr_min_ratio", f"lr_schedule={config.lr_schedule}")
     if not config.dynamic_canvas:

@@ -183,6 +183,7 @@ class ContextLayout(NamedTuple):
     positions: Tensor | None = None  # (context_len,) the rotary position of each context position
     places: Tensor | None = None  # (context_len,) the canvas cell each context position lies on (model.place_embedding)
     edges: Tensor | None = None  # (B, context_len, 2) each position's `grid_edges` (model.place_grid_edges)
+    unplaced: Tensor | None = None  # (B,) True: the sample's place features are left out (encoder.place_drop_prob)
 
     def runs(self) -> Tensor:
         """(B, context_len) the context positions a step runs: the keys, and position 0 (where
@@ -194,7 +195,8 @@ class ContextLayout(NamedTuple):
     def rows(self, index: Tensor) -> ContextLayout:
         """The layout of the samples `index` (B',) of its batch: the per-sample fields indexed."""
         return self._replace(key_mask=None if self.key_mask is None else self.key_mask[index],
-                             edges=None if self.edges is None else self.edges[index])
+                             edges=None if self.edges is None else self.edges[index],
+                             unplaced=None if self.unplaced is None else self.unplaced[index])
 
 
 class ContextSource(nn.Module):
@@ -259,22 +261,26 @@ class RecursiveDecoder(nn.Module):
         each cell's place embedding is added, and each context position's where the `layout`
         gives it (`context_index` (B, C): which of the layout's positions the context holds, as
         `_context_run` packs them; None: all, in order); with `model.place_grid_edges`, the
-        embedding of the distances to its grid's far edges too."""
+        embedding of the distances to its grid's far edges too; neither for the samples the
+        layout marks `unplaced`."""
         embedded = self.embed_tokens(tokens[:, cells])
         context = context.to(embedded.dtype)
+        placed = 1.0
+        if layout is not None and layout.unplaced is not None:
+            placed = (~layout.unplaced)[:, None, None].to(embedded.dtype)
         if self.config.place_embedding:
-            embedded = embedded + self.place(cells).to(embedded.dtype)
+            embedded = embedded + placed * self.place(cells).to(embedded.dtype)
             places = None if layout is None else layout.places
             if places is not None:
-                context = context + self.place(places if context_index is None else places[context_index]).to(
-                    embedded.dtype)
+                context = context + placed * self.place(
+                    places if context_index is None else places[context_index]).to(embedded.dtype)
         if self.config.place_grid_edges:
-            embedded = embedded + self.grid_edges_embedding(grid_edges(tokens, self.canvas_side)[:, cells])
+            embedded = embedded + placed * self.grid_edges_embedding(grid_edges(tokens, self.canvas_side)[:, cells])
             edges = None if layout is None else layout.edges
             if edges is not None:
                 if context_index is not None:
                     edges = edges.gather(1, context_index[..., None].expand(-1, -1, 2))
-                context = context + self.grid_edges_embedding(edges).to(embedded.dtype)
+                context = context + placed * self.grid_edges_embedding(edges).to(embedded.dtype)
         return self.embed_scale * torch.cat((context, embedded), dim=1)
 
     def grid_edges_embedding(self, edges: Tensor) -> Tensor:

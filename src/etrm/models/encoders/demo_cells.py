@@ -47,6 +47,7 @@ class DemoCellsEncoder(DemoEncoder):
         self.input_embed = TokenEmbedding(vocab_size, decoder_hidden, init_std=init_std)
         self.output_embed = TokenEmbedding(vocab_size, decoder_hidden, init_std=init_std)
         self.aligned = config.cell_positions == "aligned"
+        self.place_drop_prob = config.place_drop_prob
 
     def _check_demo_count(self, demo_mask: Tensor) -> None:
         if demo_mask.shape[1] * self.seq_len > self.context_len:
@@ -74,5 +75,8 @@ class DemoCellsEncoder(DemoEncoder):
         key_mask = self._pad(self._real_cells(demo_inputs, demo_outputs, demo_mask).flatten(1, 2))
         cells = torch.arange(self.context_len, device=demo_mask.device) % self.seq_len
         edges = self._pad(grid_edges(demo_inputs, math.isqrt(self.seq_len)).flatten(1, 2))
+        unplaced = None
+        if self.training and self.place_drop_prob > 0:  # drawn once per step, so every group sees the same
+            unplaced = torch.rand(len(demo_mask), device=demo_mask.device) < self.place_drop_prob
         return ContextLayout(key_mask=key_mask, positions=self.context_len + cells if self.aligned else None,
-                             places=cells, edges=edges)
+                             places=cells, edges=edges, unplaced=unplaced)
