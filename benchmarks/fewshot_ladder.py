@@ -68,7 +68,7 @@ DESIGNS = {
     # A curriculum: level 2 started from the place design's level-1 run (its colour reading learnt
     # with the place features present): whether a learnt colour reading survives the translations.
     "cells-withq-place-after-l1": [*CELLS, "context_includes_query_prob=0.5", "model.place_embedding=true",
-                                   "init_weights_from=runs/ladder/l1-cells-withq-place-alone"],
+                                   "init_weights_from=runs/ladder/l1-cells-withq-place"],
     # The place features left out of half the training samples (both readings must be learnt: a
     # colour lookup is all that solves a permutation there): whether the permutations come back.
     "cells-withq-place-edges-drop": [*CELLS, "context_includes_query_prob=0.5", "model.place_embedding=true",

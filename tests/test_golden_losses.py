@@ -8,8 +8,9 @@ with their rules). Each starts from the run schema's defaults (`preset=default`)
 every setting its training steps read, so retuning a preset or a schema default moves nothing;
 the stored case definitions (the overrides and the resolved values) must equal the script's.
 
-The stored losses were written by `tests/golden/write_golden_losses.py` at commit a611b14 (c1880b6,
-0debe57 and a611b14 each wrote out one new key, at its default; the numbers are those of 2bec4a0
+The stored losses were written by `tests/golden/write_golden_losses.py` at commit b8dbeed (c1880b6,
+0debe57 and a611b14 each wrote out one new key, at its default, b8dbeed two, `init_weights_from` and
+`encoder.place_drop_prob`, its numbers a611b14's bit for bit; the numbers are those of 2bec4a0
 within 2.3e-7 relative: since 5b64c17 the logits come from the canvas positions alone, a matmul of
 another shape, and at 0debe57 they were 2bec4a0's bit for bit). Its
 trm and etrm runs are those of the earlier two-case script (the cpu-demo preset plus overrides),
