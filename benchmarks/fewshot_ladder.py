@@ -68,11 +68,14 @@ DESIGNS = {
     # A curriculum: level 2 started from the place design's level-1 run (its colour reading learnt
     # with the place features present): whether a learnt colour reading survives the translations.
     "cells-withq-place-after-l1": [*CELLS, "context_includes_query_prob=0.5", "model.place_embedding=true",
-                                   "init_weights_from=runs/ladder/l1-cells-withq-place"],
+                                   "init_weights_from=runs/ladder/l1-cells-withq-place-first-stage"],
     # The place features left out of half the training samples (both readings must be learnt: a
     # colour lookup is all that solves a permutation there): whether the permutations come back.
     "cells-withq-place-edges-drop": [*CELLS, "context_includes_query_prob=0.5", "model.place_embedding=true",
                                      "model.place_grid_edges=true", "encoder.place_drop_prob=0.5"],
+    # The same with another seed (the weights, the data order and the drops): the spread of its figure.
+    "cells-withq-place-edges-drop-seed1": [*CELLS, "context_includes_query_prob=0.5", "model.place_embedding=true",
+                                           "model.place_grid_edges=true", "encoder.place_drop_prob=0.5", "seed=1"],
     "cells-aligned-withq-decay": [*CELLS, "encoder.cell_positions=aligned", "context_includes_query_prob=0.5",
                                   "context_includes_query_decay_steps=1500"],
     "cells-aligned-withq": [*CELLS, "encoder.cell_positions=aligned", "context_includes_query_prob=0.5"],
@@ -133,6 +136,7 @@ def encoder_overrides(preset: str) -> list[str]:
     return [f"encoder.{key}={value}" for key, value in settings.items()]
 
 
+FIRST_STAGE = "l1-cells-withq-place-first-stage"
 RUNS: dict[str, tuple[int, list[str]]] = {
     **{f"l{level}-{method}": (level, overrides) for level in LEVELS for method, overrides in BOUNDS.items()},
     **{f"base-{method}": (STUDY_LEVEL, [*STUDY_BASE, *overrides]) for method, overrides in BOUNDS.items()},
@@ -146,12 +150,15 @@ RUNS: dict[str, tuple[int, list[str]]] = {
     # A design's run trained on past its 30 minutes (`train NAME-60min --minutes 60`: it starts
     # from a copy of the 30-minute run's checkpoint and curves, so it costs only the extra time).
     **{f"l{level}-{name}{CONTINUED}": (level, overrides) for level in LEVELS for name, overrides in DESIGNS.items()},
+    # A curriculum's first stage, named apart from the design's own level-1 run: what
+    # `cells-withq-place-after-l1` starts from (run with `--minutes 20`).
+    FIRST_STAGE: (1, DESIGNS["cells-withq-place"]),
     # The targets' budget: run with `--minutes 30`.
     **{f"l{level}-etrm-30min": (level, []) for level in LEVELS},
 }
 TARGETS = {1: 0.90, 3: 0.50}  # held-out pass@2 of ETRM after 30 minutes (level 3: synth-iid)
 GROUPS = {"bounds": [f"l{level}-{m}" for level in LEVELS for m in BOUNDS], "base": [f"base-{m}" for m in BOUNDS],
-          "designs": [f"l{level}-{name}" for level in LEVELS for name in DESIGNS],
+          "designs": [*(f"l{level}-{name}" for level in LEVELS for name in DESIGNS), FIRST_STAGE],
           "chosen": [f"l{level}-{name}-alone" for level in LEVELS for name in DESIGNS],
           "fast": [f"fast-{m}" for m in BOUNDS],
           "study": [f"study-{n}" for n in STUDY], "study3": [f"study3-{n}" for n in STUDY3],
