@@ -48,6 +48,9 @@ BOUNDS = {"etrm": [], "oracle": ["model_type=oracle"], "none": ["encoder.type=no
 # The demos as the context (nothing compressed, the ladder's third bound): one fused (input,
 # output) token per demo cell, max_demos (4) x 64 cells of the 8x8 canvas as the decoder's context.
 CELLS = ["encoder.type=demo_cells", "model.context_len=null"]
+# The demos as the context with the signal, each cell's place and its distances to its grid's far
+# edges as content: the base of the level-2 designs that follow it.
+PLACE_EDGES = [*CELLS, "context_includes_query_prob=0.5", "model.place_embedding=true", "model.place_grid_edges=true"]
 # The designs measured for an encoder that reads the rule (run on each level as l{level}-NAME):
 # the bound itself, its rotary positions, the training signal, the compressed front-end options.
 DESIGNS = {
@@ -55,27 +58,22 @@ DESIGNS = {
     "cells-aligned": [*CELLS, "encoder.cell_positions=aligned"],
     "cells-withq": [*CELLS, "context_includes_query_prob=0.5"],
     "cells-withq-place": [*CELLS, "context_includes_query_prob=0.5", "model.place_embedding=true"],
-    "cells-withq-place-edges": [*CELLS, "context_includes_query_prob=0.5", "model.place_embedding=true",
-                                "model.place_grid_edges=true"],
+    "cells-withq-place-edges": PLACE_EDGES,
     # The same at twice the decoder's width: whether level 2's families compete for a decoder
     # too small to hold every family's reading at once (with the place, permutations came last).
-    "cells-withq-place-edges-h128": [*CELLS, "context_includes_query_prob=0.5", "model.place_embedding=true",
-                                     "model.place_grid_edges=true", "model.hidden_size=128"],
+    "cells-withq-place-edges-h128": [*PLACE_EDGES, "model.hidden_size=128"],
     # The signal faded out by step 1,500: whether the context's copy of the query's own pair (a
     # shortcut the place makes a match of contents) keeps the permutations from being read.
-    "cells-withq-place-edges-decay": [*CELLS, "context_includes_query_prob=0.5", "model.place_embedding=true",
-                                      "model.place_grid_edges=true", "context_includes_query_decay_steps=1500"],
+    "cells-withq-place-edges-decay": [*PLACE_EDGES, "context_includes_query_decay_steps=1500"],
     # A curriculum: level 2 started from the place design's level-1 run (its colour reading learnt
     # with the place features present): whether a learnt colour reading survives the translations.
     "cells-withq-place-after-l1": [*CELLS, "context_includes_query_prob=0.5", "model.place_embedding=true",
                                    "init_weights_from=runs/ladder/l1-cells-withq-place-first-stage"],
     # The place features left out of half the training samples (both readings must be learnt: a
     # colour lookup is all that solves a permutation there): whether the permutations come back.
-    "cells-withq-place-edges-drop": [*CELLS, "context_includes_query_prob=0.5", "model.place_embedding=true",
-                                     "model.place_grid_edges=true", "encoder.place_drop_prob=0.5"],
+    "cells-withq-place-edges-drop": [*PLACE_EDGES, "encoder.place_drop_prob=0.5"],
     # The same with another seed (the weights, the data order and the drops): the spread of its figure.
-    "cells-withq-place-edges-drop-seed1": [*CELLS, "context_includes_query_prob=0.5", "model.place_embedding=true",
-                                           "model.place_grid_edges=true", "encoder.place_drop_prob=0.5", "seed=1"],
+    "cells-withq-place-edges-drop-seed1": [*PLACE_EDGES, "encoder.place_drop_prob=0.5", "seed=1"],
     "cells-aligned-withq-decay": [*CELLS, "encoder.cell_positions=aligned", "context_includes_query_prob=0.5",
                                   "context_includes_query_decay_steps=1500"],
     "cells-aligned-withq": [*CELLS, "encoder.cell_positions=aligned", "context_includes_query_prob=0.5"],

@@ -242,15 +242,11 @@ def load_for_eval(target: str | Path, overrides: list[str] | tuple[str, ...] = (
     (config, model on the CPU with the EMA weights when there are some, the tasks to evaluate
     under their augmentation lists, the checkpoint file).
     """
-    from etrm.core.checkpoint import CHECKPOINT_NAME, read_checkpoint
+    from etrm.core.checkpoint import read_checkpoint
     from etrm.core.config import config_from_yaml
-    from etrm.models.build import load_evaluation_weights
+    from etrm.models.build import load_evaluation_weights, run_files
 
-    target = Path(target)
-    checkpoint = target / CHECKPOINT_NAME if target.is_dir() else target
-    saved_config = checkpoint.parent / "config.yaml"
-    if not (checkpoint.is_file() and saved_config.is_file()):
-        raise EtrmError(f"{target}: not a run directory or checkpoint (needs {CHECKPOINT_NAME} and config.yaml)")
+    checkpoint, saved_config = run_files(target, str(target))
     trained = config_from_yaml(saved_config)
     config = config_from_yaml(saved_config, overrides)
     if config.dynamic_canvas and not trained.dynamic_canvas:

@@ -104,6 +104,20 @@ def load_pretrained_decoder(model: ACTModel, path: str | Path, config: RunConfig
         model.decoder.H_init.copy_(weights["H_init"])
 
 
+def run_files(target: str | Path, asked_by: str) -> tuple[Path, Path]:
+    """(checkpoint, saved config.yaml) of one of our runs, `target` its directory or checkpoint
+    file; a one-line error led by `asked_by` (what named it) when either is missing."""
+    from etrm.core.checkpoint import CHECKPOINT_NAME
+
+    target = Path(target)
+    checkpoint = target / CHECKPOINT_NAME if target.is_dir() else target
+    saved_config = checkpoint.parent / "config.yaml"
+    if not (checkpoint.is_file() and saved_config.is_file()):
+        raise ConfigError(f"{asked_by}: not a finished run of ours (needs {checkpoint.resolve()} and "
+                          f"{saved_config.resolve()})")
+    return checkpoint, saved_config
+
+
 def load_run_weights(model: ACTModel, path: str | Path, config: RunConfig) -> None:
     """Start `model` from every weight of one of our runs (a run directory, or its checkpoint with
     `config.yaml` beside it): the weights that run evaluates with (its EMA where it kept one).
@@ -114,15 +128,10 @@ def load_run_weights(model: ACTModel, path: str | Path, config: RunConfig) -> No
     setting), since weights of the same shapes computed another way (cycle counts, rope_theta)
     would load silently, and a run trained on the fixed canvas cannot start a size-aware one.
     """
-    from etrm.core.checkpoint import CHECKPOINT_NAME, read_checkpoint
+    from etrm.core.checkpoint import read_checkpoint
     from etrm.core.config import config_from_yaml
 
-    path = Path(path)
-    file = path / CHECKPOINT_NAME if path.is_dir() else path
-    saved_config = file.parent / "config.yaml"
-    if not (file.is_file() and saved_config.is_file()):
-        raise ConfigError(f"init_weights_from={path}: not a finished run of ours (needs {file.resolve()} and "
-                          f"{saved_config.resolve()})")
+    file, saved_config = run_files(path, f"init_weights_from={path}")
     source = config_from_yaml(saved_config)
     settings = {"model_type": (source.model_type, config.model_type),
                 **{f"model.{k}": (v, getattr(config.model, k)) for k, v in dataclasses.asdict(source.model).items()},

@@ -265,22 +265,24 @@ class RecursiveDecoder(nn.Module):
         layout marks `unplaced`."""
         embedded = self.embed_tokens(tokens[:, cells])
         context = context.to(embedded.dtype)
-        placed = 1.0
-        if layout is not None and layout.unplaced is not None:
-            placed = (~layout.unplaced)[:, None, None].to(embedded.dtype)
+        unplaced = None if layout is None else layout.unplaced
+
+        def placed(features: Tensor) -> Tensor:  # zero for the samples whose place features are left out
+            features = features.to(embedded.dtype)
+            return features if unplaced is None else features * (~unplaced)[:, None, None].to(embedded.dtype)
+
         if self.config.place_embedding:
-            embedded = embedded + placed * self.place(cells).to(embedded.dtype)
+            embedded = embedded + placed(self.place(cells))
             places = None if layout is None else layout.places
             if places is not None:
-                context = context + placed * self.place(
-                    places if context_index is None else places[context_index]).to(embedded.dtype)
+                context = context + placed(self.place(places if context_index is None else places[context_index]))
         if self.config.place_grid_edges:
-            embedded = embedded + placed * self.grid_edges_embedding(grid_edges(tokens, self.canvas_side)[:, cells])
+            embedded = embedded + placed(self.grid_edges_embedding(grid_edges(tokens, self.canvas_side)[:, cells]))
             edges = None if layout is None else layout.edges
             if edges is not None:
                 if context_index is not None:
                     edges = edges.gather(1, context_index[..., None].expand(-1, -1, 2))
-                context = context + placed * self.grid_edges_embedding(edges).to(embedded.dtype)
+                context = context + placed(self.grid_edges_embedding(edges))
         return self.embed_scale * torch.cat((context, embedded), dim=1)
 
     def grid_edges_embedding(self, edges: Tensor) -> Tensor:
